@@ -1,0 +1,1 @@
+"""Benchmarks and workload drivers behind `dualpath bench NAME`."""

@@ -1,0 +1,17 @@
+"""`dualpath generate` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dualpath.core.errors import UserInputError
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("generate", help="generate (not yet available)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise UserInputError("'dualpath generate' is not yet available")
