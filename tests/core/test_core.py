@@ -58,3 +58,19 @@ def test_invalid_config_messages() -> None:
 def test_trace_error_names_line() -> None:
     err = TraceFormatError("bad json", path="t.jsonl", line=7)
     assert str(err) == "t.jsonl:7: bad json"
+
+
+def test_units() -> None:
+    from dualpath.core.units import parse_bandwidth, parse_bytes
+
+    assert parse_bandwidth("400Gbps") == 50e9
+    assert parse_bandwidth("50GB/s") == 50e9
+    assert parse_bandwidth("200MiB/s") == 200 * 2**20
+    assert parse_bandwidth("1e6") == 1e6
+    assert parse_bandwidth("unlimited") is None
+    assert parse_bytes("8GiB") == 8 * 2**30
+    assert parse_bytes("512") == 512
+    with pytest.raises(UserInputError, match="cannot parse bandwidth"):
+        parse_bandwidth("fast")
+    with pytest.raises(UserInputError, match="cannot parse size"):
+        parse_bytes("12 parsecs")
