@@ -1,0 +1,104 @@
+"""The on-disk format of one stored Full Block (one file per block).
+
+::
+
+    offset 0   fixed header, little-endian: magic b"DPKVBLK\\0" | uint32 format version
+               | uint32 payload offset | uint32 num_layers | uint32 block_tokens
+               | uint32 bytes_per_token_per_layer | uint32 checksum algorithm (1 = CRC-32)
+               | uint32 key length | key (the block hash, ASCII)
+               | num_layers x uint32 CRC-32 of each Layer Block | uint32 CRC-32 of all the above
+               zero padding up to the payload offset (a multiple of 4096)
+    payload    the Full Block bytes `[num_layers, block_tokens, bytes_per_token_per_layer]`
+
+Nothing in it depends on the model beyond the geometry, so any process that knows the
+geometry can read it. Layer l is the contiguous range `payload offset + l * layer_block_bytes`,
+so `get_layer` reads one range and verifies it with its own checksum. The payload starts
+page-aligned so full-block and layer reads are page-aligned too. The key is stored so that a
+file copied or renamed to the wrong name is caught.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+
+from dualpath.core.errors import CorruptBlockError
+from dualpath.kv.layout import BlockGeometry
+
+MAGIC = b"DPKVBLK\0"
+FORMAT_VERSION = 1
+CHECKSUM_CRC32 = 1
+PAGE_BYTES = 4096  # payload alignment: the usual page / SSD sector multiple
+_FIXED = struct.Struct("<8sIIIIIII")
+
+
+def payload_offset(geometry: BlockGeometry, key_len: int) -> int:
+    """Header bytes (rounded up to a page) for a block of `geometry` under a key of `key_len`."""
+    raw = _FIXED.size + key_len + 4 * geometry.num_layers + 4
+    return -(-raw // PAGE_BYTES) * PAGE_BYTES
+
+
+def layer_checksums(block: np.ndarray, geometry: BlockGeometry) -> list[int]:
+    """CRC-32 of each Layer Block of a C-contiguous Full Block."""
+    flat = block.data.cast("B")
+    step = geometry.layer_block_bytes
+    return [zlib.crc32(flat[i * step : (i + 1) * step]) for i in range(geometry.num_layers)]
+
+
+def encode_header(key: str, geometry: BlockGeometry, checksums: list[int]) -> bytes:
+    """The header bytes (padded to the payload offset) of a block stored under `key`."""
+    key_bytes = key.encode("ascii")
+    offset = payload_offset(geometry, len(key_bytes))
+    body = _FIXED.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        offset,
+        geometry.num_layers,
+        geometry.block_tokens,
+        geometry.bytes_per_token_per_layer,
+        CHECKSUM_CRC32,
+        len(key_bytes),
+    )
+    body += key_bytes + struct.pack(f"<{len(checksums)}I", *checksums)
+    body += struct.pack("<I", zlib.crc32(body))
+    return body + bytes(offset - len(body))
+
+
+def decode_header(header: bytes | bytearray | memoryview, key: str, geometry: BlockGeometry) -> list[int]:
+    """Verify a header read from a file stored under `key`; return its per-layer CRC-32s.
+
+    Raises CorruptBlockError (with a short reason) on a bad magic, version, header checksum,
+    key or geometry. `header` must hold at least the expected payload offset's bytes.
+    """
+    mv = memoryview(header)
+    if len(mv) < _FIXED.size:
+        raise CorruptBlockError("truncated header")
+    magic, version, offset, layers, tokens, bptpl, algo, key_len = _FIXED.unpack_from(mv, 0)
+    if magic != MAGIC:
+        raise CorruptBlockError(f"bad magic {bytes(magic)!r}")
+    if version != FORMAT_VERSION:
+        raise CorruptBlockError(f"unsupported format version {version}")
+    crc_end = _FIXED.size + key_len + 4 * layers
+    if crc_end + 4 <= len(mv):
+        (stored_crc,) = struct.unpack_from("<I", mv, crc_end)
+        if zlib.crc32(mv[:crc_end]) != stored_crc:
+            raise CorruptBlockError("header checksum mismatch")
+    file_geometry = (layers, tokens, bptpl)
+    want = (geometry.num_layers, geometry.block_tokens, geometry.bytes_per_token_per_layer)
+    if file_geometry != want:
+        raise CorruptBlockError(f"wrong geometry {file_geometry}, store has {want}")
+    if crc_end + 4 > len(mv):
+        raise CorruptBlockError("header longer than expected")
+    if algo != CHECKSUM_CRC32:
+        raise CorruptBlockError(f"unknown checksum algorithm {algo}")
+    if bytes(mv[_FIXED.size : _FIXED.size + key_len]) != key.encode("ascii"):
+        raise CorruptBlockError("stored key does not match the file name")
+    if offset != payload_offset(geometry, key_len):
+        raise CorruptBlockError(f"bad payload offset {offset}")
+    return list(struct.unpack_from(f"<{layers}I", mv, _FIXED.size + key_len))
+
+
+def expected_file_bytes(geometry: BlockGeometry, key_len: int) -> int:
+    return payload_offset(geometry, key_len) + geometry.full_block_bytes

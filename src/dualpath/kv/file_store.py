@@ -1,0 +1,317 @@
+"""`FileKVStore`: Full Blocks as files under one directory, local or on a shared file system.
+
+Layout: `root/dualpath-kvstore.json` (format + geometry, written once) and one file per
+block at `root/<first 2 hex chars of hash>/<hash>.kvb` (format in `block_file`). Only plain
+POSIX calls are used (open, pread, write, rename, stat, listdir), so the same code runs on
+a local disk or on a distributed FS mount (3FS, CephFS, Lustre, NFS) shared by every
+engine of every node; restarting is reopening.
+
+Writes are atomic: the block goes to a unique hidden temp file in the target directory, is
+optionally fsync'ed, then `os.replace`d onto its name, so a reader sees a whole file or no
+file, and several processes putting the same block at once just replace one complete file
+with an identical one. Without fsync a crash can leave a torn file under the final name;
+checksums catch that on read.
+
+Reads verify everything they return: the header (magic, version, header CRC, geometry,
+key) and the CRC-32 of each Layer Block read. A block that fails is logged (hash, path,
+reason), counted in `stats().corrupt_blocks`, returned as a miss, and moved aside to
+`root/.quarantine/` so it is never read again and the next `put` of that hash rewrites it
+(deleting would lose the evidence; leaving it would make `put` skip it forever). A missing
+file is a plain miss. Any other OSError becomes a StoreError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from dualpath.core.errors import CorruptBlockError, StoreError
+from dualpath.kv import block_file
+from dualpath.kv.layout import BlockGeometry, check_full_block, check_layer_block, check_layer_index
+from dualpath.kv.prefix_index import PrefixIndex
+from dualpath.kv.store import KVStore, StatsCounter, StoreStats
+
+logger = logging.getLogger(__name__)
+
+META_NAME = "dualpath-kvstore.json"
+SUFFIX = ".kvb"
+QUARANTINE_DIR = ".quarantine"
+_HASH_RE = re.compile(r"[0-9a-f]{4,128}")
+_STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
+
+
+class FileKVStore(KVStore):
+    """A KVStore of one file per Full Block under `root`; see the module docstring."""
+
+    def __init__(self, root: str | os.PathLike[str], geometry: BlockGeometry, *, fsync: bool = False) -> None:
+        self.root = Path(root)
+        self.geometry = geometry
+        self.fsync = fsync
+        self._stats = StatsCounter()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._check_meta()
+            self.index = PrefixIndex(self._scan())
+        except OSError as exc:
+            raise StoreError(f"cannot open KV store at {self.root}: {exc}") from exc
+
+    # -- queries (no block data read) -------------------------------------------------------
+
+    def contains_many(self, hashes: Sequence[str]) -> list[bool]:
+        known = self.index.contains_many(hashes)
+        return [k or self._exists(h) for h, k in zip(hashes, known, strict=True)]
+
+    def longest_prefix(self, hashes: Sequence[str]) -> int:
+        """Trust the index for the leading blocks, then extend with `os.stat` per block.
+
+        Blocks found this way (written by other processes since open) join the index.
+        """
+        n = self.index.longest_prefix(hashes)
+        while n < len(hashes) and self._exists(hashes[n]):
+            self.index.add(hashes[n])
+            n += 1
+        return n
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def get(self, block_hash: str, out: np.ndarray | None = None) -> np.ndarray | None:
+        g = self.geometry
+        if out is None:
+            out = g.empty_full_block()
+        else:
+            check_full_block(out, g, "output Full Block")
+        fd = self._open_for_read(block_hash)
+        if fd is None:
+            self._stats.add(gets=1)
+            return None
+        try:
+            checksums, offset = self._read_header(fd, block_hash)
+            flat = out.data.cast("B")
+            _read_exact(fd, flat, offset, "payload")
+            step = g.layer_block_bytes
+            for layer, crc in enumerate(checksums):
+                if zlib.crc32(flat[layer * step : (layer + 1) * step]) != crc:
+                    raise CorruptBlockError(f"checksum mismatch in layer {layer}")
+        except CorruptBlockError as exc:
+            self._corrupt(block_hash, fd, str(exc))
+            self._stats.add(gets=1)
+            return None
+        except OSError as exc:
+            raise StoreError(f"reading KV block {block_hash} at {self._path(block_hash)}: {exc}") from exc
+        finally:
+            os.close(fd)
+        self._stats.add(gets=1, get_hits=1, bytes_read=g.full_block_bytes)
+        return out
+
+    def get_layer(self, block_hash: str, layer: int, out: np.ndarray | None = None) -> np.ndarray | None:
+        g = self.geometry
+        check_layer_index(layer, g)
+        if out is None:
+            out = g.empty_layer_block()
+        else:
+            check_layer_block(out, g, "output Layer Block")
+        fd = self._open_for_read(block_hash)
+        if fd is None:
+            self._stats.add(layer_gets=1)
+            return None
+        try:
+            checksums, offset = self._read_header(fd, block_hash)
+            flat = out.data.cast("B")
+            _read_exact(fd, flat, offset + layer * g.layer_block_bytes, f"layer {layer}")
+            if zlib.crc32(flat) != checksums[layer]:
+                raise CorruptBlockError(f"checksum mismatch in layer {layer}")
+        except CorruptBlockError as exc:
+            self._corrupt(block_hash, fd, str(exc))
+            self._stats.add(layer_gets=1)
+            return None
+        except OSError as exc:
+            raise StoreError(f"reading KV block {block_hash} at {self._path(block_hash)}: {exc}") from exc
+        finally:
+            os.close(fd)
+        self._stats.add(layer_gets=1, layer_hits=1, bytes_read=g.layer_block_bytes)
+        return out
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def put(self, block_hash: str, block: np.ndarray) -> None:
+        _check_hash(block_hash)
+        check_full_block(block, self.geometry)
+        path = self._path(block_hash)
+        if self._exists(block_hash):
+            self.index.add(block_hash)
+            self._stats.add(puts=1, puts_skipped=1)
+            return
+        header = block_file.encode_header(
+            block_hash, self.geometry, block_file.layer_checksums(block, self.geometry)
+        )
+        tmp = path.parent / f".{block_hash}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp"
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileNotFoundError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, [header, block.data.cast("B")])
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise StoreError(f"writing KV block {block_hash} to {path}: {exc}") from exc
+        self.index.add(block_hash)
+        self._stats.add(puts=1, bytes_written=len(header) + block.nbytes)
+
+    def stats(self) -> StoreStats:
+        return self._stats.snapshot()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _path(self, block_hash: str) -> Path:
+        return self.root / block_hash[:2] / (block_hash + SUFFIX)
+
+    def _exists(self, block_hash: str) -> bool:
+        try:
+            os.stat(self._path(block_hash))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"stat of KV block {block_hash}: {exc}") from exc
+        return True
+
+    def _open_for_read(self, block_hash: str) -> int | None:
+        _check_hash(block_hash)
+        try:
+            return os.open(self._path(block_hash), os.O_RDONLY)
+        except FileNotFoundError:
+            self.index.discard(block_hash)
+            return None
+        except OSError as exc:
+            raise StoreError(f"opening KV block {block_hash}: {exc}") from exc
+
+    def _read_header(self, fd: int, block_hash: str) -> tuple[list[int], int]:
+        """Verify header and file size; return (per-layer CRCs, payload offset)."""
+        offset = block_file.payload_offset(self.geometry, len(block_hash))
+        header = bytearray(offset)
+        _read_exact(fd, memoryview(header), 0, "header")
+        checksums = block_file.decode_header(header, block_hash, self.geometry)
+        size = os.fstat(fd).st_size
+        if size != offset + self.geometry.full_block_bytes:
+            raise CorruptBlockError(f"file is {size} bytes, expected {offset + self.geometry.full_block_bytes}")
+        return checksums, offset
+
+    def _corrupt(self, block_hash: str, fd: int, reason: str) -> None:
+        path = self._path(block_hash)
+        self.index.discard(block_hash)
+        moved = self._quarantine(block_hash, fd, reason)
+        where = f"moved to {moved}" if moved else "left in place (already replaced or moved)"
+        logger.warning("corrupt KV block %s at %s: %s; treated as a miss, %s", block_hash, path, reason, where)
+        self._stats.add(corrupt_blocks=1, quarantined_blocks=1 if moved else 0)
+
+    def _quarantine(self, block_hash: str, fd: int, reason: str) -> Path | None:
+        """Move the bad file aside, unless another writer already replaced it with a new one."""
+        path = self._path(block_hash)
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return None
+            qdir = self.root / QUARANTINE_DIR
+            qdir.mkdir(exist_ok=True)
+            slug = re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")[:40]
+            target = qdir / f"{block_hash}.{os.getpid()}.{time.time_ns()}.{slug}{SUFFIX}"
+            os.replace(path, target)
+        except OSError:
+            return None
+        return target
+
+    def _check_meta(self) -> None:
+        """Record the geometry on first open; refuse to open a root made for another geometry."""
+        meta_path = self.root / META_NAME
+        want = {"format": "dualpath-kv-file-store", "version": block_file.FORMAT_VERSION,
+                "geometry": asdict(self.geometry)}
+        if not meta_path.exists():
+            tmp = self.root / f".{META_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+            tmp.write_text(json.dumps(want, indent=2) + "\n")
+            try:
+                os.link(tmp, meta_path)  # fails if another process created it first
+            except FileExistsError:
+                pass
+            finally:
+                _unlink_quietly(tmp)
+        try:
+            have = json.loads(meta_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"KV store metadata {meta_path} is unreadable: {exc}") from exc
+        if have != want:
+            raise StoreError(
+                f"KV store at {self.root} was created for {have.get('geometry')} "
+                f"(format {have.get('format')} v{have.get('version')}), not {asdict(self.geometry)}; "
+                "use a separate root per model / block size"
+            )
+
+    def _scan(self) -> list[str]:
+        """Names of stored blocks (directory listings only), sweeping stale temp files."""
+        found: list[str] = []
+        now = time.time()
+        with os.scandir(self.root) as top:
+            subdirs = [e.path for e in top if len(e.name) == 2 and e.is_dir()]
+        for sub in subdirs:
+            with os.scandir(sub) as entries:
+                for e in entries:
+                    name = e.name
+                    if name.endswith(SUFFIX) and not name.startswith("."):
+                        found.append(name[: -len(SUFFIX)])
+                    elif name.endswith(".tmp") and name.startswith("."):
+                        _sweep_if_stale(e.path, now)
+        return found
+
+
+def _check_hash(block_hash: str) -> None:
+    if not isinstance(block_hash, str) or not _HASH_RE.fullmatch(block_hash):
+        raise StoreError(f"block hash must be 4-128 lowercase hex chars, got {block_hash!r}")
+
+
+def _read_exact(fd: int, buf: memoryview, offset: int, what: str) -> None:
+    got = 0
+    total = len(buf)
+    while got < total:
+        n = os.preadv(fd, [buf[got:]], offset + got)
+        if n == 0:
+            raise CorruptBlockError(f"truncated file: {what} short by {total - got} bytes")
+        got += n
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    total = sum(len(p) for p in parts)
+    written = os.writev(fd, parts)
+    if written == total:
+        return
+    flat = b"".join(parts)  # rare partial write: finish from a joined copy
+    while written < total:
+        written += os.write(fd, flat[written:])
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _sweep_if_stale(path: str, now: float) -> None:
+    try:
+        if now - os.stat(path).st_mtime > _STALE_TEMP_S:
+            os.unlink(path)
+    except OSError:
+        pass
