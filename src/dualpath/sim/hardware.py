@@ -1,0 +1,126 @@
+"""The cluster hardware the simulator models, loaded from a JSON preset or file.
+
+Presets live in `dualpath/sim/presets/*.json`; every number there carries a `_<field>` note
+saying where it comes from. `--hardware FILE` accepts the same format (missing fields take
+the testbed preset's values).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dualpath.core.errors import ConfigError
+
+DEFAULT_HARDWARE = "hopper-testbed"
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """Per-GPU, per-node and cluster-wide bandwidths and capacities (SI units)."""
+
+    name: str
+    gpus_per_node: int
+    gpu_fp8_flops: float
+    gpu_bf16_flops: float
+    hbm_bytes: float
+    hbm_bytes_s: float
+    cnic_bytes_s: float
+    snic_bytes_s: float
+    nic_efficiency: float
+    dram_bytes_s: float
+    pcie_bytes_s: float
+    dram_buffer_bytes: float
+    storage_aggregate_bytes_s: float
+    cnic_hi_weight: float
+    prefill_mfu: float
+    decode_mbu: float
+    decode_mfu: float
+    prefill_batch_overhead_s: float
+    decode_step_overhead_s: float
+    hbm_reserve_fraction: float
+    dram_buffer_bytes_by_model: tuple[tuple[str, float], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0 and f.name not in (
+                "prefill_batch_overhead_s", "decode_step_overhead_s", "hbm_reserve_fraction"
+            ):
+                raise ConfigError(f"hardware {self.name!r}: {f.name} must be positive, got {v}")
+        for name in ("nic_efficiency", "prefill_mfu", "decode_mbu", "decode_mfu", "cnic_hi_weight"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"hardware {self.name!r}: {name} must be in (0, 1]")
+
+    @property
+    def snic_goodput_bytes_s(self) -> float:
+        return self.snic_bytes_s * self.nic_efficiency
+
+    @property
+    def cnic_goodput_bytes_s(self) -> float:
+        """A GPU's KV lane: its CNIC, also bounded by its PCIe link to host DRAM."""
+        return min(self.cnic_bytes_s, self.pcie_bytes_s) * self.nic_efficiency
+
+    def flops(self, dtype: str) -> float:
+        return self.gpu_fp8_flops if dtype == "fp8" else self.gpu_bf16_flops
+
+    def buffer_bytes_for(self, model_name: str) -> float:
+        return dict(self.dram_buffer_bytes_by_model).get(model_name, self.dram_buffer_bytes)
+
+    def snic_share_bytes_s(self, num_nodes: int) -> float:
+        """One node's storage read rate: its SNIC, or its share of the storage aggregate."""
+        return min(self.snic_goodput_bytes_s, self.storage_aggregate_bytes_s / max(1, num_nodes))
+
+
+def _from_dict(raw: dict[str, Any], base: dict[str, Any] | None = None) -> HardwareSpec:
+    data = dict(base or {})
+    data.update({k: v for k, v in raw.items() if not k.startswith("_")})
+    known = {f.name for f in fields(HardwareSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"hardware file: unknown field(s) {', '.join(unknown)}")
+    missing = sorted(known - set(data) - {"dram_buffer_bytes_by_model"})
+    if missing:
+        raise ConfigError(f"hardware file: missing field(s) {', '.join(missing)}")
+    by_model = data.get("dram_buffer_bytes_by_model", {})
+    data["dram_buffer_bytes_by_model"] = tuple(sorted((str(k), float(v)) for k, v in dict(by_model).items()))
+    try:
+        return HardwareSpec(**data)
+    except TypeError as exc:
+        raise ConfigError(f"hardware file: {exc}") from None
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    try:
+        text = resources.files("dualpath.sim").joinpath("presets", f"{name}.json").read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"unknown hardware preset {name!r}; presets: {', '.join(hardware_presets())}") from None
+    return dict(json.loads(text))
+
+
+def hardware_presets() -> list[str]:
+    folder = resources.files("dualpath.sim").joinpath("presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_hardware(name_or_path: str | None = None) -> HardwareSpec:
+    """A preset name (see `hardware_presets()`) or a JSON file path; None = the testbed."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_HARDWARE
+    path = Path(name_or_path)
+    base = _preset_dict(DEFAULT_HARDWARE)
+    if path.suffix == ".json" or path.exists():
+        try:
+            raw = json.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read hardware file {path}: {exc}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"hardware file {path} is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"hardware file {path}: expected a JSON object")
+        raw.setdefault("name", path.stem)
+        return _from_dict(raw, base)
+    return _from_dict(_preset_dict(name_or_path))
