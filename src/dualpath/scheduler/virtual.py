@@ -1,0 +1,62 @@
+"""The scheduler's scratch copy of the cluster during one `schedule` call.
+
+A `ClusterView` is frozen; while placing requests one after another the scheduler must see
+its own earlier decisions (DESIGN.md 3: "update that engine's tok_e"), so it copies the
+counters into plain lists indexed by engine / node position. `commit` is the only mutator;
+the copy is thrown away at the end of the call, so the caller's view stays the truth.
+"""
+
+from __future__ import annotations
+
+from dualpath.scheduler.types import ClusterView, ReadPlan, RequestInfo
+
+
+class VirtualCluster:
+    """Mutable per-call counters. Engine index = position in `view.engines`."""
+
+    __slots__ = (
+        "de_engines",
+        "engine_ids",
+        "engine_node",
+        "free",
+        "node_ids",
+        "node_members",
+        "pe_engines",
+        "read_q",
+        "seq",
+        "tok",
+    )
+
+    def __init__(self, view: ClusterView) -> None:
+        node_pos = {n.node_id: i for i, n in enumerate(view.nodes)}
+        self.node_ids: list[int] = [n.node_id for n in view.nodes]
+        self.read_q: list[int] = [n.read_queue_tokens for n in view.nodes]
+        self.node_members: list[list[int]] = [[] for _ in view.nodes]
+        self.engine_ids: list[int] = []
+        self.engine_node: list[int] = []
+        self.seq: list[int] = []
+        self.tok: list[int] = []
+        self.free: list[int] = []
+        self.pe_engines: list[int] = []
+        self.de_engines: list[int] = []
+        for i, e in enumerate(view.engines):
+            ni = node_pos[e.node_id]
+            self.engine_ids.append(e.engine_id)
+            self.engine_node.append(ni)
+            self.seq.append(e.seq)
+            self.tok.append(e.tok)
+            self.free.append(e.free_kv_tokens)
+            self.node_members[ni].append(i)
+            (self.pe_engines if e.role == "prefill" else self.de_engines).append(i)
+
+    def commit(self, req: RequestInfo, pe: int, de: int, read: ReadPlan, pe_read_node: int,
+               de_read_node: int) -> None:
+        """Charge one placed request: PE tok/seq, DE tok/seq/free KV, both read queues."""
+        self.tok[pe] += req.prefill_load_tokens
+        self.seq[pe] += 1
+        kv = req.decode_kv_tokens
+        self.tok[de] += kv
+        self.seq[de] += 1
+        self.free[de] -= kv
+        self.read_q[pe_read_node] += read.pe_tokens
+        self.read_q[de_read_node] += read.de_tokens
