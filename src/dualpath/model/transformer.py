@@ -1,0 +1,268 @@
+"""Decoder-only transformer (Llama / Qwen2 / SmolLM2) written for serving with external KV.
+
+Parameter names follow Hugging Face's `LlamaForCausalLM` minus the leading "model." so that
+checkpoints (and `transformers` models in tests) map one to one.
+
+Two calls, both under `torch.inference_mode()`:
+
+- `prefill(token_ids, start_pos, past, ...)` computes only the *new* tokens; the KV of the
+  `start_pos` tokens before them comes from `past`: None, a list of per-layer `[T_past, 2, H, D]`
+  tensors (prefix loaded whole) or a layer source — a callable `source(layer) -> [T_past, 2, H, D]`
+  invoked just before that layer runs, so a loader can still be filling later layers
+  (layerwise prefill). `on_layer_kv(layer, kv_new)` fires as soon as a layer is done so its new
+  KV can be streamed on. Chunked prefill is repeated calls.
+- `decode(last_token_ids, caches)` runs one step for a batch of sequences of any lengths,
+  writing each step's KV into their `KVSequence`s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dualpath.core.errors import UserInputError
+from dualpath.core.model_config import ModelConfig
+from dualpath.model.kv_bytes import torch_dtype
+from dualpath.model.kv_sequence import KVSequence
+from dualpath.model.rope import RotaryEmbedding, apply_rope
+
+LayerSource = Callable[[int], torch.Tensor]
+Past = Sequence[torch.Tensor] | LayerSource | None
+OnLayerKV = Callable[[int, torch.Tensor], None]
+LogitsMode = Literal["last", "all", "none"]
+
+
+@dataclass(frozen=True)
+class PrefillOutput:
+    """logits: `[V]` ("last"), `[T_new, V]` ("all") or None ("none"), float32.
+
+    new_kv: per layer, the new tokens' KV `[T_new, 2, H, D]` in `kv_dtype`.
+    """
+
+    logits: torch.Tensor | None
+    new_kv: list[torch.Tensor]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = c.num_heads, c.num_kv_heads, c.head_dim
+        bias = c.attention_bias
+        self.q_proj = nn.Linear(c.hidden_size, c.num_heads * c.head_dim, bias=bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_kv_heads * c.head_dim, bias=bias)
+        self.o_proj = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x `[N, hidden]` -> q `[N, Hq, D]` (RoPE'd) and kv `[N, 2, Hkv, D]` (K RoPE'd)."""
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        return q, torch.stack((k, v), dim=1)
+
+
+class MLP(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(c)
+        self.mlp = MLP(c)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """The model. Build with `Transformer(config)`; fill with `load_weights` or `init_random`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.dtype = torch_dtype(config.kv_dtype)
+        with torch.device("meta"):
+            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.to_empty(device="cpu")
+        self.to(self.dtype)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rope = RotaryEmbedding(config)
+        self.eval()
+        self.requires_grad_(False)
+
+    @property
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [cast(DecoderLayer, layer) for layer in self.layers]
+
+    # ---- weights -------------------------------------------------------------------------
+
+    def init_random(self, seed: int) -> None:
+        """Deterministic random weights (outputs O(1) so greedy choices are far from ties)."""
+        gen = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if name.endswith("layernorm.weight") or name == "norm.weight":
+                vals = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+            elif name.endswith("bias"):
+                vals = 0.1 * torch.randn(p.shape, generator=gen)
+            elif p.dim() == 2 and name != "embed_tokens.weight":
+                vals = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
+            else:
+                vals = torch.randn(p.shape, generator=gen)
+            p.data.copy_(vals.to(p.dtype))
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy HF-named tensors ("model." prefix optional) in; every parameter must be given."""
+        own = dict(self.named_parameters())
+        seen: set[str] = set()
+        for raw_name, value in tensors.items():
+            name = raw_name.removeprefix("model.")
+            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+                continue
+            if name not in own:
+                if "rotary_emb" in name:
+                    continue
+                raise UserInputError(f"checkpoint tensor {raw_name!r} has no place in the model")
+            if tuple(own[name].shape) != tuple(value.shape):
+                raise UserInputError(
+                    f"checkpoint tensor {raw_name!r} has shape {tuple(value.shape)}, "
+                    f"model expects {tuple(own[name].shape)}"
+                )
+            own[name].data.copy_(value.to(own[name].dtype))
+            seen.add(name)
+        if self.config.tie_word_embeddings:
+            seen.add("lm_head.weight")
+        missing = sorted(set(own) - seen)
+        if missing:
+            raise UserInputError(f"checkpoint lacks tensors: {', '.join(missing[:5])}")
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden)).float()
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        token_ids: Sequence[int] | torch.Tensor,
+        start_pos: int = 0,
+        past: Past = None,
+        on_layer_kv: OnLayerKV | None = None,
+        logits: LogitsMode = "last",
+    ) -> PrefillOutput:
+        """Compute the new tokens `token_ids` at positions `start_pos ..` given prefix KV `past`."""
+        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
+        n_new = ids.shape[0]
+        if n_new == 0:
+            raise UserInputError("prefill needs at least one new token")
+        if past is None and start_pos != 0:
+            raise UserInputError(f"start_pos={start_pos} but no past KV was given")
+        if not callable(past) and past is not None and len(past) != self.config.num_layers:
+            raise UserInputError(f"past has {len(past)} layers, model has {self.config.num_layers}")
+        positions = torch.arange(start_pos, start_pos + n_new)
+        cos, sin = self.rope.cos_sin(positions)
+        total = start_pos + n_new
+        # query j (absolute position start_pos + j) sees keys 0 .. start_pos + j
+        mask = torch.ones(n_new, total, dtype=torch.bool).tril(diagonal=start_pos)
+        x = self.embed_tokens(ids)
+        new_kv: list[torch.Tensor] = []
+        for i, layer in enumerate(self.decoder_layers):
+            h = layer.input_layernorm(x)
+            q, kv = layer.self_attn.qkv(h, cos, sin)
+            if past is None:
+                kv_all = kv
+            else:
+                prefix = past(i) if callable(past) else past[i]
+                if prefix.shape[0] != start_pos:
+                    raise UserInputError(
+                        f"layer {i}: past has {prefix.shape[0]} tokens, start_pos is {start_pos}"
+                    )
+                kv_all = torch.cat((prefix.to(kv.dtype), kv), dim=0)
+            attn = self._attend(q, kv_all, mask)
+            x = x + layer.self_attn.o_proj(attn)
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            new_kv.append(kv)
+            if on_layer_kv is not None:
+                on_layer_kv(i, kv)
+        if logits == "none":
+            out = None
+        elif logits == "last":
+            out = self._logits(x[-1:])[0]
+        else:
+            out = self._logits(x)
+        return PrefillOutput(logits=out, new_kv=new_kv)
+
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """q `[N, Hq, D]`, kv `[T, 2, Hkv, D]`, mask `[N, T]` -> `[N, Hq*D]`."""
+        qh = q.transpose(0, 1).unsqueeze(0)
+        k = kv[:, 0].transpose(0, 1).unsqueeze(0)
+        v = kv[:, 1].transpose(0, 1).unsqueeze(0)
+        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=True)
+        return o[0].transpose(0, 1).reshape(q.shape[0], -1)
+
+    @torch.inference_mode()
+    def decode(self, last_token_ids: Sequence[int] | torch.Tensor,
+               caches: Sequence[KVSequence]) -> torch.Tensor:
+        """One decode step for B sequences: token b sits at position `caches[b].num_tokens`.
+
+        Writes each sequence's new KV and commits one token to it. Returns logits `[B, V]`.
+        """
+        ids = torch.as_tensor(last_token_ids, dtype=torch.long).reshape(-1)
+        batch = ids.shape[0]
+        if batch != len(caches):
+            raise UserInputError(f"{batch} tokens but {len(caches)} caches")
+        lengths = [c.num_tokens + 1 for c in caches]
+        max_len = max(lengths)
+        positions = torch.tensor([n - 1 for n in lengths])
+        cos, sin = self.rope.cos_sin(positions)
+        mask = torch.arange(max_len)[None, :] < torch.tensor(lengths)[:, None]  # [B, L]
+        mask = mask[:, None, None, :]
+        x = self.embed_tokens(ids)
+        c = self.config
+        for i, layer in enumerate(self.decoder_layers):
+            h = layer.input_layernorm(x)
+            q, kv = layer.self_attn.qkv(h, cos, sin)
+            kv_pad = torch.zeros((batch, max_len, 2, c.num_kv_heads, c.head_dim), dtype=kv.dtype)
+            for b, cache in enumerate(caches):
+                cache.write(i, lengths[b] - 1, kv[b : b + 1])
+                kv_pad[b, : lengths[b]] = cache.read(i, lengths[b])
+            qh = q.unsqueeze(2)  # [B, Hq, 1, D]
+            k = kv_pad[:, :, 0].transpose(1, 2)  # [B, Hkv, L, D]
+            v = kv_pad[:, :, 1].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=True)
+            x = x + layer.self_attn.o_proj(o.reshape(batch, -1))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        for cache in caches:
+            cache.commit(1)
+        return self._logits(x)
