@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ def _writer(root: str, worker: int) -> None:
             store.put(hex_hash(i), random_block(i))
 
 
-def _run(target, *args_list: tuple) -> None:  # type: ignore[no-untyped-def]
+def _run(target: Callable[..., None], *args_list: tuple[object, ...]) -> None:
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=target, args=args) for args in args_list]
     for p in procs:

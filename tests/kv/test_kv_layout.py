@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -67,7 +70,9 @@ def test_layer_view_is_a_view(geometry: BlockGeometry) -> None:
         (lambda g: [0, 1, 2], "numpy array"),
     ],
 )
-def test_bad_blocks_rejected_with_clear_errors(geometry: BlockGeometry, make, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_blocks_rejected_with_clear_errors(
+    geometry: BlockGeometry, make: Callable[[BlockGeometry], Any], message: str
+) -> None:
     with pytest.raises(BlockLayoutError, match=message):
         split_layers(make(geometry), geometry)
 
