@@ -42,6 +42,9 @@ class SLO:
             )
 
 
+DEFAULT_SLO = SLO()
+
+
 @dataclass(frozen=True)
 class TurnRecord:
     """Timing of one finished turn. Times are seconds since the start of the run."""
@@ -134,7 +137,7 @@ def build_report(
     records: Sequence[TurnRecord],
     *,
     mode: str,
-    slo: SLO = SLO(),
+    slo: SLO = DEFAULT_SLO,
     unfinished_turns: int = 0,
     num_agents: int | None = None,
     extra: dict[str, Any] | None = None,

@@ -1,0 +1,1 @@
+"""Agentic workloads: trajectories, trace files (DualPath JSONL, Mooncake), the generator."""

@@ -1,0 +1,125 @@
+"""Synthetic agentic trajectories whose statistics match the published traces.
+
+The generative model (one draw per trajectory, then per turn):
+
+- the first turn's append F (system prompt, tool definitions, task) ~ lognormal(mu_first,
+  sigma_first);
+- the trajectory's typical later append a and generation g ~ lognormal(mu_append,
+  sigma_append) and lognormal(mu_gen, sigma_gen), independent;
+- each later turn's append / generation ~ a / g times a mean-one lognormal factor
+  (sigma_turn_append / sigma_turn_gen), so lengths spread inside a trajectory too;
+- a target length L: the trace's max length with probability p_full (the agent runs until
+  its context is full), else max length x Beta(beta_a, 1) (the task ends early);
+- turns are added until the next one would take the trajectory past L.
+
+Because L is shared by every trajectory of a trace while a and g vary a lot, trajectories
+with short turns have many turns: mean turns x (mean append + mean gen) is far above the mean
+total, as in the published table. The per-max-length parameters in `PARAMS` were fitted to
+DESIGN.md section 1's table by `benchmarks/fit_trace_generator.py` (a Nelder-Mead search over
+the means of 20,000 generated trajectories); the context column is not a fitting target's
+by-product we force, it follows from the model (and is checked, like the others).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dualpath.core.errors import UserInputError
+from dualpath.workload.trajectory import Trajectory, Turn
+
+MAX_LENS: dict[str, int] = {"32k": 32 * 1024, "48k": 48 * 1024, "64k": 64 * 1024}
+
+# DESIGN.md section 1: (turns, append / turn, generated / turn, total, context) means.
+PUBLISHED_STATS: dict[str, dict[str, float]] = {
+    "32k": {"turns_mean": 60, "append_tokens_mean": 608, "gen_tokens_mean": 148,
+            "total_tokens_mean": 28_639, "context_tokens_mean": 17_183},
+    "48k": {"turns_mean": 106, "append_tokens_mean": 474, "gen_tokens_mean": 172,
+            "total_tokens_mean": 42_607, "context_tokens_mean": 25_120},
+    "64k": {"turns_mean": 157, "append_tokens_mean": 429, "gen_tokens_mean": 176,
+            "total_tokens_mean": 55_958, "context_tokens_mean": 32_721},
+}
+
+
+@dataclass(frozen=True)
+class GeneratorParams:
+    """Parameters of the generative model (natural-log scale for the mu_* / sigma_*)."""
+
+    mu_first: float
+    sigma_first: float
+    mu_append: float
+    sigma_append: float
+    mu_gen: float
+    sigma_gen: float
+    p_full: float
+    beta_a: float
+    sigma_turn_append: float = 0.8
+    sigma_turn_gen: float = 0.6
+
+
+# Fitted to the published table by benchmarks/fit_trace_generator.py (see module docstring).
+PARAMS: dict[str, GeneratorParams] = {
+    "32k": GeneratorParams(8.0, 0.6, 5.8, 0.8, 4.7, 0.7, 0.7, 1.5),
+    "48k": GeneratorParams(8.0, 0.6, 5.6, 0.8, 4.8, 0.7, 0.7, 1.5),
+    "64k": GeneratorParams(8.0, 0.6, 5.5, 0.8, 4.8, 0.7, 0.7, 1.5),
+}
+
+
+def parse_max_len(text: str) -> str:
+    """Normalise a --max-len value ("32k", "32K", "32768") to a key of MAX_LENS."""
+    key = text.strip().lower()
+    for name, tokens in MAX_LENS.items():
+        if key in (name, str(tokens)):
+            return name
+    raise UserInputError(f"--max-len must be one of {', '.join(MAX_LENS)}, got {text!r}")
+
+
+def _lengths(
+    rng: np.random.Generator, params: GeneratorParams, max_len: int
+) -> tuple[list[int], list[int]]:
+    """One trajectory's (appends, gens)."""
+    first = float(np.exp(rng.normal(params.mu_first, params.sigma_first)))
+    a = float(np.exp(rng.normal(params.mu_append, params.sigma_append)))
+    g = float(np.exp(rng.normal(params.mu_gen, params.sigma_gen)))
+    limit = max_len if rng.random() < params.p_full else max(1, int(max_len * rng.beta(params.beta_a, 1.0)))
+    appends: list[int] = []
+    gens: list[int] = []
+    done = 0
+    sa, sg = params.sigma_turn_append, params.sigma_turn_gen
+    chunk = 64
+    while True:
+        za = np.exp(rng.normal(-sa * sa / 2, sa, chunk)) * a
+        zg = np.exp(rng.normal(-sg * sg / 2, sg, chunk)) * g
+        if not appends:
+            za[0] = first
+        app = np.maximum(1, np.rint(za)).astype(np.int64)
+        gen = np.maximum(1, np.rint(zg)).astype(np.int64)
+        cum = done + np.cumsum(app + gen)
+        fits = int(np.searchsorted(cum, limit, side="right"))
+        if not appends and fits == 0:
+            # The first turn always exists; clip it to the max length.
+            g0 = int(min(gen[0], max_len // 2))
+            return [max(1, min(int(app[0]), limit - g0))], [g0]
+        appends.extend(int(x) for x in app[:fits])
+        gens.extend(int(x) for x in gen[:fits])
+        if fits < chunk:
+            return appends, gens
+        done = int(cum[-1])
+
+
+def generate(
+    max_len: str, num_agents: int, seed: int, params: GeneratorParams | None = None
+) -> list[Trajectory]:
+    """`num_agents` trajectories for a trace of the given max length ("32k", "48k", "64k")."""
+    key = parse_max_len(max_len)
+    if num_agents < 1:
+        raise UserInputError(f"--agents must be >= 1, got {num_agents}")
+    p = params or PARAMS[key]
+    # Each trajectory gets its own stream, so the first N of a larger trace are the same.
+    out: list[Trajectory] = []
+    for i in range(num_agents):
+        appends, gens = _lengths(np.random.default_rng([seed, i]), p, MAX_LENS[key])
+        turns = tuple(Turn(x, y) for x, y in zip(appends, gens, strict=True))
+        out.append(Trajectory(f"{key}-{seed}-{i}", turns))
+    return out
