@@ -1,0 +1,196 @@
+"""The FastAPI application: routes, auth, OpenAI-format errors, lifespan.
+
+`create_app(backend, ...)` builds a self-contained app (its own metrics registry and admission
+queue) around any `Backend`. Endpoints: POST /v1/completions, POST /v1/chat/completions,
+GET /v1/models, GET /health, GET /metrics. Everything under /v1 needs the API key when one is
+set; /health and /metrics never do (probes and scrapers carry no key).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from dualpath.core.errors import UserInputError
+from dualpath.server import responses
+from dualpath.server.admission import Admission
+from dualpath.server.api_errors import APIError, error_body, error_bytes
+from dualpath.server.backend import Backend
+from dualpath.server.metrics import ServerMetrics
+from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest
+from dualpath.server.serving import OpenAIServing
+
+_JSON = "application/json"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class ServerState:
+    """What `run.py` and tests reach through `app.state.dualpath`."""
+
+    backend: Backend
+    admission: Admission
+    metrics: ServerMetrics
+    serving: OpenAIServing
+    model_name: str
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.running + self.admission.waiting
+
+    def start_draining(self) -> None:
+        """Refuse new generation requests (503) and report unhealthy; in-flight ones go on."""
+        self.admission.draining = True
+
+
+def create_app(
+    backend: Backend,
+    *,
+    api_key: str | None = None,
+    max_queue: int | None = None,
+    max_running: int | None = None,
+    served_model_name: str | None = None,
+) -> FastAPI:
+    """An OpenAI-compatible app serving `backend`.
+
+    max_queue: requests that may wait for a running slot before new ones get 429
+    (default: `backend.admission.max_waiting`); max_running: requests handed to the backend
+    at once (default: `backend.admission.max_running`); served_model_name: the model id
+    clients use (default: `backend.model_name`).
+    """
+    limits = backend.admission
+    admission = Admission(max_running if max_running is not None else limits.max_running,
+                          max_queue if max_queue is not None else limits.max_waiting)
+    model_name = served_model_name or backend.model_name
+    metrics = ServerMetrics(model_name, admission, backend)
+    serving = OpenAIServing(backend, admission, metrics, model_name)
+    state = ServerState(backend, admission, metrics, serving, model_name)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await backend.start()
+        try:
+            yield
+        finally:
+            await backend.shutdown()
+
+    app = FastAPI(title="DualPath OpenAI-compatible API", version="0.1.0", lifespan=lifespan)
+    app.state.dualpath = state
+    created = int(time.time())
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        """Text completion; `stream: true` answers with server-sent events."""
+        return await serving.completions(body, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        """Chat completion through the model's chat template; `stream: true` for SSE."""
+        return await serving.chat(body, request)
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        """The served model, with its context length."""
+        card = {"id": model_name, "object": "model", "created": created, "owned_by": "dualpath",
+                "root": backend.model_name, "max_model_len": backend.max_model_len}
+        return Response(responses.dumps({"object": "list", "data": [card]}), media_type=_JSON)
+
+    @app.get("/health")
+    async def health() -> Response:
+        """200 when ready to serve; 503 while starting or draining."""
+        if admission.draining or not backend.is_ready():
+            return Response(status_code=503, headers={"Retry-After": "1"})
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: vllm:* request metrics and dualpath_* cluster state."""
+        return Response(metrics.render(), media_type=_PROMETHEUS)
+
+    _install_error_handlers(app, metrics)
+    if api_key:
+        app.add_middleware(_ApiKeyMiddleware, api_key=api_key, metrics=metrics)
+    return app
+
+
+def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(responses.dumps(body), status_code=status, media_type=_JSON, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
+    async def api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, APIError)
+        if exc.status in (400, 404):
+            metrics.rejected["invalid"].inc()
+        return _json_error(exc.status, exc.body(), exc.headers)
+
+    async def validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        metrics.rejected["invalid"].inc()
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+        where = ".".join(loc)
+        message = f"{where}: {first.get('msg', 'invalid request')}" if where else str(
+            first.get("msg", "invalid request"))
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more errors)"
+        return _json_error(400, error_body(400, message, param=where or None))
+
+    async def user_input_error(_: Request, exc: Exception) -> Response:
+        metrics.rejected["invalid"].inc()
+        return _json_error(400, error_body(400, str(exc)))
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return _json_error(exc.status_code, error_body(exc.status_code, str(exc.detail)),
+                           dict(exc.headers or {}))
+
+    async def internal_error(_: Request, exc: Exception) -> Response:
+        return _json_error(500, error_body(500, f"internal error: {type(exc).__name__}"))
+
+    app.add_exception_handler(APIError, api_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(UserInputError, user_input_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+class _ApiKeyMiddleware:
+    """Pure ASGI check of `Authorization: Bearer <key>` on /v1 paths (cheaper than Starlette's
+    BaseHTTPMiddleware, and it runs before the body is parsed, so 401 wins over 400)."""
+
+    def __init__(self, app: ASGIApp, api_key: str, metrics: ServerMetrics) -> None:
+        self._app = app
+        self._expected = f"Bearer {api_key}".encode()
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = b""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    given = value
+                    break
+            if not hmac.compare_digest(given, self._expected):
+                self._metrics.rejected["auth"].inc()
+                body = error_bytes(401, "missing or invalid API key (send 'Authorization: Bearer KEY')")
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"www-authenticate", b"Bearer"),
+                ]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self._app(scope, receive, send)

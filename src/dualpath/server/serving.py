@@ -1,0 +1,258 @@
+"""Turning a validated OpenAI request into a backend request and an HTTP response.
+
+Order of checks for both endpoints: model name (404), unsupported options (400), prompt
+tokenization and range checks (400, with the numbers for context overflow), sampling
+parameters (400), admission (429 queue full / 503 draining), then generation. A non-streamed
+request whose client disconnects is cancelled (a watcher task listens for `http.disconnect`);
+a streamed one is cancelled by Starlette when the client goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from dualpath.core.errors import UserInputError
+from dualpath.core.requests import GenerateRequest, SamplingParams
+from dualpath.server import responses
+from dualpath.server.admission import Admission, Draining, QueueFull
+from dualpath.server.api_errors import APIError
+from dualpath.server.backend import Backend
+from dualpath.server.generation import Delta, Generation
+from dualpath.server.metrics import ServerMetrics
+from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+
+_JSON = "application/json"
+
+
+class OpenAIServing:
+    """Shared state of the generation endpoints: backend, admission queue, metrics."""
+
+    def __init__(self, backend: Backend, admission: Admission, metrics: ServerMetrics,
+                 model_name: str) -> None:
+        self.backend = backend
+        self.admission = admission
+        self.metrics = metrics
+        self.model_name = model_name
+        self.tokenizer = backend.tokenizer
+        self._ids = itertools.count()
+        self._id_prefix = os.urandom(4).hex()
+
+    # ---- endpoints -------------------------------------------------------------------
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        arrival_s = time.perf_counter()
+        self._check_common(body)
+        if body.echo:
+            raise APIError(400, "echo is not supported", param="echo")
+        if body.suffix is not None:
+            raise APIError(400, "suffix is not supported", param="suffix")
+        if body.best_of not in (None, 1):
+            raise APIError(400, "best_of must be 1", param="best_of")
+        prompt_ids = self._completion_prompt(body.prompt)
+        return await self._serve(body, request, prompt_ids, body.max_tokens, "prompt",
+                                 chat=False, arrival_s=arrival_s)
+
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        arrival_s = time.perf_counter()
+        self._check_common(body)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            rendered = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=body.add_generation_prompt)
+            prompt_ids = (self.tokenizer.encode(rendered) if isinstance(rendered, str)
+                          else list(rendered))
+        except (UnicodeError, ValueError, KeyError, TypeError) as exc:
+            raise APIError(400, f"messages could not be rendered: {exc}", param="messages") from exc
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return await self._serve(body, request, prompt_ids, max_tokens, "messages",
+                                 chat=True, arrival_s=arrival_s)
+
+    # ---- validation ------------------------------------------------------------------
+
+    def _check_common(self, body: _SamplingFields) -> None:
+        if body.model is not None and body.model != self.model_name:
+            raise APIError(404, f"The model `{body.model}` does not exist.", param="model",
+                           code="model_not_found")
+        if body.n != 1:
+            raise APIError(400, f"n must be 1 (got {body.n}); send one request per sample",
+                           param="n")
+        if body.logprobs:
+            raise APIError(400, "logprobs are not supported", param="logprobs")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(body, name):
+                raise APIError(400, f"{name} is not supported (must be 0)", param=name)
+
+    def _completion_prompt(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+            if len(prompt) != 1:
+                raise APIError(400, f"batched prompts are not supported (got {len(prompt)}); "
+                               "send one prompt per request", param="prompt")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            try:
+                return self.tokenizer.encode(prompt)
+            except (UnicodeError, ValueError) as exc:
+                raise APIError(400, f"prompt could not be tokenized: {exc}", param="prompt") from exc
+        return list(prompt)  # type: ignore[arg-type]
+
+    def _sampling(self, body: _SamplingFields, prompt_ids: Sequence[int], max_tokens: int | None,
+                  param: str) -> tuple[SamplingParams, list[str]]:
+        n_prompt = len(prompt_ids)
+        if n_prompt == 0:
+            raise APIError(400, "the prompt is empty", param=param)
+        vocab = self.tokenizer.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise APIError(400, f"prompt token ids must be in [0, {vocab})", param=param)
+        max_len = self.backend.max_model_len
+        if max_tokens is None:
+            max_tokens = max(max_len - n_prompt, 0)
+        if n_prompt + max_tokens > max_len or max_tokens < 1:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {max_len} tokens. However, you "
+                f"requested {n_prompt + max(max_tokens, 1)} tokens ({n_prompt} in the {param}, "
+                f"{max(max_tokens, 1)} in the completion). Please reduce the length of the "
+                f"{param} or completion.",
+                param=param, code="context_length_exceeded",
+            )
+        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+        try:
+            sampling = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=1.0 if body.temperature is None else body.temperature,
+                top_p=1.0 if body.top_p is None else body.top_p,
+                min_tokens=body.min_tokens,
+                ignore_eos=body.ignore_eos,
+                seed=body.seed,
+                stop_token_ids=tuple(body.stop_token_ids or ()),
+            )
+        except UserInputError as exc:
+            raise APIError(400, str(exc)) from exc
+        return sampling, stop
+
+    # ---- generation ------------------------------------------------------------------
+
+    async def _serve(self, body: _SamplingFields, request: Request, prompt_ids: list[int],
+                     max_tokens: int | None, param: str, *, chat: bool,
+                     arrival_s: float) -> Response:
+        sampling, stop = self._sampling(body, prompt_ids, max_tokens, param)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{next(self._ids):x}"
+        try:
+            await self.admission.acquire()
+        except QueueFull:
+            self.metrics.rejected["queue_full"].inc()
+            raise APIError(429, "the server's admission queue is full; retry later",
+                           headers=self._retry_after()) from None
+        except Draining:
+            self.metrics.rejected["draining"].inc()
+            raise APIError(503, "the server is shutting down", headers=self._retry_after()) from None
+        self.metrics.queue_s.observe(time.perf_counter() - arrival_s)
+        gen = Generation(self.backend, GenerateRequest(rid, tuple(prompt_ids), sampling, arrival_s),
+                         stop, self.metrics, arrival_s)
+        created = int(time.time())
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            writer = responses.ChunkWriter(chat=chat, rid=rid, created=created,
+                                           model=self.model_name, include_usage=include_usage,
+                                           return_token_ids=body.return_token_ids)
+            return _ReleasingStream(_sse_body(gen, writer), self.admission)
+        try:
+            return await self._collect(gen, request, rid, created, chat, body.return_token_ids,
+                                       tuple(prompt_ids))
+        finally:
+            self.admission.release()
+
+    async def _collect(self, gen: Generation, request: Request, rid: str, created: int,
+                       chat: bool, return_ids: bool, prompt_ids: tuple[int, ...]) -> Response:
+        task = asyncio.current_task()
+        assert task is not None  # always inside a task under an ASGI server
+        watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
+        texts: list[str] = []
+        ids: list[int] = []
+        try:
+            delta: Delta
+            async for delta in gen.deltas():
+                texts.append(delta.text)
+                ids.extend(delta.token_ids)
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
+                return Response(status_code=499)  # the client is gone; nobody reads this
+            raise
+        finally:
+            watcher.cancel()
+        outcome = gen.outcome
+        assert outcome is not None  # set when deltas() ends
+        if outcome.finish_reason == "error":
+            raise APIError(500, f"generation failed: {outcome.error or 'backend error'}")
+        text = "".join(texts)
+        token_ids = ids if return_ids else None
+        obj: dict[str, Any]
+        if chat:
+            obj = responses.chat_completion(rid, created, self.model_name, text, outcome, token_ids)
+        else:
+            obj = responses.completion(rid, created, self.model_name, text, outcome, token_ids,
+                                       prompt_ids if return_ids else None)
+        return Response(responses.dumps(obj), media_type=_JSON)
+
+    def _retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.backend.admission.retry_after_s)}
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            task.cancel()
+            return
+
+
+async def _sse_body(gen: Generation, writer: responses.ChunkWriter) -> AsyncIterator[bytes]:
+    first = writer.first()
+    if first is not None:
+        yield first
+    try:
+        async for delta in gen.deltas():
+            chunk = writer.delta(delta.text, delta.token_ids)
+            if chunk is not None:
+                yield chunk
+    except Exception as exc:  # a failed backend mid-stream: tell the client in-band
+        yield responses.sse(APIError(500, f"generation failed: {exc}").body())
+        yield responses.SSE_DONE
+        return
+    outcome = gen.outcome
+    assert outcome is not None
+    if outcome.finish_reason == "error":
+        yield responses.sse(APIError(500, f"generation failed: {outcome.error}").body())
+        yield responses.SSE_DONE
+        return
+    yield writer.last(outcome)
+
+
+class _ReleasingStream(StreamingResponse):
+    """An SSE response that gives its admission slot back however the stream ends,
+    including a client that disconnects before the first chunk."""
+
+    def __init__(self, body: AsyncIterator[bytes], admission: Admission) -> None:
+        super().__init__(body, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                aclose = getattr(self.body_iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                self._admission.release()
