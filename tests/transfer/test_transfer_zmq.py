@@ -72,9 +72,8 @@ def test_unreachable_peer_is_a_transfer_error_within_the_timeout() -> None:
 
 
 def test_bind_conflict_and_closed_use_are_transfer_errors() -> None:
-    with ZmqTransport() as a:
-        with pytest.raises(TransferError, match="cannot bind"):
-            ZmqTransport(a.address)
+    with ZmqTransport() as a, pytest.raises(TransferError, match="cannot bind"):
+        ZmqTransport(a.address)
     with pytest.raises(TransferError, match="closed"):
         a.send(a.address, {}, [])
 
