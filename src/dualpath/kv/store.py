@@ -114,6 +114,26 @@ class KVStore(ABC):
     def stats(self) -> StoreStats:
         """A snapshot of this instance's counters."""
 
+    def get_many(
+        self, hashes: Sequence[str], outs: Sequence[np.ndarray | None] | None = None
+    ) -> list[np.ndarray | None]:
+        """`get` of several blocks (e.g. a prompt's prefix), possibly concurrently; same order.
+
+        Backends with real I/O latency override this to keep several reads in flight.
+        """
+        if outs is None:
+            return [self.get(h) for h in hashes]
+        return [self.get(h, out=o) for h, o in zip(hashes, outs, strict=True)]
+
+    def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        """`put` of several blocks, possibly concurrently. Each block is atomic on its own."""
+        for h, block in items:
+            self.put(h, block)
+
+    def close(self) -> None:
+        """Release background resources (I/O threads). The store stays usable (it reopens them)."""
+        return None
+
 
 class MemoryKVStore(KVStore):
     """A dict of Full Blocks; the fake for tests and for `--no-kv-store`-free unit setups."""

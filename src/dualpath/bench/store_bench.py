@@ -1,0 +1,271 @@
+"""`dualpath bench store`: FileKVStore throughput against plain sequential file I/O.
+
+For each block size, the same total bytes are written and read twice in the same directory
+and run: once through `FileKVStore` (one file per Full Block, header + per-layer CRC-32s,
+atomic rename) and once as one plain file written/read sequentially in Full-Block-sized
+chunks. Both sides follow the same fsync policy and both read cold: every file of both sides
+is fsync'ed and then dropped from the page cache (`posix_fadvise(DONTNEED)` per file, or the
+global `/proc/sys/vm/drop_caches`) before each timed read. Both sides read into one reused,
+preallocated buffer (as an engine reads into its DRAM buffer). Sides alternate order per
+repeat and the median of the repeats is reported. Optionally adds prefill times with 0 /
+90 / 99 % of the prompt loaded from the store (`dualpath.bench.prefill_times`, model side).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dualpath.bench.report import format_table, machine_info
+from dualpath.core.errors import UserInputError
+from dualpath.core.model_config import KV_DTYPE_BYTES
+from dualpath.kv import BlockGeometry, FileKVStore, block_hashes
+
+# SmolLM2-135M (HuggingFaceTB/SmolLM2-135M config.json): 30 layers, 3 KV heads, head_dim 576/9 = 64.
+SMOLLM2_LAYERS, SMOLLM2_KV_HEADS, SMOLLM2_HEAD_DIM = 30, 3, 64
+_POOL_BLOCKS = 4  # distinct random payloads cycled over the puts (content does not matter to the FS)
+_PHASES = 7  # store/raw write, store/raw read, store get_layer/raw strided read, serial store read
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", help="directory to measure in (default: a fresh temp dir); "
+                        "put it on the disk or shared mount you want to measure")
+    parser.add_argument("--total-mib", type=float, default=256.0, help="bytes per side and size (MiB)")
+    parser.add_argument("--block-tokens", default="64,256",
+                        help="comma-separated block sizes in tokens; the first is the primary size")
+    parser.add_argument("--kv-dtype", choices=sorted(KV_DTYPE_BYTES), default="float32")
+    parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
+                        help="make every block durable before put returns (raw side: fsync per chunk)")
+    parser.add_argument("--io-threads", type=int, default=4,
+                        help="FileKVStore io_threads: blocks get_many/put_many keep in flight")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per size; medians are reported")
+    parser.add_argument("--cache-drop", choices=["fadvise", "drop_caches"], default="fadvise",
+                        help="how reads are made cold: per-file posix_fadvise(DONTNEED), or the "
+                        "global /proc/sys/vm/drop_caches (root only)")
+    parser.add_argument("--keep", action="store_true", help="keep the files written")
+    parser.add_argument("--prefill", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure prefill time with part of the prompt loaded from the store")
+    parser.add_argument("--prefill-models", default="tiny,smollm2")
+    parser.add_argument("--prefill-lengths", default="512,2048,8192")
+    parser.add_argument("--prefill-fractions", default="0,0.9,0.99")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = _int_list(args.block_tokens, "--block-tokens")
+    if args.total_mib <= 0 or args.repeats < 1:
+        raise UserInputError("--total-mib must be > 0 and --repeats >= 1")
+    bptpl = 2 * SMOLLM2_KV_HEADS * SMOLLM2_HEAD_DIM * KV_DTYPE_BYTES[args.kv_dtype]
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="dualpath-store-bench-"))
+    base.mkdir(parents=True, exist_ok=True)
+    total_bytes = int(args.total_mib * 2**20)
+    results: dict[str, dict[str, Any]] = {}
+    with tqdm(total=len(sizes) * args.repeats * _PHASES, desc="store bench", unit="phase") as bar:
+        for tokens in sizes:
+            geometry = BlockGeometry(SMOLLM2_LAYERS, tokens, bptpl)
+            nblocks = max(1, total_bytes // geometry.full_block_bytes)
+            results[str(tokens)] = _measure_size(base, geometry, nblocks, args, bar.update)
+    if not args.keep and not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+    primary = results[str(sizes[0])]
+    out: dict[str, Any] = {
+        "benchmark": "store",
+        "read_efficiency": primary["read_efficiency"],
+        "write_efficiency": primary["write_efficiency"],
+        "get_layer_bytes_s": primary["store_get_layer_bytes_s"],
+        "get_layer_efficiency": primary["get_layer_efficiency"],
+        "primary_block_tokens": sizes[0],
+        "model_geometry": {"name": "SmolLM2-135M", "num_layers": SMOLLM2_LAYERS,
+                           "bytes_per_token_per_layer": bptpl, "kv_dtype": args.kv_dtype},
+        "fsync": args.fsync,
+        "io_threads": args.io_threads,
+        "cache_method": _cache_method(args.cache_drop),
+        "repeats": args.repeats,
+        "dir": str(base),
+        "sizes": results,
+        "machine": machine_info(),
+    }
+    rows = [(t, r["num_blocks"], r["block_bytes"], r["store_write_bytes_s"] / 1e6,
+             r["raw_write_bytes_s"] / 1e6, r["write_efficiency"], r["store_read_bytes_s"] / 1e6,
+             r["raw_read_bytes_s"] / 1e6, r["read_efficiency"], r["store_get_layer_bytes_s"] / 1e6,
+             r["get_layer_efficiency"]) for t, r in results.items()]
+    print(format_table(["tokens", "blocks", "block_B", "st_wr_MB/s", "raw_wr_MB/s", "wr_eff",
+                        "st_rd_MB/s", "raw_rd_MB/s", "rd_eff", "layer_MB/s", "layer_eff"], rows))
+    out["prefill"], out["prefill_skipped"] = _prefill(args)
+    return out
+
+
+def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Namespace,
+                  tick: Callable[[int], object]) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    pool = [rng.integers(0, 256, g.full_block_shape, dtype=np.uint8) for _ in range(_POOL_BLOCKS)]
+    tokens = rng.integers(0, 49152, nblocks * g.block_tokens)  # SmolLM2 vocab size 49152
+    hashes = block_hashes(tokens, g.block_tokens, "store-bench")
+    items = [(h, pool[i % len(pool)]) for i, h in enumerate(hashes)]
+    # One pre-touched destination for every read of both sides (an engine's DRAM buffer).
+    dest = np.ones((nblocks, *g.full_block_shape), dtype=np.uint8)
+    nbytes = nblocks * g.full_block_bytes
+    layer_bytes = nblocks * g.layer_block_bytes
+    samples: dict[str, list[float]] = {}
+    for rep in range(args.repeats):
+        root = base / f"store-{g.block_tokens}-{rep}"
+        raw = base / f"raw-{g.block_tokens}-{rep}.bin"
+        shutil.rmtree(root, ignore_errors=True)
+        store = FileKVStore(root, g, fsync=args.fsync, io_threads=args.io_threads)
+        writers: list[tuple[str, int, Callable[[], None]]] = [
+            ("store_write", nbytes, partial(store.put_many, items)),
+            ("raw_write", nbytes, partial(_raw_write, raw, nblocks, pool, args.fsync)),
+        ]
+        readers: list[tuple[str, int, Callable[[], None]]] = [
+            ("store_read", nbytes, partial(_store_read, store, hashes, dest)),
+            ("raw_read", nbytes, partial(_raw_read, raw, dest)),
+            ("store_get_layer", layer_bytes, partial(_store_layers, store, hashes, g)),
+            ("raw_strided_read", layer_bytes, partial(_raw_layers, raw, nblocks, g)),
+            ("store_read_serial", nbytes, partial(_store_read_serial, store, hashes, dest)),
+        ]
+        for group in (writers, readers[0:2], readers[2:4], readers[4:]):
+            for name, size, fn in group if rep % 2 == 0 else group[::-1]:
+                if name not in ("store_write", "raw_write"):
+                    _make_cold([*root.rglob("*.kvb"), raw], args.cache_drop)
+                samples.setdefault(f"{name}_bytes_s", []).append(size / _timed(fn))
+                tick(1)
+        store.close()
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+            raw.unlink(missing_ok=True)
+    r: dict[str, Any] = {k: statistics.median(v) for k, v in samples.items()}
+    r["read_efficiency"] = r["store_read_bytes_s"] / r["raw_read_bytes_s"]
+    r["write_efficiency"] = r["store_write_bytes_s"] / r["raw_write_bytes_s"]
+    r["get_layer_efficiency"] = r["store_get_layer_bytes_s"] / r["raw_strided_read_bytes_s"]
+    r["read_serial_efficiency"] = r["store_read_serial_bytes_s"] / r["raw_read_bytes_s"]
+    r.update(num_blocks=nblocks, block_bytes=g.full_block_bytes, total_bytes=nbytes,
+             samples=samples)
+    return r
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _raw_write(path: Path, nblocks: int, pool: list[np.ndarray], fsync: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(nblocks):
+            buf = pool[i % len(pool)].data.cast("B")
+            done = 0
+            while done < len(buf):
+                done += os.write(fd, buf[done:])
+            if fsync:
+                os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _store_read(store: FileKVStore, hashes: list[str], dest: np.ndarray) -> None:
+    """The whole prefix in one `get_many` (how a loader reads a prompt's cached blocks)."""
+    got = store.get_many(hashes, list(dest))
+    if any(block is None for block in got):
+        raise RuntimeError("store bench: a block went missing on read-back")
+
+
+def _store_read_serial(store: FileKVStore, hashes: list[str], dest: np.ndarray) -> None:
+    for h, out in zip(hashes, dest, strict=True):
+        if store.get(h, out=out) is None:
+            raise RuntimeError(f"store bench: block {h} missing on read-back")
+
+
+def _store_layers(store: FileKVStore, hashes: list[str], g: BlockGeometry) -> None:
+    out = g.empty_layer_block()
+    for i, h in enumerate(hashes):
+        if store.get_layer(h, i % g.num_layers, out=out) is None:
+            raise RuntimeError(f"store bench: layer of block {h} missing on read-back")
+
+
+def _raw_read(path: Path, dest: np.ndarray) -> None:
+    """Sequential reads of Full-Block-sized chunks into consecutive slices of `dest`."""
+    flat = dest.data.cast("B")
+    step = dest[0].nbytes
+    with open(path, "rb", buffering=0) as f:
+        for offset in range(0, len(flat), step):
+            if f.readinto(flat[offset : offset + step]) != step:
+                raise RuntimeError("store bench: short raw read")
+
+
+def _raw_layers(path: Path, nblocks: int, g: BlockGeometry) -> None:
+    """The raw counterpart of get_layer: one Layer-Block-sized pread per Full-Block stride."""
+    buf = g.empty_layer_block().data.cast("B")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for i in range(nblocks):
+            offset = i * g.full_block_bytes + (i % g.num_layers) * g.layer_block_bytes
+            if os.preadv(fd, [buf], offset) != len(buf):
+                raise RuntimeError("store bench: short raw read")
+    finally:
+        os.close(fd)
+
+
+def _make_cold(files: list[Path], method: str) -> None:
+    """Flush every file to disk (untimed), then evict it from the page cache."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            if method == "fadvise":
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    if method == "drop_caches":
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("1\n")
+        except OSError as exc:
+            raise UserInputError(f"--cache-drop drop_caches not permitted here ({exc}); use fadvise") from exc
+
+
+def _cache_method(method: str) -> str:
+    if method == "fadvise":
+        return "fsync + posix_fadvise(POSIX_FADV_DONTNEED) on every file of both sides before each read"
+    return "fsync + echo 1 > /proc/sys/vm/drop_caches before each read"
+
+
+def _prefill(args: argparse.Namespace) -> tuple[list[dict[str, Any]] | None, str | None]:
+    if not args.prefill:
+        return None, "disabled with --no-prefill"
+    try:
+        from dualpath.bench.prefill_times import prefill_times  # type: ignore[import-not-found,unused-ignore]
+    except ModuleNotFoundError as exc:
+        if exc.name != "dualpath.bench.prefill_times":
+            raise
+        msg = "dualpath.bench.prefill_times is not available yet; prefill times skipped"
+        print(msg)
+        return None, msg
+    models = [m for m in args.prefill_models.split(",") if m]
+    lengths = _int_list(args.prefill_lengths, "--prefill-lengths")
+    fractions = [float(x) for x in args.prefill_fractions.split(",") if x]
+    rows: list[dict[str, Any]] = list(prefill_times(models, lengths, fractions))
+    if rows:
+        headers = list(rows[0])
+        print(format_table(headers, [[row.get(h) for h in headers] for row in rows]))
+    return rows, None
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserInputError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise UserInputError(f"{flag} needs at least one positive integer, got {text!r}")
+    return values
