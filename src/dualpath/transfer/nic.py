@@ -6,9 +6,11 @@ again) in a `SharedCounters` file, so every process that opens the same `NicSpec
 shares the same link (an SNIC is shared by all engines of a node; a CNIC by the threads of
 its engine). A transfer of n bytes is cut into chunks; each chunk reserves the slot
 `[start, start + chunk/rate)` and the caller sleeps until the slot ends: `start` is
-`next_free_s` when the lane is busy or went idle less than `burst_s` ago (that tolerance
-absorbs thread wake-up jitter, so a single paced sender still saturates the lane), else
-`now` (no credit for idle time). This is GCRA, the virtual-scheduling form of a token
+`next_free_s` when the lane is busy or went idle less than `burst_s` ago, else `now` (no
+credit for idle time); later chunks of the same transfer start where its previous chunk
+ended (the transfer was backlogged all along), so a transfer takes nbytes/rate on a free
+lane however late its thread wakes up, and `burst_s` absorbs the small gaps between
+back-to-back transfers. This is GCRA, the virtual-scheduling form of a token
 bucket; throughput can never exceed the rate because slots never overlap.
 
 Two traffic classes share a lane (DualPath's CNIC-centric isolation):
@@ -217,8 +219,9 @@ class EmulatedNic:
                     time.sleep(max(next_free - now, min(duration, 0.0005)))
                 if first_start is None:
                     first_start = start
-                if floor is not None:
-                    floor = end
+                # The rest of this transfer is backlogged from now on: its next chunk may
+                # start where this one ends even if this thread wakes up late.
+                floor = end
                 remaining -= chunk
                 delay = end - time.monotonic()
                 if delay > 0:
