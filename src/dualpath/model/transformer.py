@@ -159,7 +159,8 @@ class Transformer(nn.Module):
                     f"checkpoint tensor {raw_name!r} has shape {tuple(value.shape)}, "
                     f"model expects {tuple(own[name].shape)}"
                 )
-            own[name].data.copy_(value.to(own[name].dtype))
+            # rebinding (not copy_) avoids touching a second full-size buffer
+            own[name].data = value.to(own[name].dtype).contiguous()
             seen.add(name)
         if self.config.tie_word_embeddings:
             seen.add("lm_head.weight")
