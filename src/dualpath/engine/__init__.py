@@ -1,0 +1,1 @@
+"""Prefill and decode engine processes (one process stands for one GPU)."""

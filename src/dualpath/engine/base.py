@@ -1,0 +1,181 @@
+"""What every engine process has: a model replica, its NICs, the shaped KV store, a data-plane
+transport, and a control connection to the scheduler.
+
+An engine stands for one GPU. Its CNIC (one per engine) carries everything that enters or
+leaves the engine's "GPU" — KV from peers, host-buffer -> model copies, synthetic collectives —
+and its node's SNIC (shared with the node's other engines, across processes) carries every
+storage byte. The engine loop is the nano-vllm triple: `step()` = schedule, run, postprocess;
+data-plane messages arrive on a receiver thread and are handed to `on_data` (subclasses lock
+what they share with the loop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from dualpath.core.systems import system_spec
+from dualpath.engine.kv_messages import DataSender
+from dualpath.kv.file_store import FileKVStore
+from dualpath.kv.layout import BlockGeometry
+from dualpath.model.loader import load_model
+from dualpath.runtime import protocol as proto
+from dualpath.runtime.config import ClusterConfig
+from dualpath.runtime.nics import cnic_spec, snic_spec
+from dualpath.transfer.base import Message
+from dualpath.transfer.nic import EmulatedNic
+from dualpath.transfer.shaped_store import ShapedStore
+from dualpath.transfer.zmq_transport import ZmqTransport
+
+logger = logging.getLogger(__name__)
+
+STATS_INTERVAL_S = 0.5
+
+
+class EngineBase:
+    """Shared plumbing of prefill and decode engines (see module doc)."""
+
+    role = "engine"
+
+    def __init__(self, config: ClusterConfig, engine_id: int, node_id: int,
+                 control_address: str, run_dir: str) -> None:
+        self.config = config
+        self.engine_id = engine_id
+        self.node_id = node_id
+        self.spec = system_spec(config.system)
+        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed)
+        self.model_config = self.model.config
+        self.block_size = config.block_size
+        self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
+        free_io = self.spec.free_io
+        self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
+        self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
+        self.store = ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
+        self.transport = ZmqTransport(f"tcp://{config.host}:0", cnic=self.cnic)
+        self.sender = DataSender(self.transport)
+        self._ctx = zmq.Context()
+        self._ctrl = self._ctx.socket(zmq.DEALER)
+        self._ctrl.setsockopt(zmq.LINGER, 0)
+        self._ctrl.setsockopt(zmq.IDENTITY, str(engine_id).encode())
+        self._ctrl.connect(control_address)
+        self._ctrl_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_stats_s = 0.0
+        self.bytes_read = 0
+        self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
+                                          name=f"engine{engine_id}-data")
+
+    # ---- subclass interface -------------------------------------------------------------
+
+    def kv_capacity_tokens(self) -> int:
+        return 0
+
+    def prefill_tokens_per_s(self) -> float:
+        return 0.0
+
+    def on_control(self, msg: proto.ControlMessage) -> None:
+        """Handle a scheduler message (runs on the loop thread)."""
+        raise NotImplementedError
+
+    def on_data(self, msg: Message) -> None:
+        """Handle a data-plane message (runs on the receiver thread)."""
+        raise NotImplementedError
+
+    def step(self) -> bool:
+        """Do one unit of work; return False when idle (the loop then waits for messages)."""
+        raise NotImplementedError
+
+    def load(self) -> tuple[int, int]:
+        """(seq_e, tok_e) as this engine sees them, for stats."""
+        return 0, 0
+
+    def extra_counters(self) -> dict[str, float]:
+        return {}
+
+    def shutdown(self) -> None:
+        """Release subclass resources (threads)."""
+
+    # ---- plumbing ------------------------------------------------------------------------
+
+    def send_control(self, msg: proto.ControlMessage) -> None:
+        with self._ctrl_lock:
+            self._ctrl.send(proto.encode(msg))
+
+    def run(self) -> None:
+        self._receiver.start()
+        self.send_control(proto.Hello(
+            engine_id=self.engine_id, node_id=self.node_id, role=self.role,
+            data_address=self.transport.address, kv_capacity_tokens=self.kv_capacity_tokens(),
+            pid=os.getpid(), prefill_tokens_per_s=self.prefill_tokens_per_s(),
+        ))
+        logger.info("engine %d (%s) ready at %s", self.engine_id, self.role,
+                    self.transport.address)
+        poller = zmq.Poller()
+        poller.register(self._ctrl, zmq.POLLIN)
+        busy = False
+        try:
+            while not self._stop.is_set():
+                timeout_ms = 0 if busy else 5
+                with self._ctrl_lock:
+                    events = dict(poller.poll(timeout_ms))
+                    raw = [self._ctrl.recv() for _ in range(64)
+                           if self._ctrl.poll(0)] if events else []
+                for data in raw:
+                    msg = proto.decode(data)
+                    if isinstance(msg, proto.Shutdown):
+                        self._stop.set()
+                        break
+                    self.on_control(msg)
+                busy = self.step()
+                self._maybe_report()
+        finally:
+            self.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def _receive_loop(self) -> None:
+        while not self._stop.is_set():
+            msg = self.transport.recv(timeout_s=0.1)
+            if msg is None:
+                continue
+            try:
+                self.on_data(msg)
+            except Exception:  # a bad message must not kill the engine's data plane
+                logger.exception("engine %d: failed to handle data message %s",
+                                 self.engine_id, msg.header.get("kind"))
+
+    def _maybe_report(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats_s < STATS_INTERVAL_S:
+            return
+        self._last_stats_s = now
+        seq, tok = self.load()
+        counters: dict[str, float] = {}
+        for prefix, nic in (("snic", self.snic), ("cnic", self.cnic)):
+            for key, value in nic.stats().flat().items():
+                counters[f"{prefix}.{key}"] = value
+        store_stats: Any = self.store.stats()
+        for key in ("get_hits", "get_bytes", "corrupt", "put_bytes", "puts"):
+            if hasattr(store_stats, key):
+                counters[f"store.{key}"] = float(getattr(store_stats, key))
+        counters.update(self.extra_counters())
+        self.send_control(proto.EngineStats(
+            engine_id=self.engine_id, seq=seq, tok=tok,
+            free_kv_tokens=self.kv_capacity_tokens(), read_queue_tokens=0, counters=counters,
+        ))
+
+    def close(self) -> None:
+        self._stop.set()
+        self.shutdown()
+        self.sender.close()
+        self.transport.close()
+        self._ctrl.close(0)
+        self._ctx.term()
+        self.snic.close()
+        self.cnic.close()

@@ -1,0 +1,263 @@
+"""The decode engine (DE): receives a request's prompt KV, decodes it, persists full blocks.
+
+DE read path: store --SNIC--> DE buffer (Full Blocks); each layer's hit KV --CNIC--> PE while
+the PE prefills; the PE sends back only the miss tokens' KV, merged here. PE read path: the
+PE streams every layer's KV of the whole prompt here. Either way, once every layer holds the
+whole prompt and the PE's first token has arrived, the request joins the decode batch. Each
+block that becomes full — prompt blocks the store did not have, then generated ones — is
+persisted to the store through this node's SNIC, from a writer thread.
+
+All paged-cache mutations happen on the loop thread: the receiver thread and the storage
+reader only enqueue events for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dualpath.engine.base import EngineBase
+from dualpath.engine.sampler import sample_token
+from dualpath.kv.hashing import block_hashes
+from dualpath.model.kv_bytes import kv_from_bytes
+from dualpath.model.kv_cache import PagedKVCache
+from dualpath.runtime import protocol as proto
+from dualpath.transfer.base import Message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DecodeTask:
+    assign: proto.AssignDecode
+    state: str = "waiting"  # waiting (for KV) | running
+    hit_tokens: int = 0
+    layer_tokens: dict[int, int] = field(default_factory=dict)  # tokens of KV per layer
+    first_token: int | None = None
+    generated: list[int] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)  # block hashes known so far
+    persisted_blocks: int = 0  # leading blocks already in the store
+
+    @property
+    def rid(self) -> str:
+        return self.assign.request_id
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.assign.prompt_token_ids)
+
+
+class DecodeEngine(EngineBase):
+    role = "decode"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        per_block = self.block_size * self.model_config.kv_bytes_per_token
+        num_blocks = max(1, self.config.decode_kv_bytes // per_block)
+        self.cache = PagedKVCache(self.model_config, num_blocks, self.block_size)
+        self._tasks: dict[str, DecodeTask] = {}
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="de-read")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="de-persist")
+        eos = self.tokenizer.eos_token_ids or self.model_config.eos_token_ids
+        self.eos_ids = tuple(eos)
+        self.bytes_read = 0
+        self.blocks_persisted = 0
+
+    def kv_capacity_tokens(self) -> int:
+        return self.cache.num_free_blocks * self.block_size
+
+    def load(self) -> tuple[int, int]:
+        return len(self._tasks), sum(t.prompt_len + len(t.generated) for t in self._tasks.values())
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def on_control(self, msg: proto.ControlMessage) -> None:
+        if isinstance(msg, proto.AssignDecode):
+            self._assign(msg)
+        elif isinstance(msg, proto.Abort):
+            task = self._tasks.pop(msg.request_id, None)
+            if task is not None:
+                self.cache.free(task.rid)
+
+    def on_data(self, msg: Message) -> None:
+        self._events.put(("data", msg))
+
+    def _assign(self, a: proto.AssignDecode) -> None:
+        need = len(a.prompt_token_ids) + a.max_tokens
+        if not self.cache.can_allocate(need):
+            self.send_control(proto.Finished(self.engine_id, a.request_id, "error",
+                                             len(a.prompt_token_ids), 0, 0,
+                                             error="decode engine out of KV memory"))
+            return
+        self.cache.allocate(a.request_id, need)
+        task = DecodeTask(a, hashes=list(a.hit_hashes))
+        self._tasks[a.request_id] = task
+        if a.read_path == "de" and a.hit_hashes:
+            self._readers.submit(self._read_blocks, task)
+
+    def _read_blocks(self, task: DecodeTask) -> None:
+        """DE read path (reader thread): Full Blocks from storage into the DE buffer."""
+        blocks: list[np.ndarray] = []
+        for block_hash in task.assign.hit_hashes:
+            block = self.store.get(block_hash)
+            if block is None:
+                logger.warning("request %s: block %s unreadable; recomputing from there",
+                               task.rid, block_hash[:16])
+                break
+            blocks.append(block)
+        self.bytes_read += sum(b.nbytes for b in blocks)
+        hit_tokens = len(blocks) * self.block_size
+        self.send_control(proto.ReadDone(self.engine_id, task.rid,
+                                         len(task.assign.hit_hashes) * self.block_size,
+                                         hit_tokens))
+        # Tell the PE how much it gets, then stream it layer by layer (the PE consumes layer
+        # i just before running layer i; the CNICs pace the bytes).
+        dest = task.assign.prefill_address
+        self.sender.submit(dest, {"kind": "hit_ready", "rid": task.rid, "hit_tokens": hit_tokens})
+        if blocks:
+            for layer in range(self.model_config.num_layers):
+                self.sender.submit(dest, {"kind": "hit_layer", "rid": task.rid, "layer": layer},
+                                   [b[layer] for b in blocks])
+        self._events.put(("loaded", (task.rid, blocks)))
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        busy = self._drain_events()
+        running = [t for t in self._tasks.values() if t.state == "running"]
+        if running:
+            batch = running[: self.config.max_decode_batch]
+            try:
+                self._decode(batch)
+            except Exception as exc:  # fail the batch, keep the engine
+                logger.exception("decode step failed")
+                for task in batch:
+                    if task.rid in self._tasks:
+                        self._finish(task, "error", error=f"{type(exc).__name__}: {exc}")
+            busy = True
+        return busy
+
+    def _drain_events(self) -> bool:
+        busy = False
+        while True:
+            try:
+                kind, payload = self._events.get_nowait()
+            except queue.Empty:
+                return busy
+            busy = True
+            if kind == "loaded":
+                rid, blocks = payload
+                task = self._tasks.get(rid)
+                if task is not None:
+                    self.cache.import_blocks(rid, blocks)
+                    task.hit_tokens = len(blocks) * self.block_size
+                    for layer in range(self.model_config.num_layers):
+                        task.layer_tokens[layer] = max(task.layer_tokens.get(layer, 0),
+                                                       task.hit_tokens)
+                    self._maybe_start(task)
+            else:
+                try:
+                    self._on_data(payload)
+                except Exception as exc:
+                    logger.exception("bad data message")
+                    task = self._tasks.get(payload.header.get("rid"))
+                    if task is not None:
+                        self._finish(task, "error", error=f"{type(exc).__name__}: {exc}")
+
+    def _on_data(self, msg: Message) -> None:
+        h = msg.header
+        task = self._tasks.get(h["rid"])
+        if task is None:
+            return
+        kind = h["kind"]
+        if kind == "kv_layer":
+            layer, start = int(h["layer"]), int(h["start"])
+            parts = msg.payload
+            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+            self.cache.write(task.rid, layer, start, kv_from_bytes(arr, self.model_config))
+            task.layer_tokens[layer] = start + int(h["n"])
+        elif kind == "prefill_result":
+            task.first_token = int(h["first_token"])
+            task.hit_tokens = int(h["cached_tokens"])
+        elif kind == "prefill_failed":
+            self._finish(task, "error", error=str(h.get("error")))
+            return
+        self._maybe_start(task)
+
+    def _maybe_start(self, task: DecodeTask) -> None:
+        """Join the decode batch once every layer holds the whole prompt and token 1 is here."""
+        n = task.prompt_len
+        if task.state != "waiting" or task.first_token is None:
+            return
+        if any(task.layer_tokens.get(i, 0) < n for i in range(self.model_config.num_layers)):
+            return
+        self.cache.commit(task.rid, n - self.cache.num_tokens(task.rid))
+        task.persisted_blocks = task.hit_tokens // self.block_size
+        task.state = "running"
+        self._emit(task, task.first_token)
+
+    def _decode(self, batch: list[DecodeTask]) -> None:
+        last = [t.generated[-1] for t in batch]
+        logits = self.model.decode(last, [self.cache.sequence(t.rid) for t in batch])
+        for row, task in enumerate(batch):
+            a = task.assign
+            banned = self.eos_ids if len(task.generated) < a.min_tokens and not a.ignore_eos else ()
+            token = sample_token(logits[row], temperature=a.temperature, top_p=a.top_p,
+                                 seed=a.seed, step=len(task.generated), banned_token_ids=banned)
+            self._emit(task, token)
+
+    def _emit(self, task: DecodeTask, token: int) -> None:
+        a = task.assign
+        task.generated.append(token)
+        self.send_control(proto.Tokens(self.engine_id, task.rid, [token]))
+        self._persist_full_blocks(task)
+        n = len(task.generated)
+        stop_ids = set(a.stop_token_ids) | (set() if a.ignore_eos else set(self.eos_ids))
+        if n >= a.min_tokens and token in stop_ids:
+            self._finish(task, "stop")
+        elif n >= a.max_tokens:
+            self._finish(task, "length")
+
+    def _persist_full_blocks(self, task: DecodeTask) -> None:
+        """Persist every block that became full and is not in the store yet."""
+        fresh = [i for i in self.cache.take_full_blocks(task.rid) if i >= task.persisted_blocks]
+        if not fresh:
+            return
+        tokens = [*task.assign.prompt_token_ids, *task.generated]
+        while len(task.hashes) <= fresh[-1]:
+            k = len(task.hashes)
+            parent = task.hashes[-1] if task.hashes else None
+            chunk = tokens[k * self.block_size:(k + 1) * self.block_size]
+            task.hashes.extend(block_hashes(chunk, self.block_size, self.model_config.identity,
+                                            parent=parent))
+        for index in fresh:
+            block = self.cache.export_block(task.rid, index)  # a copy: safe after free
+            self._writer.submit(self._put, task.hashes[index], block)
+
+    def _put(self, block_hash: str, block: np.ndarray) -> None:
+        try:
+            self.store.put(block_hash, block)
+            self.blocks_persisted += 1
+        except Exception:
+            logger.exception("persisting block %s failed", block_hash[:16])
+
+    def _finish(self, task: DecodeTask, reason: str, error: str | None = None) -> None:
+        self._tasks.pop(task.rid, None)
+        self.cache.free(task.rid)
+        self.send_control(proto.Finished(self.engine_id, task.rid, reason, task.prompt_len,
+                                         len(task.generated), task.hit_tokens, error=error))
+
+    def extra_counters(self) -> dict[str, float]:
+        return {"bytes_read_de_path": float(self.bytes_read),
+                "blocks_persisted": float(self.blocks_persisted),
+                "kv_free_tokens": float(self.kv_capacity_tokens())}
+
+    def shutdown(self) -> None:
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        self._writer.shutdown(wait=True)

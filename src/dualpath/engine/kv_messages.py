@@ -1,0 +1,81 @@
+"""Data-plane messages between engines, and the background sender that streams them.
+
+Headers are small dicts (the transfer layer msgpacks them); payloads are uint8 arrays in
+the Full/Layer Block byte layout (`[tokens, kv_bytes_per_token_per_layer]` per layer).
+
+    kind="hit_ready"      DE -> PE   {rid, hit_tokens}            DE path: reads are done
+    kind="hit_layer"      DE -> PE   {rid, layer}  + blocks' layer i (one array per block)
+    kind="kv_layer"       PE -> DE   {rid, layer, start, n}  + [n, B] of layer i
+    kind="prefill_result" PE -> DE   {rid, first_token, prompt_tokens, cached_tokens}
+    kind="prefill_failed" PE -> DE   {rid, error}
+
+The sender thread keeps sends in order (one FIFO) and lets the model keep computing while
+the CNIC paces the previous layer's bytes — this is the layerwise overlap.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dualpath.core.errors import TransferError
+from dualpath.transfer.base import Transport
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Outgoing:
+    dest: str
+    header: dict[str, Any]
+    payload: Sequence[np.ndarray]
+    on_error: Callable[[TransferError], None] | None
+
+
+class DataSender:
+    """Sends data-plane messages from one background thread, in submission order."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+        self._queue: queue.Queue[_Outgoing | None] = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="data-sender")
+        self._thread.start()
+
+    def submit(self, dest: str, header: dict[str, Any], payload: Sequence[np.ndarray] = (),
+               on_error: Callable[[TransferError], None] | None = None) -> None:
+        with self._idle:
+            self._pending += 1
+        self._queue.put(_Outgoing(dest, header, payload, on_error))
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Block until everything submitted so far has been sent (or failed)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout_s)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self._transport.send(item.dest, item.header, item.payload)
+            except TransferError as exc:
+                logger.warning("send %s to %s failed: %s", item.header.get("kind"), item.dest, exc)
+                if item.on_error is not None:
+                    item.on_error(exc)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5.0)

@@ -1,0 +1,298 @@
+"""The prefill engine (PE): loads hit KV (PE path) or receives it from the DE (DE path),
+computes the miss tokens layer by layer, and streams KV to the request's decode engine.
+
+PE read path:  store --SNIC--> PE buffer (Full Blocks) --CNIC, per layer--> model;
+               every layer's KV of *all* prompt tokens (hit + miss) --CNIC--> DE buffer.
+DE read path:  the DE streams each layer's hit KV --CNIC--> PE just before it is needed;
+               only the miss tokens' new KV of each layer goes back to the DE.
+Without layerwise prefill (`basic`), the whole prefix is moved into the model before the
+first layer runs. Work is packed into steps by `form_prefill_batch` under the compute quota;
+a request that does not fit is chunk-prefilled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from dualpath.core.errors import TransferError
+from dualpath.engine.base import EngineBase
+from dualpath.engine.sampler import sample_token
+from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
+from dualpath.runtime import protocol as proto
+from dualpath.scheduler import FlopsAttentionPredictor, PrefillWork, form_prefill_batch
+from dualpath.transfer.base import Message
+from dualpath.transfer.buffer_pool import BufferPool
+from dualpath.transfer.nic import Direction, TrafficClass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PrefillTask:
+    """A request at this PE. Fields after `assign` are mutated by the loop / reader threads."""
+
+    assign: proto.AssignPrefill
+    state: str = "reading"  # reading | ready | failed
+    hit_tokens: int = 0
+    blocks: list[np.ndarray] = field(default_factory=list)  # PE path: Full Blocks read
+    hit_layers: dict[int, list[np.ndarray]] = field(default_factory=dict)  # DE path
+    computed: int = 0  # miss tokens computed so far (chunked prefill)
+    kv: list[torch.Tensor] = field(default_factory=list)  # per layer, for later chunks
+    aborted: bool = False
+
+    @property
+    def rid(self) -> str:
+        return self.assign.request_id
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.assign.prompt_token_ids)
+
+
+class PrefillEngine(EngineBase):
+    role = "prefill"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.buffer = BufferPool(f"pe{self.engine_id}", self.config.pe_buffer_bytes)
+        self._tasks: dict[str, PrefillTask] = {}  # FIFO by insertion
+        self._cond = threading.Condition()
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pe-read")
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pe-h2d")
+        self.predictor = self._profile()
+
+    # ---- control ---------------------------------------------------------------------------
+
+    def on_control(self, msg: proto.ControlMessage) -> None:
+        if isinstance(msg, proto.AssignPrefill):
+            task = PrefillTask(msg)
+            with self._cond:
+                self._tasks[msg.request_id] = task
+            if not msg.hit_hashes:
+                task.state = "ready"
+            elif msg.read_path == "pe":
+                self._readers.submit(self._read_blocks, task)
+            # DE path: "hit_ready" from the DE makes it ready.
+        elif isinstance(msg, proto.Abort):
+            with self._cond:
+                gone = self._tasks.pop(msg.request_id, None)
+                if gone is not None:
+                    gone.aborted = True
+                    self._cond.notify_all()
+            self.buffer.release(msg.request_id)
+
+    def _read_blocks(self, task: PrefillTask) -> None:
+        """PE read path: Full Blocks from storage into the PE buffer (reader thread)."""
+        hashes = task.assign.hit_hashes
+        # A prefix larger than the whole buffer is loaded as far as it fits, rest recomputed.
+        hashes = hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes]
+        nbytes = len(hashes) * self.geometry.full_block_bytes
+        while not self.buffer.can_reserve(nbytes) and not task.aborted:
+            time.sleep(0.01)  # bounded buffer: wait for earlier requests to drain
+        if task.aborted:
+            return
+        self.buffer.reserve(task.rid, nbytes)
+        for block_hash in hashes:
+            block = self.store.get(block_hash)
+            if block is None:  # missing or corrupt: the rest is recomputed
+                logger.warning("request %s: block %s unreadable; recomputing from there",
+                               task.rid, block_hash[:16])
+                break
+            task.blocks.append(block)
+        task.hit_tokens = len(task.blocks) * self.block_size
+        self.bytes_read += sum(b.nbytes for b in task.blocks)
+        self.send_control(proto.ReadDone(self.engine_id, task.rid,
+                                         len(task.assign.hit_hashes) * self.block_size,
+                                         task.hit_tokens))
+        with self._cond:
+            task.state = "ready"
+            self._cond.notify_all()
+
+    # ---- data plane (receiver thread) ----------------------------------------------------
+
+    def on_data(self, msg: Message) -> None:
+        h = msg.header
+        with self._cond:
+            task = self._tasks.get(h["rid"])
+            if task is None:
+                return  # aborted or unknown: drop
+            if h["kind"] == "hit_ready":
+                task.hit_tokens = int(h["hit_tokens"])
+                task.state = "ready"
+            elif h["kind"] == "hit_layer":
+                task.hit_layers[int(h["layer"])] = msg.payload
+            self._cond.notify_all()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def load(self) -> tuple[int, int]:
+        with self._cond:
+            return len(self._tasks), sum(t.prompt_len for t in self._tasks.values())
+
+    def step(self) -> bool:
+        with self._cond:
+            ready = [t for t in self._tasks.values() if t.state == "ready"]
+        if not ready:
+            return False
+        queue = [PrefillWork(t.rid, t.hit_tokens, t.prompt_len - t.hit_tokens, t.computed)
+                 for t in ready]
+        plan = form_prefill_batch(queue, self.config.prefill_quota_s, self.predictor,
+                                  align_tokens=self.block_size)
+        by_id: dict[object, PrefillTask] = {t.rid: t for t in ready}
+        for item in plan.items:
+            task = by_id[item.request_id]
+            try:
+                self._run_chunk(task, item.chunk_tokens, item.last_chunk)
+            except TransferError as exc:
+                self._fail(task, str(exc))
+            except Exception as exc:  # a bad request must not take the engine down
+                logger.exception("prefill of %s crashed", task.rid)
+                self._fail(task, f"{type(exc).__name__}: {exc}")
+        return True
+
+    def _run_chunk(self, task: PrefillTask, chunk: int, last: bool) -> None:
+        a = task.assign
+        start = task.hit_tokens + task.computed
+        ids = a.prompt_token_ids[start:start + chunk]
+        first_chunk = task.computed == 0
+        past = self._past(task) if first_chunk and task.hit_tokens else (task.kv or None)
+        used_past: dict[int, torch.Tensor] = {}
+        if callable(past) and not last:
+            source = past
+
+            def recording(layer: int) -> torch.Tensor:
+                used_past[layer] = source(layer)
+                return used_past[layer]
+
+            past = recording
+        elif isinstance(past, list):
+            used_past = dict(enumerate(past))
+        send_hit = first_chunk and a.read_path == "pe" and task.hit_tokens > 0
+        layers_kv: list[torch.Tensor] = []
+        collective = self.config.collective_bytes_per_token * chunk
+
+        def on_layer(layer: int, kv_new: torch.Tensor) -> None:
+            if collective:
+                self.cnic.transmit(collective, TrafficClass.MODEL, Direction.TX)
+            if not last:
+                layers_kv.append(kv_new)
+            new_bytes = kv_to_bytes(kv_new)
+            if send_hit:
+                payload = [b[layer] for b in task.blocks] + [new_bytes]
+                header = {"kind": "kv_layer", "rid": a.request_id, "layer": layer, "start": 0,
+                          "n": task.hit_tokens + chunk}
+            else:
+                payload = [new_bytes]
+                header = {"kind": "kv_layer", "rid": a.request_id, "layer": layer,
+                          "start": start, "n": chunk}
+            self.sender.submit(a.decode_address, header, payload)
+
+        out = self.model.prefill(ids, start_pos=start, past=past, on_layer_kv=on_layer,
+                                 logits="last" if last else "none")
+        if not last:
+            task.kv = [torch.cat((used_past[i], kv_i), dim=0) if i in used_past else kv_i
+                       for i, kv_i in enumerate(layers_kv)]
+            task.computed += chunk
+            return
+        assert out.logits is not None
+        first = sample_token(out.logits, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
+                             step=0, banned_token_ids=tuple(a.banned_first_token_ids))
+        self.sender.submit(a.decode_address, {
+            "kind": "prefill_result", "rid": a.request_id, "first_token": first,
+            "prompt_tokens": task.prompt_len, "cached_tokens": task.hit_tokens,
+        })
+        self._finish(task)
+
+    def _past(self, task: PrefillTask) -> list[torch.Tensor] | Callable[[int], torch.Tensor]:
+        """The hit prefix for the first chunk: layer by layer, or whole (non-layerwise)."""
+        layers = range(self.model_config.num_layers)
+        if not task.assign.layerwise:
+            return [self._hit_layer(task, i) for i in layers]
+        # Layerwise: copy layer i+1 into the model while layer i computes.
+        futures = {0: self._prefetch.submit(self._hit_layer, task, 0)}
+
+        def source(layer: int) -> torch.Tensor:
+            if layer + 1 < self.model_config.num_layers:
+                futures[layer + 1] = self._prefetch.submit(self._hit_layer, task, layer + 1)
+            return futures.pop(layer).result()
+
+        return source
+
+    def _hit_layer(self, task: PrefillTask, layer: int) -> torch.Tensor:
+        """Layer `layer` of the hit KV as a tensor, after its bytes crossed the CNIC."""
+        if task.assign.read_path == "pe":
+            parts = [b[layer] for b in task.blocks]
+            # Host buffer -> "GPU": all GPU traffic goes through the engine's CNIC (KV class).
+            self.cnic.transmit(sum(p.nbytes for p in parts), TrafficClass.KV, Direction.RX)
+        else:
+            parts = self._wait_hit_layer(task, layer)
+        arr = np.concatenate(parts, axis=0)[: task.hit_tokens]
+        return kv_from_bytes(arr, self.model_config)
+
+    def _wait_hit_layer(self, task: PrefillTask, layer: int) -> list[np.ndarray]:
+        deadline = time.monotonic() + self.config.peer_timeout_s
+        with self._cond:
+            while layer not in task.hit_layers:
+                if task.aborted:
+                    raise TransferError(f"request {task.rid} aborted")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransferError(f"request {task.rid}: layer {layer} never arrived")
+                self._cond.wait(min(remaining, 0.1))
+            return task.hit_layers.pop(layer)
+
+    def _finish(self, task: PrefillTask) -> None:
+        with self._cond:
+            self._tasks.pop(task.rid, None)
+        self.buffer.release(task.rid)
+        self.send_control(proto.PrefillDone(self.engine_id, task.rid, task.hit_tokens))
+
+    def _fail(self, task: PrefillTask, error: str) -> None:
+        logger.error("prefill of %s failed: %s", task.rid, error)
+        if not task.aborted:
+            self.sender.submit(task.assign.decode_address,
+                               {"kind": "prefill_failed", "rid": task.rid, "error": error})
+        self._finish(task)
+
+    def _profile(self) -> FlopsAttentionPredictor:
+        """Fit the batch-time predictor from a few real prefills of this model, this machine."""
+        c = self.model_config
+        samples = []
+        vocab = min(c.vocab_size, 1000)
+        for ctx, new in ((0, 32), (0, 128), (128, 128), (0, 384)):
+            ids = [(7 * i + 3) % vocab for i in range(ctx + new)]
+            past = None
+            if ctx:
+                past = self.model.prefill(ids[:ctx], logits="none").new_kv
+            t0 = time.perf_counter()
+            self.model.prefill(ids[ctx:], start_pos=ctx, past=past, logits="last")
+            samples.append(([(ctx, new)], time.perf_counter() - t0))
+        self._tokens_per_s = 384 / samples[-1][1]
+        predictor = FlopsAttentionPredictor.fit(c.num_layers, c.num_heads, c.head_dim, samples)
+        logger.info("prefill predictor: %.3g FLOP/s + %.3g s", predictor.flops_per_s,
+                    predictor.overhead_s)
+        return predictor
+
+    def prefill_tokens_per_s(self) -> float:
+        return self._tokens_per_s
+
+    def extra_counters(self) -> dict[str, float]:
+        stats = self.buffer.stats()
+        return {"buffer.used_bytes": float(getattr(stats, "reserved_bytes", 0)),
+                "bytes_read_pe_path": float(self.bytes_read)}
+
+    def shutdown(self) -> None:
+        with self._cond:
+            for task in self._tasks.values():
+                task.aborted = True
+            self._cond.notify_all()
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        self._prefetch.shutdown(wait=False, cancel_futures=True)

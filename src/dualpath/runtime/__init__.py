@@ -1,0 +1,1 @@
+"""The local DualPath cluster: launching engines, the scheduler process, fail-over."""

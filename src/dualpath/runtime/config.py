@@ -1,0 +1,130 @@
+"""Configuration of a local DualPath cluster (`dualpath serve`, `dualpath bench storage-bound`).
+
+`ClusterConfig` is frozen; it is built from defaults, then an optional TOML/JSON config file,
+then command-line flags (later wins). Every engine process receives the whole config as JSON
+on its command line, so a cluster is fully described by one object.
+
+Bandwidths are bytes per second; `None` means unlimited (still counted). The defaults model a
+node the way the paper's testbed does in ratio: one SNIC per node, and per engine a CNIC.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dualpath.core.errors import ConfigError
+from dualpath.core.systems import READ_PATH_MODES, system_spec
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Everything a local cluster needs. Derived values are properties."""
+
+    model: str = "smollm2"
+    model_seed: int = 0
+    prefill_nodes: int = 1
+    decode_nodes: int = 2
+    engines_per_node: int = 1
+    block_size: int = 64
+    store_path: str = "./kvstore"
+    use_kv_store: bool = True
+    system: str = "dualpath"
+    read_path: str = "auto"
+    # Emulated NICs (bytes/s; None = unlimited). SNIC: one per node, shared by its engines.
+    snic_bytes_s: float | None = None
+    # CNIC: one per engine. Two classes: model-execution traffic (high) and KV (low).
+    cnic_bytes_s: float | None = None
+    cnic_high_weight: float = 0.99
+    # Synthetic model-execution collective traffic: bytes per prefill token per layer that
+    # an expert-parallel all-to-all would move (high-priority CNIC class; 0 = none).
+    collective_bytes_per_token: int = 0
+    # A prefill waiting for KV from a peer gives up after this long (peer presumed dead).
+    peer_timeout_s: float = 60.0
+    # Host DRAM buffers per engine (bytes).
+    pe_buffer_bytes: int = 1 << 30
+    de_buffer_bytes: int = 1 << 30
+    # Decode engine KV pool ("HBM") per engine, in bytes (rounded down to whole blocks).
+    decode_kv_bytes: int = 1 << 30
+    # Prefill batch formation (DESIGN.md section 3): compute quota per step.
+    prefill_quota_s: float = 0.3
+    max_decode_batch: int = 64
+    # Admission: requests queued in the scheduler beyond this are refused (HTTP 429).
+    max_waiting_requests: int = 1024
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    served_model_name: str | None = None
+    # Where engines' control/data sockets bind; 0 = pick free ports.
+    base_port: int = 0
+    engine_start_timeout_s: float = 300.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size",
+                     "decode_kv_bytes", "max_decode_batch", "max_waiting_requests"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        system_spec(self.system)  # raises with the list of valid names
+        if self.read_path not in READ_PATH_MODES:
+            raise ConfigError(
+                f"read_path must be one of {', '.join(READ_PATH_MODES)}, got {self.read_path!r}"
+            )
+        for name in ("snic_bytes_s", "cnic_bytes_s"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive (or omitted for unlimited)")
+        if not 0.0 < self.cnic_high_weight < 1.0:
+            raise ConfigError("cnic_high_weight must be in (0, 1)")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if self.prefill_quota_s <= 0:
+            raise ConfigError("prefill_quota_s must be positive")
+
+    @property
+    def num_nodes(self) -> int:
+        return self.prefill_nodes + self.decode_nodes
+
+    @property
+    def num_engines(self) -> int:
+        return self.num_nodes * self.engines_per_node
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterConfig:
+        return cls.from_mapping(json.loads(text), source="<json>")
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str) -> ClusterConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @classmethod
+    def load(cls, path: str | Path | None, **overrides: Any) -> ClusterConfig:
+        """Defaults <- config file (TOML or JSON) <- non-None overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+            try:
+                text = p.read_text()
+                data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+            except (ValueError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError(f"config file {p}: cannot parse: {exc}") from None
+        base = cls.from_mapping(data, source=str(path or "defaults"))
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return replace(base, **changes) if changes else base
