@@ -146,6 +146,37 @@ class OpenAIServing:
                      arrival_s: float) -> Response:
         sampling, stop = self._sampling(body, prompt_ids, max_tokens, param)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{next(self._ids):x}"
+        task = asyncio.current_task()
+        assert task is not None  # always inside a task under an ASGI server
+        # Until the response starts, a client that goes away cancels this task (also while
+        # it waits in the admission queue); a stream is then watched by Starlette.
+        watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
+        try:
+            await self._admit(arrival_s)
+            gen = Generation(self.backend,
+                             GenerateRequest(rid, tuple(prompt_ids), sampling, arrival_s),
+                             stop, self.metrics, arrival_s)
+            created = int(time.time())
+            if body.stream:
+                watcher.cancel()
+                include_usage = bool(body.stream_options and body.stream_options.include_usage)
+                writer = responses.ChunkWriter(chat=chat, rid=rid, created=created,
+                                               model=self.model_name, include_usage=include_usage,
+                                               return_token_ids=body.return_token_ids)
+                return _ReleasingStream(_sse_body(gen, writer), self.admission)
+            try:
+                return await self._collect(gen, rid, created, chat, body.return_token_ids,
+                                           tuple(prompt_ids))
+            finally:
+                self.admission.release()
+        except asyncio.CancelledError:
+            if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
+                return Response(status_code=499)  # the client is gone; nobody reads this
+            raise
+        finally:
+            watcher.cancel()
+
+    async def _admit(self, arrival_s: float) -> None:
         try:
             await self.admission.acquire()
         except QueueFull:
@@ -156,39 +187,15 @@ class OpenAIServing:
             self.metrics.rejected["draining"].inc()
             raise APIError(503, "the server is shutting down", headers=self._retry_after()) from None
         self.metrics.queue_s.observe(time.perf_counter() - arrival_s)
-        gen = Generation(self.backend, GenerateRequest(rid, tuple(prompt_ids), sampling, arrival_s),
-                         stop, self.metrics, arrival_s)
-        created = int(time.time())
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            writer = responses.ChunkWriter(chat=chat, rid=rid, created=created,
-                                           model=self.model_name, include_usage=include_usage,
-                                           return_token_ids=body.return_token_ids)
-            return _ReleasingStream(_sse_body(gen, writer), self.admission)
-        try:
-            return await self._collect(gen, request, rid, created, chat, body.return_token_ids,
-                                       tuple(prompt_ids))
-        finally:
-            self.admission.release()
 
-    async def _collect(self, gen: Generation, request: Request, rid: str, created: int,
-                       chat: bool, return_ids: bool, prompt_ids: tuple[int, ...]) -> Response:
-        task = asyncio.current_task()
-        assert task is not None  # always inside a task under an ASGI server
-        watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
+    async def _collect(self, gen: Generation, rid: str, created: int, chat: bool,
+                       return_ids: bool, prompt_ids: tuple[int, ...]) -> Response:
         texts: list[str] = []
         ids: list[int] = []
-        try:
-            delta: Delta
-            async for delta in gen.deltas():
-                texts.append(delta.text)
-                ids.extend(delta.token_ids)
-        except asyncio.CancelledError:
-            if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
-                return Response(status_code=499)  # the client is gone; nobody reads this
-            raise
-        finally:
-            watcher.cancel()
+        delta: Delta
+        async for delta in gen.deltas():
+            texts.append(delta.text)
+            ids.extend(delta.token_ids)
         outcome = gen.outcome
         assert outcome is not None  # set when deltas() ends
         if outcome.finish_reason == "error":
