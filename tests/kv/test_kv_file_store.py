@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +62,10 @@ def test_payload_is_page_aligned_in_full_block_layout(store: FileKVStore) -> Non
     assert len(raw) == off + SMALL.full_block_bytes
     assert raw[off:] == b.tobytes()
     assert raw[:8] == b"DPKVBLK\0"
+    # Per-layer checksums are plain CRC-32 (zlib's), whichever implementation computed them.
+    stored = struct.unpack_from(f"<{SMALL.num_layers}I", raw, 36 + len(h))
+    step = SMALL.layer_block_bytes
+    assert list(stored) == [zlib.crc32(b.tobytes()[i * step : (i + 1) * step]) for i in range(SMALL.num_layers)]
 
 
 def test_corrupt_payload_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureFixture) -> None:

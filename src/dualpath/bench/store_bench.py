@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="make every block durable before put returns (raw side: fsync per chunk)")
     parser.add_argument("--io-threads", type=int, default=4,
                         help="FileKVStore io_threads: blocks get_many/put_many keep in flight")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per size; medians are reported")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per size; medians are reported")
     parser.add_argument("--cache-drop", choices=["fadvise", "drop_caches"], default="fadvise",
                         help="how reads are made cold: per-file posix_fadvise(DONTNEED), or the "
                         "global /proc/sys/vm/drop_caches (root only)")
@@ -144,10 +144,14 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
             shutil.rmtree(root, ignore_errors=True)
             raw.unlink(missing_ok=True)
     r: dict[str, Any] = {k: statistics.median(v) for k, v in samples.items()}
-    r["read_efficiency"] = r["store_read_bytes_s"] / r["raw_read_bytes_s"]
-    r["write_efficiency"] = r["store_write_bytes_s"] / r["raw_write_bytes_s"]
-    r["get_layer_efficiency"] = r["store_get_layer_bytes_s"] / r["raw_strided_read_bytes_s"]
-    r["read_serial_efficiency"] = r["store_read_serial_bytes_s"] / r["raw_read_bytes_s"]
+    # Efficiencies are medians of per-repeat ratios: the two sides of one repeat run back to
+    # back, so a slow spell of a shared disk hits both and cancels in the ratio.
+    for eff, num, den in (("read_efficiency", "store_read", "raw_read"),
+                          ("write_efficiency", "store_write", "raw_write"),
+                          ("get_layer_efficiency", "store_get_layer", "raw_strided_read"),
+                          ("read_serial_efficiency", "store_read_serial", "raw_read")):
+        ratios = [a / b for a, b in zip(samples[f"{num}_bytes_s"], samples[f"{den}_bytes_s"], strict=True)]
+        r[eff] = statistics.median(ratios)
     r.update(num_blocks=nblocks, block_bytes=g.full_block_bytes, total_bytes=nbytes,
              samples=samples)
     return r

@@ -21,11 +21,26 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 
 from dualpath.core.errors import CorruptBlockError
 from dualpath.kv.layout import BlockGeometry
+
+
+def _pick_crc32() -> Callable[..., int]:
+    """ISA-L's CRC-32 when installed: the same values as zlib.crc32 (files are interchangeable)
+    but PCLMUL-accelerated, tens of GB/s instead of ~1-4 GB/s, which is what keeps checksum
+    verification off the critical path of a disk-speed read."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return zlib.crc32
+    return isal_zlib.crc32
+
+
+crc32: Callable[..., int] = _pick_crc32()
 
 MAGIC = b"DPKVBLK\0"
 FORMAT_VERSION = 1
@@ -44,7 +59,7 @@ def layer_checksums(block: np.ndarray, geometry: BlockGeometry) -> list[int]:
     """CRC-32 of each Layer Block of a C-contiguous Full Block."""
     flat = block.data.cast("B")
     step = geometry.layer_block_bytes
-    return [zlib.crc32(flat[i * step : (i + 1) * step]) for i in range(geometry.num_layers)]
+    return [crc32(flat[i * step : (i + 1) * step]) for i in range(geometry.num_layers)]
 
 
 def encode_header(key: str, geometry: BlockGeometry, checksums: list[int]) -> bytes:
@@ -62,7 +77,7 @@ def encode_header(key: str, geometry: BlockGeometry, checksums: list[int]) -> by
         len(key_bytes),
     )
     body += key_bytes + struct.pack(f"<{len(checksums)}I", *checksums)
-    body += struct.pack("<I", zlib.crc32(body))
+    body += struct.pack("<I", crc32(body))
     return body + bytes(offset - len(body))
 
 
@@ -83,7 +98,7 @@ def decode_header(header: bytes | bytearray | memoryview, key: str, geometry: Bl
     crc_end = _FIXED.size + key_len + 4 * layers
     if crc_end + 4 <= len(mv):
         (stored_crc,) = struct.unpack_from("<I", mv, crc_end)
-        if zlib.crc32(mv[:crc_end]) != stored_crc:
+        if crc32(mv[:crc_end]) != stored_crc:
             raise CorruptBlockError("header checksum mismatch")
     file_geometry = (layers, tokens, bptpl)
     want = (geometry.num_layers, geometry.block_tokens, geometry.bytes_per_token_per_layer)

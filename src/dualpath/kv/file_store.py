@@ -30,7 +30,6 @@ import re
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -124,7 +123,7 @@ class FileKVStore(KVStore):
             checksums = self._check_header(fd, header, block_hash)
             step = g.layer_block_bytes
             for layer, crc in enumerate(checksums):
-                if zlib.crc32(flat[layer * step : (layer + 1) * step]) != crc:
+                if block_file.crc32(flat[layer * step : (layer + 1) * step]) != crc:
                     raise CorruptBlockError(f"checksum mismatch in layer {layer}")
         except CorruptBlockError as exc:
             self._corrupt(block_hash, fd, str(exc))
@@ -159,7 +158,7 @@ class FileKVStore(KVStore):
             checksums = self._check_header(fd, header, block_hash)
             flat = out.data.cast("B")
             _read_exact(fd, [flat], start, f"layer {layer}")
-            if zlib.crc32(flat) != checksums[layer]:
+            if block_file.crc32(flat) != checksums[layer]:
                 raise CorruptBlockError(f"checksum mismatch in layer {layer}")
         except CorruptBlockError as exc:
             self._corrupt(block_hash, fd, str(exc))
