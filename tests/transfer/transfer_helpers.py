@@ -68,3 +68,20 @@ def random_payload(rng: np.random.Generator) -> list[np.ndarray]:
         rng.standard_normal((5, 3)).astype(np.float32),
         np.zeros((0,), dtype=np.uint8),
     ]
+
+
+def mooncake_echo_child(ready: object, count: int) -> None:
+    """Like echo_child, over MooncakeTransport."""
+    from dualpath.transfer.mooncake_transport import MooncakeTransport
+
+    with MooncakeTransport(arena_bytes=32 * MiB) as transport:
+        ready.put(transport.address)  # type: ignore[attr-defined]
+        for _ in range(count):
+            message = transport.recv(timeout_s=30)
+            if message is None:
+                return
+            header = dict(message.header, owndata=[bool(a.flags.owndata) for a in message.payload])
+            transport.send(message.sender, header, message.payload,
+                           traffic_class=message.traffic_class)
+            del message
+        time.sleep(0.2)
