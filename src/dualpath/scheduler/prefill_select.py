@@ -70,9 +70,16 @@ class PrefillSelector:
         """
         vc = self._vc
         cls = self._cls
-        for m in vc.node_members[vc.engine_node[engine]]:
-            c = self._class_of(m)
-            if c != cls[m] or m == engine:
+        tok = vc.tok
+        ni = vc.engine_node[engine]
+        node_cls = C2 if vc.read_q[ni] <= self._alpha else C3
+        beta = self._beta
+        for m in vc.node_members[ni]:
+            old = cls[m]
+            if old == C1:
+                continue  # tok_e only grows within a call: C1 is final
+            c = C1 if tok[m] > beta else node_cls
+            if c != old or m == engine:
                 cls[m] = c
                 if c != C1:
-                    heapq.heappush(self._heaps[c], (vc.tok[m], m))
+                    heapq.heappush(self._heaps[c], (tok[m], m))

@@ -28,26 +28,21 @@ class VirtualCluster:
     )
 
     def __init__(self, view: ClusterView) -> None:
-        node_pos = {n.node_id: i for i, n in enumerate(view.nodes)}
-        self.node_ids: list[int] = [n.node_id for n in view.nodes]
-        self.read_q: list[int] = [n.read_queue_tokens for n in view.nodes]
-        self.node_members: list[list[int]] = [[] for _ in view.nodes]
-        self.engine_ids: list[int] = []
-        self.engine_node: list[int] = []
-        self.seq: list[int] = []
-        self.tok: list[int] = []
-        self.free: list[int] = []
-        self.pe_engines: list[int] = []
-        self.de_engines: list[int] = []
-        for i, e in enumerate(view.engines):
-            ni = node_pos[e.node_id]
-            self.engine_ids.append(e.engine_id)
-            self.engine_node.append(ni)
-            self.seq.append(e.seq)
-            self.tok.append(e.tok)
-            self.free.append(e.free_kv_tokens)
+        nodes = view.nodes
+        engines = view.engines
+        node_pos = {n.node_id: i for i, n in enumerate(nodes)}
+        self.node_ids: list[int] = [n.node_id for n in nodes]
+        self.read_q: list[int] = [n.read_queue_tokens for n in nodes]
+        self.engine_ids: list[int] = [e.engine_id for e in engines]
+        self.engine_node: list[int] = [node_pos[e.node_id] for e in engines]
+        self.seq: list[int] = [e.seq for e in engines]
+        self.tok: list[int] = [e.tok for e in engines]
+        self.free: list[int] = [e.free_kv_tokens for e in engines]
+        self.node_members: list[list[int]] = [[] for _ in nodes]
+        for i, ni in enumerate(self.engine_node):
             self.node_members[ni].append(i)
-            (self.pe_engines if e.role == "prefill" else self.de_engines).append(i)
+        self.pe_engines: list[int] = [i for i, e in enumerate(engines) if e.role == "prefill"]
+        self.de_engines: list[int] = [i for i, e in enumerate(engines) if e.role == "decode"]
 
     def commit(self, req: RequestInfo, pe: int, de: int, read: ReadPlan, pe_read_node: int,
                de_read_node: int) -> None:
