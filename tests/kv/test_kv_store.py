@@ -93,3 +93,19 @@ def test_wrong_geometry_rejected(make_store: Factory) -> None:
         store.get(hex_hash(1), out=np.empty(other.full_block_shape, np.uint8))
     with pytest.raises(BlockLayoutError, match="out of range"):
         store.get_layer(hex_hash(1), SMALL.num_layers)
+
+
+def test_batches_match_single_calls(make_store: Factory) -> None:
+    store = make_store(SMALL)
+    items = [(hex_hash(i), random_block(i)) for i in range(6)]
+    store.put_many(items[:5])
+    hashes = [h for h, _ in items]
+    got = store.get_many(hashes)
+    for (_, block), g in zip(items[:5], got[:5], strict=True):
+        assert g is not None and np.array_equal(g, block)
+    assert got[5] is None
+    outs = [SMALL.empty_full_block() for _ in hashes]
+    got_into = store.get_many(hashes, outs)
+    assert all(g is o for g, o in zip(got_into[:5], outs[:5], strict=True))
+    assert store.stats().get_hits == 10
+    store.close()
