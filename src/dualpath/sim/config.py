@@ -1,0 +1,61 @@
+"""`SimConfig`: everything one simulation run depends on (frozen; a run is a pure function
+of its config and its workload)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from dualpath.core.errors import UserInputError
+from dualpath.core.systems import SYSTEM_NAMES
+
+
+def parse_pd(text: str) -> tuple[int, int]:
+    """'2P4D' -> (2, 4): prefill nodes, decode nodes."""
+    m = re.fullmatch(r"\s*(\d+)\s*[pP]\s*(\d+)\s*[dD]\s*", text)
+    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
+        raise UserInputError(f"--pd must look like 2P4D (x prefill nodes, y decode nodes), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulation run.
+
+    pd: (prefill nodes, decode nodes). mode: "offline" (every agent starts at 0) or "online"
+    (agents arrive as a Poisson process at `aps` agents/s). read_path / split_reads: as
+    `serve`'s flags. sched_interval_s: the least time between two scheduler calls (a call
+    happens only when something changed). read_slots_per_node: concurrent storage reads a
+    node's SNIC serves (FIFO beyond that). block_tokens: storage block (cached prefixes
+    are whole blocks). timeline_bin_s: NIC utilization sampling (None: off).
+    """
+
+    model: str = "ds-660b"
+    hardware: str | None = None
+    system: str = "dualpath"
+    pd: tuple[int, int] = (2, 4)
+    mode: str = "offline"
+    aps: float = 1.0
+    seed: int = 0
+    read_path: str = "auto"
+    split_reads: bool = False
+    sched_interval_s: float = 0.1
+    read_slots_per_node: int = 8
+    block_tokens: int = 64
+    timeline_bin_s: float | None = 10.0
+    log_decisions: bool = False
+    max_sim_s: float = float("inf")
+
+    def __post_init__(self) -> None:
+        if self.system not in SYSTEM_NAMES:
+            raise UserInputError(f"unknown system {self.system!r}; choose one of: {', '.join(SYSTEM_NAMES)}")
+        if self.mode not in ("offline", "online"):
+            raise UserInputError(f"mode must be offline or online, got {self.mode!r}")
+        if self.mode == "online" and self.aps <= 0:
+            raise UserInputError(f"--aps must be > 0, got {self.aps}")
+        if self.read_path not in ("auto", "pe", "de"):
+            raise UserInputError(f"--read-path must be auto, pe or de, got {self.read_path!r}")
+        if self.pd[0] < 1 or self.pd[1] < 1:
+            raise UserInputError("need at least one prefill and one decode node")
+        if self.sched_interval_s < 0 or self.read_slots_per_node < 1 or self.block_tokens < 1:
+            raise UserInputError("sched_interval_s >= 0, read_slots_per_node >= 1, block_tokens >= 1")
