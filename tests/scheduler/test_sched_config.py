@@ -116,6 +116,10 @@ def test_for_group_and_fetch() -> None:
     result = s.schedule(waiting, view)
     assert [p.request_id for p in result.for_group(0)] == [0, 2]
     assert [p.request_id for p in result.for_group(3)] == [1, 3]
+    groups = result.by_group()
+    assert {g: [p.request_id for p in ps] for g, ps in groups.items()} == {
+        0: [0, 2], 1: [1, 3], 2: [0, 2], 3: [1, 3]}
+    assert result.placed_ids == (0, 1, 2, 3)
     assert view.node(2).role == "decode"
     assert len(view.engines_of("prefill")) == 2
     fetched = GlobalScheduler(SchedulerConfig("round-robin")).fetch(2, waiting, view)

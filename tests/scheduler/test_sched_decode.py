@@ -105,3 +105,14 @@ def test_z_margin_changes_the_choice() -> None:
     view = make_view([[0]], [[(0, BIG), (190, BIG)]], seqs={1: 3, 2: 0})
     assert des(sched(1.05).schedule(reqs((100, 0)), view)) == [1]
     assert des(sched(2.0).schedule(reqs((100, 0)), view)) == [2]
+
+
+def test_z_counts_the_whole_fitting_queue() -> None:
+    # Engines A (tok 0, seq 3) and B (tok 100, seq 0); three requests of 100 tokens.
+    # Z = 1.05 * (300 + 100) / 2 = 210 from the whole routed queue, so for the first request
+    # both are under Z and B (fewer seq) wins; a Z from the head request alone (105) would
+    # have left only A. Then B (200) + 100 > Z: A takes the other two.
+    view = make_view([[0]], [[(0, BIG), (100, BIG)]], seqs={1: 3, 2: 0})
+    assert des(sched().schedule(reqs((100, 0), (100, 0), (100, 0)), view)) == [2, 1, 1]
+    # With only one waiting request, Z = 105 and A is the only engine under it.
+    assert des(sched().schedule(reqs((100, 0)), view)) == [1]

@@ -183,8 +183,13 @@ class ScheduleResult:
 
     placements: the placed requests, a subsequence of the waiting queue in its order (a
         request is skipped only when its decode group had no room, DESIGN.md 3 phase 2).
-    stop_reason: why placing stopped ("queue-drained": every waiting request was looked at).
-    examined: how many waiting requests (from the head) were looked at.
+    stop_reason: why placing stopped: "queue-drained" (every waiting request was looked at),
+        "prefill-full" (no prefill engine may take more: all above β), "decode-full" (no
+        decode engine / group has room for the request at the stop), "no-engines" (the view
+        has no prefill or no decode engine).
+    examined: requests `waiting[:examined]` were each placed or skipped (dualpath only: its
+        decode group had stopped); requests from `waiting[examined]` on were not reached.
+        Unplaced requests simply stay in the caller's queue for the next call.
     """
 
     placements: tuple[Placement, ...]
@@ -194,6 +199,14 @@ class ScheduleResult:
     def for_group(self, node_id: int) -> tuple[Placement, ...]:
         """The decisions a group leader pulls: placements whose PE or DE is on `node_id`."""
         return tuple(p for p in self.placements if node_id in (p.pe_node, p.de_node))
+
+    def by_group(self) -> dict[int, list[Placement]]:
+        """Every group's `for_group` in one pass: node id -> its placements (in order)."""
+        out: dict[int, list[Placement]] = {}
+        for p in self.placements:
+            out.setdefault(p.pe_node, []).append(p)
+            out.setdefault(p.de_node, []).append(p)
+        return out
 
     @property
     def placed_ids(self) -> tuple[RequestId, ...]:
