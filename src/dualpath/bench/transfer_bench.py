@@ -4,7 +4,7 @@ Two processes on 127.0.0.1. Each round streams `--bytes` as `--message-bytes` me
 `--frames` payload frames from this process to a sink process, once through `ZmqTransport`
 (both ends with an unlimited emulated CNIC, so the byte accounting is included) and once as
 a raw loopback TCP stream (`sendall` / `recv_into` into a preallocated buffer) of the same
-bytes; rounds alternate, and the efficiency is the median over rounds of the ratio of each
+bytes (and with `--mooncake`, through `MooncakeTransport` too); rounds alternate, and the efficiency is the median over rounds of the ratio of each
 transport round to the raw round just before it (adjacent rounds see the same machine load,
 which matters on a shared 2-core box). A last phase paces the sender's CNIC
 at `--shaped-rate` with `--shaped-threads` sender threads and reports measured/configured.
@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bytes sent in the shaped-accuracy phase (default 200MB)")
     parser.add_argument("--shaped-threads", type=int, default=2,
                         help="sender threads in the shaped-accuracy phase (default 2)")
+    parser.add_argument("--mooncake", action="store_true",
+                        help="also measure MooncakeTransport (TCP protocol); needs mooncake installed")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,40 +67,55 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     frames = [rng.integers(0, 256, size=frame, dtype=np.uint8) for _ in range(args.frames)]
     raw_buffer = np.concatenate(frames)
 
+    if args.mooncake:
+        from dualpath.transfer.mooncake_transport import mooncake_available
+
+        if not mooncake_available():
+            raise UserInputError("--mooncake: install mooncake-transfer-engine-non-cuda and libibverbs1")
+
     ctx = mp.get_context("spawn")
     ready: Any = ctx.Queue()
     rounds = [total] * args.repeats + [shaped_total]
-    zmq_sink = ctx.Process(target=_zmq_sink, args=(ready, rounds), daemon=True)
-    raw_sink = ctx.Process(target=_raw_sink, args=(ready, total, message, args.repeats), daemon=True)
-    zmq_sink.start()
-    raw_sink.start()
-    zmq_address = ready.get(timeout=120)
-    raw_port = ready.get(timeout=120)
-    if isinstance(zmq_address, int):
-        zmq_address, raw_port = raw_port, zmq_address
+    sinks = [ctx.Process(target=_transport_sink, args=(ready, "zmq", rounds), daemon=True),
+             ctx.Process(target=_raw_sink, args=(ready, total, message, args.repeats), daemon=True)]
+    if args.mooncake:
+        sinks.append(ctx.Process(target=_transport_sink,
+                                 args=(ready, "mooncake", [total] * args.repeats), daemon=True))
+    for sink in sinks:
+        sink.start()
+    where = dict(ready.get(timeout=120) for _ in sinks)
 
     from dualpath.transfer.zmq_transport import ZmqTransport
 
     raw_rates: list[float] = []
     zmq_rates: list[float] = []
+    mooncake_rates: list[float] = []
     with tempfile.TemporaryDirectory(prefix="dualpath-bench-") as tmp:
         unlimited = EmulatedNic(NicSpec("bench-cnic", str(Path(tmp) / "free.nic"), None))
         shaped = EmulatedNic(NicSpec("bench-shaped", str(Path(tmp) / "shaped.nic"), shaped_rate))
         with ZmqTransport(cnic=unlimited) as free_tx, ZmqTransport(cnic=shaped) as shaped_tx:
-            progress = tqdm(total=2 * args.repeats + 1, desc="transfer bench", file=sys.stderr)
+            mooncake_tx = _mooncake_transport(unlimited) if args.mooncake else None
+            kinds = 3 if args.mooncake else 2
+            progress = tqdm(total=kinds * args.repeats + 1, desc="transfer bench", file=sys.stderr)
             for _ in range(args.repeats):
-                raw_rates.append(total / _raw_round(raw_port, raw_buffer, messages))
+                raw_rates.append(total / _raw_round(where["raw"], raw_buffer, messages))
                 progress.update()
-                zmq_rates.append(total / _zmq_round(free_tx, zmq_address, frames, [messages]))
+                zmq_rates.append(total / _transport_round(free_tx, where["zmq"], frames, [messages]))
                 progress.update()
+                if mooncake_tx is not None:
+                    mooncake_rates.append(
+                        total / _transport_round(mooncake_tx, where["mooncake"], frames, [messages]))
+                    progress.update()
             per_thread = [shaped_messages // args.shaped_threads] * args.shaped_threads
             per_thread[0] += shaped_messages - sum(per_thread)
-            shaped_elapsed = _zmq_round(shaped_tx, zmq_address, frames, per_thread)
+            shaped_elapsed = _transport_round(shaped_tx, where["zmq"], frames, per_thread)
             progress.update()
             progress.close()
             shaped_stats = shaped.stats().lanes["tx.kv"]
-    zmq_sink.join(timeout=30)
-    raw_sink.join(timeout=30)
+            if mooncake_tx is not None:
+                mooncake_tx.close()
+    for sink in sinks:
+        sink.join(timeout=30)
 
     raw = statistics.median(raw_rates)
     via_zmq = statistics.median(zmq_rates)
@@ -124,17 +141,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "shaped_nic_busy_s": shaped_stats.busy_s,
         "machine": machine_info(),
     }
-    print(format_table(
-        ["path", "bytes/s", "vs raw"],
-        [["raw TCP socket", raw, 1.0],
-         ["ZmqTransport (unlimited CNIC)", via_zmq, via_zmq / raw],
-         [f"ZmqTransport shaped at {shaped_rate:.4g} B/s", shaped_measured, shaped_measured / raw]]))
+    rows = [["raw TCP socket", raw, 1.0],
+            ["ZmqTransport (unlimited CNIC)", via_zmq, via_zmq / raw],
+            [f"ZmqTransport shaped at {shaped_rate:.4g} B/s", shaped_measured, shaped_measured / raw]]
+    if mooncake_rates:
+        via_mc = statistics.median(mooncake_rates)
+        mc_ratios = [m / r for m, r in zip(mooncake_rates, raw_rates, strict=True)]
+        result["mooncake_bytes_s"] = via_mc
+        result["mooncake_bytes_s_rounds"] = mooncake_rates
+        result["mooncake_efficiency_vs_raw_socket"] = statistics.median(mc_ratios)
+        rows.insert(2, ["MooncakeTransport (tcp protocol)", via_mc, via_mc / raw])
+    print(format_table(["path", "bytes/s", "vs raw"], rows))
     print(f"efficiency_vs_raw_socket = {efficiency:.3f} (median of paired rounds); "
           f"shaped_rate_accuracy = {shaped_measured / shaped_rate:.3f}")
     return result
 
 
-def _zmq_round(transport: Any, dest: str, frames: list[np.ndarray], per_thread: list[int]) -> float:
+def _mooncake_transport(cnic: EmulatedNic) -> Any:
+    from dualpath.transfer.mooncake_transport import MooncakeTransport
+
+    return MooncakeTransport(cnic=cnic)
+
+
+def _transport_round(transport: Any, dest: str, frames: list[np.ndarray], per_thread: list[int]) -> float:
     """Send per_thread[i] messages from thread i; seconds until the sink confirmed all."""
     def sender(count: int) -> None:
         for i in range(count):
@@ -163,13 +192,16 @@ def _raw_round(port: int, buffer: np.ndarray, messages: int) -> float:
         return time.perf_counter() - t0
 
 
-def _zmq_sink(ready: Any, rounds: list[int]) -> None:
+def _transport_sink(ready: Any, backend: str, rounds: list[int]) -> None:
+    from dualpath.transfer.base import Transport
     from dualpath.transfer.zmq_transport import ZmqTransport
 
     with tempfile.TemporaryDirectory(prefix="dualpath-sink-") as tmp:
         nic = EmulatedNic(NicSpec("sink-cnic", str(Path(tmp) / "sink.nic"), None))
-        with ZmqTransport(cnic=nic) as transport:
-            ready.put(transport.address)
+        transport: Transport = (ZmqTransport(cnic=nic) if backend == "zmq"
+                                else _mooncake_transport(nic))
+        with transport:
+            ready.put((backend, transport.address))
             for expected in rounds:
                 received = 0
                 sender = ""
@@ -187,7 +219,7 @@ def _raw_sink(ready: Any, total: int, message: int, rounds: int) -> None:
     buffer = bytearray(message)
     view = memoryview(buffer)
     with socket.create_server(("127.0.0.1", 0)) as server:
-        ready.put(server.getsockname()[1])
+        ready.put(("raw", server.getsockname()[1]))
         for _ in range(rounds):
             conn, _ = server.accept()
             with conn:
