@@ -6,10 +6,15 @@ is checked against the state that decision actually saw.
 
 from __future__ import annotations
 
+import argparse
+import random
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sched_helpers import Replay, by_id, make_view, order_of
 
+from dualpath.bench import scheduler_bench
 from dualpath.scheduler import (
     ClusterView,
     FlopsAttentionPredictor,
@@ -17,6 +22,9 @@ from dualpath.scheduler import (
     PrefillWork,
     RequestInfo,
     SchedulerConfig,
+    ScheduleResult,
+    alpha_tokens,
+    beta_tokens,
     form_prefill_batch,
 )
 
@@ -61,6 +69,28 @@ configs = st.builds(
 @given(clusters(), queues(), configs)
 def test_placement_invariants(view: ClusterView, waiting: list[RequestInfo],
                               cfg: SchedulerConfig) -> None:
+    check_invariants(view, waiting, cfg)
+
+
+@pytest.mark.parametrize("placement", ["dualpath", "round-robin"])
+@pytest.mark.parametrize("read_policy", ["shorter-queue", "split"])
+def test_invariants_at_paper_scale(placement: str, read_policy: str) -> None:
+    """144 groups x 8 engines and 3,000 requests from the benchmark's generator."""
+    args = argparse.Namespace(prefill_nodes=48, decode_nodes=96, engines_per_node=8)
+    rng = random.Random(7)
+    alpha = alpha_tokens(scheduler_bench.STORAGE_BANDWIDTH_BYTES_S,
+                         scheduler_bench.KV_BYTES_PER_TOKEN)
+    beta = beta_tokens(scheduler_bench.PREFILL_TOKENS_PER_S)
+    view, _ = scheduler_bench._view(rng, args, alpha, beta)
+    waiting = scheduler_bench._queue(rng, 3000)
+    cfg = SchedulerConfig(placement, read_policy, alpha_tokens=alpha, beta_tokens=beta)
+    result = check_invariants(view, waiting, cfg)
+    assert len(result.placements) > 100
+
+
+def check_invariants(view: ClusterView, waiting: list[RequestInfo],
+                     cfg: SchedulerConfig) -> ScheduleResult:
+    """Schedule once and check every invariant against a decision-by-decision replay."""
     result = GlobalScheduler(cfg).schedule(waiting, view)
     reqs = by_id(waiting)
     order = order_of(result, waiting)
@@ -112,6 +142,7 @@ def test_placement_invariants(view: ClusterView, waiting: list[RequestInfo],
         assert all(rp.tok[e.engine_id] > cfg.beta_tokens for e in pe_engines)
     if result.stop_reason == "queue-drained":
         assert result.examined == len(waiting)
+    return result
 
 
 PRED = FlopsAttentionPredictor(4, 8, 16, flops_per_s=5e8, overhead_s=0.002)
