@@ -163,6 +163,8 @@ def test_stats_show_the_queue_while_transfers_wait(tmp_path: Path) -> None:
     assert nic.stats().lanes["tx.kv"].bytes == 0  # directions are independent
     flat = nic.stats().flat()
     assert flat["rx.kv.bytes"] == 15 * MiB
+    nic.reset()
+    assert nic.stats().flat()["rx.kv.bytes"] == 0
 
 
 def test_unlimited_nic_counts_bytes_without_pacing(tmp_path: Path) -> None:

@@ -254,6 +254,12 @@ class EmulatedNic:
                 )
         return NicStats(self.spec.name, self.spec.bandwidth_bytes_s, time.monotonic(), lanes)
 
+    def reset(self) -> None:
+        """Zero the counters and the lane clocks of this NIC for every process sharing it.
+
+        For the launcher, before any engine uses the NIC (not while transfers run)."""
+        self._state.reset()
+
     def close(self) -> None:
         """Release the shared state mapping (other openers are unaffected). Idempotent."""
         self._state.close()

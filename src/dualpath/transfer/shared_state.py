@@ -88,6 +88,12 @@ class SharedCounters:
         with self.locked() as values:
             return list(values)
 
+    def reset(self) -> None:
+        """Zero every value (a launcher starting a fresh run on an old file)."""
+        with self.locked() as values:
+            for i in range(len(values)):
+                values[i] = 0.0
+
     def close(self) -> None:
         """Unmap and close (the file stays for other processes). Idempotent."""
         with self._thread_lock:
