@@ -1,23 +1,26 @@
 """Prometheus metrics of one app: vLLM's names where they apply, `dualpath_*` for the rest.
 
-Each `ServerMetrics` owns its own `CollectorRegistry` (not the process-global default), so tests
-can build several apps in one process. Request-level metrics are recorded by the handlers;
-gauges that describe current state (queues, NICs, engines, buffers) are read at scrape time
-from the admission queue and `Backend.metrics_snapshot()`.
+Each `ServerMetrics` is a collector in its own `CollectorRegistry` (not the process-global
+default), so tests can build several apps in one process. Request-level metrics are plain
+counters and bucket arrays updated by the handlers: every update and every scrape runs on the
+server's one event loop, so they need no locks, which keeps the per-request cost to a few
+additions (prometheus_client's own instruments take a lock per update). Gauges that describe
+current state (queues, NICs, engines, buffers) are read at scrape time from the admission
+queue and `Backend.metrics_snapshot()`.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dualpath.server.admission import Admission
@@ -38,105 +41,140 @@ FINISH_REASONS = ("stop", "length", "abort", "error")
 REJECT_REASONS = ("invalid", "auth", "queue_full", "draining")
 
 
-class ServerMetrics:
-    """Request-level metrics (recorded by handlers) plus a scrape-time collector."""
+class Histogram:
+    """Cumulative-bucket histogram without locks (event-loop thread only). Mutates on observe."""
+
+    __slots__ = ("_counts", "_edges", "count", "sum")
+
+    def __init__(self, edges: tuple[float, ...]) -> None:
+        self._edges = edges
+        self._counts = [0] * (len(edges) + 1)  # last slot: above the largest edge
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self._counts[bisect_left(self._edges, value)] += 1
+        self.count += 1
+        self.sum += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for edge, n in zip(self._edges, self._counts, strict=False):
+            running += n
+            out.append((repr(float(edge)), running))
+        out.append(("+Inf", self.count))
+        return out
+
+
+class ServerMetrics(Collector):
+    """Request-level metrics (recorded by handlers) and scrape-time state, as one collector."""
 
     def __init__(self, model_name: str, admission: Admission, backend: Backend) -> None:
-        # `*_created` series only add noise for scrapers; vLLM turns them off too (global).
-        disable_created_metrics()
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        m = [model_name]
-        self.ttft_s = Histogram("vllm:time_to_first_token_seconds", "Time to first token (s)",
-                                ["model_name"], registry=r, buckets=_TTFT_BUCKETS).labels(*m)
-        self.itl_s = Histogram("vllm:inter_token_latency_seconds", "Time between consecutive output tokens (s)",
-                               ["model_name"], registry=r, buckets=_ITL_BUCKETS).labels(*m)
-        self.tpot_s = Histogram("vllm:time_per_output_token_seconds",
-                                "Per request: (e2e - ttft) / (output tokens - 1) (s)",
-                                ["model_name"], registry=r, buckets=_ITL_BUCKETS).labels(*m)
-        self.e2e_s = Histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency (s)",
-                               ["model_name"], registry=r, buckets=_E2E_BUCKETS).labels(*m)
-        self.queue_s = Histogram("vllm:request_queue_time_seconds",
-                                 "Time spent waiting in the admission queue (s)",
-                                 ["model_name"], registry=r, buckets=_TTFT_BUCKETS).labels(*m)
-        self.prompt_len = Histogram("vllm:request_prompt_tokens", "Prompt tokens per request",
-                                    ["model_name"], registry=r, buckets=_TOKEN_BUCKETS).labels(*m)
-        self.gen_len = Histogram("vllm:request_generation_tokens", "Generated tokens per request",
-                                 ["model_name"], registry=r, buckets=_TOKEN_BUCKETS).labels(*m)
-        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens of finished requests",
-                                     ["model_name"], registry=r).labels(*m)
-        self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens",
-                                         ["model_name"], registry=r).labels(*m)
-        self.prefix_queries = Counter("vllm:prefix_cache_queries",
-                                      "Prompt tokens looked up in the KV store",
-                                      ["model_name"], registry=r).labels(*m)
-        self.prefix_hits = Counter("vllm:prefix_cache_hits",
-                                   "Prompt tokens whose KV came from the KV store",
-                                   ["model_name"], registry=r).labels(*m)
-        success = Counter("vllm:request_success", "Finished requests by finish reason",
-                          ["model_name", "finished_reason"], registry=r)
-        self.finished = {f: success.labels(model_name, f) for f in FINISH_REASONS}
-        rejected = Counter("dualpath_requests_rejected", "Requests refused before generation",
-                           ["reason"], registry=r)
-        self.rejected = {reason: rejected.labels(reason) for reason in REJECT_REASONS}
-        self._queried_tokens = 0
-        self._hit_tokens = 0
-        r.register(_StateCollector(self, admission, backend, model_name))
+        self.model_name = model_name
+        self._admission = admission
+        self._backend = backend
+        self.ttft_s = Histogram(_TTFT_BUCKETS)
+        self.itl_s = Histogram(_ITL_BUCKETS)
+        self.tpot_s = Histogram(_ITL_BUCKETS)
+        self.e2e_s = Histogram(_E2E_BUCKETS)
+        self.queue_s = Histogram(_TTFT_BUCKETS)
+        self.prompt_len = Histogram(_TOKEN_BUCKETS)
+        self.gen_len = Histogram(_TOKEN_BUCKETS)
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.prefix_queries = 0
+        self.prefix_hits = 0
+        self.finished = dict.fromkeys(FINISH_REASONS, 0)
+        self.rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
 
     def record_finish(
         self, *, finish_reason: str, prompt_tokens: int, completion_tokens: int,
         cached_tokens: int, ttft_s: float | None, e2e_s: float,
     ) -> None:
-        """One request ended (any reason). Called once per admitted request."""
-        self.finished.get(finish_reason, self.finished["error"]).inc()
+        """One admitted request ended (any reason). Called once per request."""
+        reason = finish_reason if finish_reason in self.finished else "error"
+        self.finished[reason] += 1
         self.e2e_s.observe(e2e_s)
-        self.prompt_tokens.inc(prompt_tokens)
-        self.generation_tokens.inc(completion_tokens)
+        self.prompt_tokens += prompt_tokens
+        self.generation_tokens += completion_tokens
         self.prompt_len.observe(prompt_tokens)
         self.gen_len.observe(completion_tokens)
         if finish_reason != "abort" or cached_tokens:
-            self.prefix_queries.inc(prompt_tokens)
-            self.prefix_hits.inc(cached_tokens)
-            self._queried_tokens += prompt_tokens
-            self._hit_tokens += cached_tokens
+            self.prefix_queries += prompt_tokens
+            self.prefix_hits += cached_tokens
         if ttft_s is not None and completion_tokens > 1:
             self.tpot_s.observe((e2e_s - ttft_s) / (completion_tokens - 1))
 
     def hit_rate(self) -> float:
-        return self._hit_tokens / self._queried_tokens if self._queried_tokens else 0.0
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-
-class _StateCollector(Collector):
-    """Scrape-time gauges: queue lengths from the server, DualPath state from the backend."""
-
-    def __init__(self, metrics: ServerMetrics, admission: Admission, backend: Backend,
-                 model_name: str) -> None:
-        self._metrics = metrics
-        self._admission = admission
-        self._backend = backend
-        self._model = model_name
-
     def describe(self) -> list[Metric]:
-        return []  # dynamic label sets: nothing to pre-declare
+        return []  # label sets are dynamic: nothing to pre-declare
 
     def collect(self) -> Iterator[Metric]:
+        m = [self.model_name]
+        for name, doc, hist in (
+            ("vllm:time_to_first_token_seconds", "Time to first token (s)", self.ttft_s),
+            ("vllm:inter_token_latency_seconds", "Time between consecutive output tokens (s)",
+             self.itl_s),
+            ("vllm:time_per_output_token_seconds",
+             "Per request: (e2e - ttft) / (output tokens - 1) (s)", self.tpot_s),
+            ("vllm:e2e_request_latency_seconds", "End-to-end request latency (s)", self.e2e_s),
+            ("vllm:request_queue_time_seconds", "Time spent waiting in the admission queue (s)",
+             self.queue_s),
+            ("vllm:request_prompt_tokens", "Prompt tokens per request", self.prompt_len),
+            ("vllm:request_generation_tokens", "Generated tokens per request", self.gen_len),
+        ):
+            h = HistogramMetricFamily(name, doc, labels=["model_name"])
+            h.add_metric(m, hist.buckets(), hist.sum)
+            yield h
+        for name, doc, value in (
+            ("vllm:prompt_tokens", "Prompt tokens of finished requests", self.prompt_tokens),
+            ("vllm:generation_tokens", "Generated tokens", self.generation_tokens),
+            ("vllm:prefix_cache_queries", "Prompt tokens looked up in the KV store",
+             self.prefix_queries),
+            ("vllm:prefix_cache_hits", "Prompt tokens whose KV came from the KV store",
+             self.prefix_hits),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["model_name"])
+            c.add_metric(m, value)
+            yield c
+        c = CounterMetricFamily("vllm:request_success", "Finished requests by finish reason",
+                                labels=["model_name", "finished_reason"])
+        for reason, n in self.finished.items():
+            c.add_metric([self.model_name, reason], n)
+        yield c
+        c = CounterMetricFamily("dualpath_requests_rejected",
+                                "Requests refused before generation", labels=["reason"])
+        for reason, n in self.rejected.items():
+            c.add_metric([reason], n)
+        yield c
+        yield from self._state(m)
+
+    def _state(self, m: list[str]) -> Iterator[Metric]:
         snap = self._backend.metrics_snapshot()
         adm = self._admission
         running = snap.num_running if snap.num_running is not None else adm.running
         waiting = adm.waiting + (snap.num_waiting or 0)
         yield _gauge("vllm:num_requests_running", "Requests being prefilled or decoded",
-                     ["model_name"], [([self._model], running)])
+                     ["model_name"], [(m, running)])
         yield _gauge("vllm:num_requests_waiting",
                      "Requests waiting (admission queue + scheduler queue)",
-                     ["model_name"], [([self._model], waiting)])
+                     ["model_name"], [(m, waiting)])
         yield _gauge("dualpath_admission_in_flight", "Requests admitted by the HTTP server",
                      [], [([], adm.running)])
         yield _gauge("dualpath_prefix_cache_hit_rate",
                      "Cumulative prefix_cache_hits / prefix_cache_queries (tokens)",
-                     [], [([], self._metrics.hit_rate())])
+                     [], [([], self.hit_rate())])
         c = CounterMetricFamily("dualpath_bytes_read", "KV bytes read from storage per read path",
                                 labels=["path"])
         for path, value in sorted(snap.bytes_read_total.items()):

@@ -180,11 +180,11 @@ class OpenAIServing:
         try:
             await self.admission.acquire()
         except QueueFull:
-            self.metrics.rejected["queue_full"].inc()
+            self.metrics.reject("queue_full")
             raise APIError(429, "the server's admission queue is full; retry later",
                            headers=self._retry_after()) from None
         except Draining:
-            self.metrics.rejected["draining"].inc()
+            self.metrics.reject("draining")
             raise APIError(503, "the server is shutting down", headers=self._retry_after()) from None
         self.metrics.queue_s.observe(time.perf_counter() - arrival_s)
 
