@@ -12,6 +12,7 @@ import threading
 import time
 from multiprocessing.context import SpawnContext
 from pathlib import Path
+from typing import Any
 
 import pytest
 from transfer_helpers import MB, MiB, saturate, saturate_child
@@ -20,8 +21,8 @@ from dualpath.core.errors import ConfigError
 from dualpath.transfer.nic import Direction, EmulatedNic, NicSpec, TrafficClass
 
 
-def _spec(tmp_path: Path, name: str, rate: float | None, **kw: object) -> NicSpec:
-    return NicSpec(name, str(tmp_path / f"{name}.nic"), rate, **kw)  # type: ignore[arg-type]
+def _spec(tmp_path: Path, name: str, rate: float | None, **kw: Any) -> NicSpec:
+    return NicSpec(name, str(tmp_path / f"{name}.nic"), rate, **kw)
 
 
 @pytest.mark.parametrize("threads", [1, 4])
