@@ -28,6 +28,8 @@ class SimConfig:
     happens only when something changed). read_slots_per_node: concurrent storage reads a
     node's SNIC serves (FIFO beyond that). block_tokens: storage block (cached prefixes
     are whole blocks). timeline_bin_s: NIC utilization sampling (None: off).
+    log_decisions: keep every placement; record_scheduler_inputs: keep every call's (waiting
+    queue, ClusterView), so the decisions can be replayed through another scheduler.
     """
 
     model: str = "ds-660b"
@@ -44,6 +46,7 @@ class SimConfig:
     block_tokens: int = 64
     timeline_bin_s: float | None = 10.0
     log_decisions: bool = False
+    record_scheduler_inputs: bool = False
     max_sim_s: float = float("inf")
 
     def __post_init__(self) -> None:

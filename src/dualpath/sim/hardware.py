@@ -76,7 +76,7 @@ class HardwareSpec:
 
 
 def _from_dict(raw: dict[str, Any], base: dict[str, Any] | None = None) -> HardwareSpec:
-    data = dict(base or {})
+    data = {k: v for k, v in (base or {}).items() if not k.startswith("_")}
     data.update({k: v for k, v in raw.items() if not k.startswith("_")})
     known = {f.name for f in fields(HardwareSpec)}
     unknown = sorted(set(data) - known)

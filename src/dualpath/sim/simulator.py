@@ -68,6 +68,7 @@ class Simulator(PrefillMixin, DecodeMixin):
         self.decisions: list[tuple[Any, ...]] = []
         self.side_counts = {"pe": 0, "de": 0, "split": 0}
         self.sched_calls = 0
+        self.sched_inputs: list[tuple[tuple[RequestInfo, ...], ClusterView]] = []
         self._rid = 0
         self._sched_pending = False
         self._last_sched_s = -1e18
@@ -171,7 +172,11 @@ class Simulator(PrefillMixin, DecodeMixin):
             return None
         self.sched_calls += 1
         waiting = self.waiting
-        result = self.scheduler.schedule([r.info for r in waiting.values()], self.cluster_view())
+        infos = [r.info for r in waiting.values()]
+        view = self.cluster_view()
+        if self.cfg.record_scheduler_inputs:
+            self.sched_inputs.append((tuple(infos), view))
+        result = self.scheduler.schedule(infos, view)
         events: list[Any] = []
         for p in result.placements:
             req = waiting.pop(int(p.request_id))

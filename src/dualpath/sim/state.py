@@ -36,8 +36,9 @@ class SimRequest:
         self.first_s = 0.0
         self.second_s = 0.0
         self.end_s = 0.0
-        self.pe: Engine | None = None
-        self.de: Engine | None = None
+        # Set when the scheduler places the turn (Any: None before that, an Engine after).
+        self.pe: Any = None
+        self.de: Any = None
         self.side = "pe"
         self.pending_reads = 0
         self.pe_buf_bytes = 0.0

@@ -1,0 +1,82 @@
+"""Entry points: `simulate` (one run, the CLI's unit) and `run_workload` (the hook of
+`dualpath bench offline|online --target sim`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dualpath.bench.metrics import TurnRecord
+from dualpath.sim.config import SimConfig, parse_pd
+from dualpath.sim.hardware import HardwareSpec, load_hardware
+from dualpath.sim.report import sim_report, turn_records
+from dualpath.sim.simulator import Simulator
+
+# DESIGN.md section 4: default layouts per model.
+DEFAULT_PD: dict[str, tuple[int, int]] = {"ds-660b": (2, 4), "qwen-32b": (1, 2), "ds-27b": (1, 1)}
+DEFAULT_MODEL = "ds-660b"
+
+AgentTurns = tuple[float, list[tuple[int, int]]]
+
+
+@dataclass(frozen=True)
+class SimRun:
+    """One finished simulation: its config, per-turn records and JSON report."""
+
+    config: SimConfig
+    records: list[TurnRecord]
+    report: dict[str, Any]
+
+
+def agents_from_workload(workload: Any) -> tuple[list[AgentTurns], list[int]]:
+    """(arrival_s, [(append, gen), ...]) per agent of a `dualpath.workload.Workload`."""
+    agents: list[AgentTurns] = []
+    ids: list[int] = []
+    for a in workload.agents:
+        agents.append((float(a.arrival_s), [(t.append_tokens, t.gen_tokens) for t in a.trajectory.turns]))
+        ids.append(int(a.agent_id))
+    return agents, ids
+
+
+def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int] | None = None,
+             hardware: HardwareSpec | None = None) -> SimRun:
+    """Run one configuration on the given agents; deterministic for a given input."""
+    t0 = time.perf_counter()
+    sim = Simulator(config, agents, hardware)
+    sim.run()
+    wall = time.perf_counter() - t0
+    records = turn_records(sim, agent_ids)
+    report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents))
+    return SimRun(config, records, report)
+
+
+def config_from_args(args: argparse.Namespace, mode: str) -> SimConfig:
+    """A SimConfig from the pass-through flags (--system, --pd, --model, --hardware, ...)."""
+    model = getattr(args, "model", None) or DEFAULT_MODEL
+    pd_text = getattr(args, "pd", None)
+    pd = parse_pd(pd_text) if pd_text else DEFAULT_PD.get(model, (2, 4))
+    cutoff = getattr(args, "cutoff_s", None)
+    cfg = SimConfig(
+        model=model, hardware=getattr(args, "hardware", None),
+        system=getattr(args, "system", None) or "dualpath", pd=pd, mode=mode,
+        aps=float(getattr(args, "aps", None) or 1.0), seed=int(getattr(args, "seed", 0) or 0),
+        read_path=getattr(args, "read_path", None) or "auto",
+        split_reads=bool(getattr(args, "split_reads", False)),
+        log_decisions=bool(getattr(args, "log_decisions", False)),
+    )
+    if cutoff is not None:
+        cfg = replace(cfg, max_sim_s=float(cutoff))
+    interval = getattr(args, "sched_interval", None)
+    if interval is not None:
+        cfg = replace(cfg, sched_interval_s=float(interval))
+    return cfg
+
+
+def run_workload(workload: Any, mode: str, args: argparse.Namespace) -> list[TurnRecord]:
+    """The `--target sim` hook: simulate the workload's agents, return finished turns."""
+    cfg = config_from_args(args, mode)
+    agents, ids = agents_from_workload(workload)
+    hw = load_hardware(cfg.hardware)
+    return simulate(cfg, agents, agent_ids=ids, hardware=hw).records
