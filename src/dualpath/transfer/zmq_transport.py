@@ -6,7 +6,8 @@ class, header, shapes, dtypes), frames 1..N are the payload arrays, handed to zm
 `np.frombuffer` over the received frames (no copy). Each transport binds one PULL socket;
 senders keep one PUSH socket per destination (`IMMEDIATE`, so an unreachable peer makes the
 send time out instead of queueing forever). `send` waits on zmq's message tracker, so when
-it returns zmq no longer reads the caller's buffers.
+it returns zmq no longer reads the caller's buffers (after a send that timed out zmq may
+still hold them and send them later: do not reuse those buffers).
 """
 
 from __future__ import annotations
@@ -109,9 +110,13 @@ class ZmqTransport(Transport):
         return self._inbox.get(timeout_s)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Stop the receive thread, drop pending messages, close sockets (linger 0).
+
+        Sends still in progress in other threads fail with TransferError."""
+        with self._push_lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop.set()
         self._receiver.join()
         self._inbox.close()
@@ -125,6 +130,8 @@ class ZmqTransport(Transport):
 
     def _socket_for(self, dest: str) -> tuple[zmq.Socket[Any], threading.Lock]:
         with self._push_lock:
+            if self._closed:
+                raise TransferError("send on a closed transport")
             entry = self._push.get(dest)
             if entry is None:
                 sock = self._ctx.socket(zmq.PUSH)
