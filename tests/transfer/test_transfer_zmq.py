@@ -133,3 +133,33 @@ def test_local_transport_delivers_and_paces(tmp_path: Path) -> None:
             a.send("local://nobody", {}, [])
         with pytest.raises(TransferError, match="in use"):
             LocalTransport(hub, "pe0")
+
+
+def test_incast_is_limited_by_the_receivers_cnic(tmp_path: Path) -> None:
+    """Two engines each sending at their full 100 MB/s into one engine whose CNIC also runs
+    at 100 MB/s: the receiver's RX lane, not the senders, sets the aggregate rate."""
+    rx_nic = EmulatedNic(NicSpec("pe", str(tmp_path / "pe.nic"), 100 * MB))
+    senders = [ZmqTransport(cnic=EmulatedNic(NicSpec(f"de{i}", str(tmp_path / f"de{i}.nic"), 100 * MB)))
+               for i in range(2)]
+    block = np.zeros(2 * MiB, np.uint8)
+    per_sender = 12
+    with ZmqTransport(cnic=rx_nic) as receiver:
+        t0 = time.monotonic()
+
+        def send_all(t: ZmqTransport) -> None:
+            for i in range(per_sender):
+                t.send(receiver.address, {"i": i}, [block])
+
+        threads = [threading.Thread(target=send_all, args=(s,)) for s in senders]
+        for t in threads:
+            t.start()
+        for _ in range(2 * per_sender):
+            assert receiver.recv(timeout_s=30) is not None
+        elapsed = time.monotonic() - t0
+        for t in threads:
+            t.join()
+    for s in senders:
+        s.close()
+    total = 2 * per_sender * block.nbytes
+    assert total / elapsed == pytest.approx(100 * MB, rel=0.10)
+    assert rx_nic.stats().lanes["rx.kv"].bytes == total
