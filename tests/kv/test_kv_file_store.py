@@ -13,15 +13,20 @@ import pytest
 from kv_helpers import SMALL, hex_hash, random_block
 
 from dualpath.core.errors import StoreError
-from dualpath.kv import BlockGeometry, FileKVStore
+from dualpath.kv import BlockGeometry, FileKVStore, block_io
 from dualpath.kv.block_file import PAGE_BYTES, payload_offset
 
 LOGGER = "dualpath.kv.file_store"
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FileKVStore:
-    return FileKVStore(tmp_path / "store", SMALL)
+# SMALL is not page-sized, so it is read with buffered I/O; ALIGNED (4 KiB Layer Blocks) is
+# read with O_DIRECT where the file system supports it. Every read test runs on both.
+ALIGNED = BlockGeometry(num_layers=3, block_tokens=4, bytes_per_token_per_layer=1024)
+
+
+@pytest.fixture(params=[SMALL, ALIGNED], ids=["buffered", "direct"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> FileKVStore:
+    return FileKVStore(tmp_path / "store", request.param)
 
 
 def _file(store: FileKVStore, h: str) -> Path:
@@ -54,32 +59,48 @@ def _assert_corrupt_miss(store: FileKVStore, h: str, caplog: pytest.LogCaptureFi
 
 def test_payload_is_page_aligned_in_full_block_layout(store: FileKVStore) -> None:
     h = hex_hash(1)
-    b = random_block(1)
+    b = random_block(1, store.geometry)
     store.put(h, b)
     raw = _file(store, h).read_bytes()
-    off = payload_offset(SMALL, len(h))
+    off = payload_offset(store.geometry, len(h))
     assert off % PAGE_BYTES == 0
-    assert len(raw) == off + SMALL.full_block_bytes
+    assert len(raw) == off + store.geometry.full_block_bytes
     assert raw[off:] == b.tobytes()
     assert raw[:8] == b"DPKVBLK\0"
     # Per-layer checksums are plain CRC-32 (zlib's), whichever implementation computed them.
-    stored = struct.unpack_from(f"<{SMALL.num_layers}I", raw, 36 + len(h))
-    step = SMALL.layer_block_bytes
-    assert list(stored) == [zlib.crc32(b.tobytes()[i * step : (i + 1) * step]) for i in range(SMALL.num_layers)]
+    stored = struct.unpack_from(f"<{store.geometry.num_layers}I", raw, 36 + len(h))
+    step = store.geometry.layer_block_bytes
+    assert list(stored) == [zlib.crc32(b.tobytes()[i * step : (i + 1) * step]) for i in range(store.geometry.num_layers)]
+
+
+def test_page_sized_blocks_are_read_with_o_direct(tmp_path: Path) -> None:
+    if block_io.O_DIRECT == 0:
+        pytest.skip("no O_DIRECT on this platform")
+    aligned = FileKVStore(tmp_path / "a", ALIGNED)
+    aligned.put(hex_hash(1), random_block(1, ALIGNED))
+    got = aligned.get(hex_hash(1))
+    assert got is not None and np.array_equal(got, random_block(1, ALIGNED))
+    unaligned_out = np.empty(ALIGNED.full_block_bytes + 1, np.uint8)[1:].reshape(ALIGNED.full_block_shape)
+    assert aligned.get(hex_hash(1), out=unaligned_out) is unaligned_out  # falls back to buffered
+    assert np.array_equal(unaligned_out, random_block(1, ALIGNED))
+    assert aligned.stats().direct_reads == 1  # (if /tmp had no O_DIRECT this would be 0)
+    buffered = FileKVStore(tmp_path / "b", ALIGNED, direct_io=False)
+    buffered.put(hex_hash(1), random_block(1, ALIGNED))
+    assert buffered.get(hex_hash(1)) is not None and buffered.stats().direct_reads == 0
 
 
 def test_corrupt_payload_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureFixture) -> None:
     h = hex_hash(1)
-    store.put(h, random_block(1))
-    _flip_byte(_file(store, h), payload_offset(SMALL, len(h)) + SMALL.layer_block_bytes + 5)
+    store.put(h, random_block(1, store.geometry))
+    _flip_byte(_file(store, h), payload_offset(store.geometry, len(h)) + store.geometry.layer_block_bytes + 5)
     _assert_corrupt_miss(store, h, caplog, "checksum mismatch in layer 1")
 
 
 def test_corrupt_layer_is_a_miss_for_get_layer(store: FileKVStore, caplog: pytest.LogCaptureFixture) -> None:
     h = hex_hash(1)
-    b = random_block(1)
+    b = random_block(1, store.geometry)
     store.put(h, b)
-    _flip_byte(_file(store, h), payload_offset(SMALL, len(h)) + 2 * SMALL.layer_block_bytes)
+    _flip_byte(_file(store, h), payload_offset(store.geometry, len(h)) + 2 * store.geometry.layer_block_bytes)
     layer0 = store.get_layer(h, 0)  # an intact layer verifies on its own
     assert layer0 is not None and np.array_equal(layer0[0], b[0])
     _assert_corrupt_miss(store, h, caplog, "checksum mismatch in layer 2", layer=2)
@@ -90,7 +111,7 @@ def test_corrupt_layer_is_a_miss_for_get_layer(store: FileKVStore, caplog: pytes
 def test_corrupt_header_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureFixture,
                                   offset: int, reason: str) -> None:
     h = hex_hash(1)
-    store.put(h, random_block(1))
+    store.put(h, random_block(1, store.geometry))
     _flip_byte(_file(store, h), offset)
     _assert_corrupt_miss(store, h, caplog, reason)
 
@@ -98,7 +119,7 @@ def test_corrupt_header_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureF
 @pytest.mark.parametrize("keep_bytes", [10, PAGE_BYTES + 7, -1])
 def test_truncated_file_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureFixture, keep_bytes: int) -> None:
     h = hex_hash(1)
-    store.put(h, random_block(1))
+    store.put(h, random_block(1, store.geometry))
     path = _file(store, h)
     os.truncate(path, keep_bytes if keep_bytes > 0 else path.stat().st_size - 1)
     _assert_corrupt_miss(store, h, caplog, "truncated file")
@@ -106,7 +127,7 @@ def test_truncated_file_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureF
 
 def test_truncated_file_is_a_miss_for_get_layer(store: FileKVStore, caplog: pytest.LogCaptureFixture) -> None:
     h = hex_hash(1)
-    store.put(h, random_block(1))
+    store.put(h, random_block(1, store.geometry))
     path = _file(store, h)
     os.truncate(path, path.stat().st_size - 1)
     _assert_corrupt_miss(store, h, caplog, "expected", layer=0)
@@ -124,7 +145,7 @@ def test_block_of_another_geometry_is_a_miss(tmp_path: Path, caplog: pytest.LogC
 
 def test_file_under_wrong_name_is_a_miss(store: FileKVStore, caplog: pytest.LogCaptureFixture) -> None:
     a, b = hex_hash(1), hex_hash(2)
-    store.put(a, random_block(1))
+    store.put(a, random_block(1, store.geometry))
     _file(store, b).parent.mkdir(parents=True, exist_ok=True)
     os.link(_file(store, a), _file(store, b))
     _assert_corrupt_miss(store, b, caplog, "stored key does not match")
@@ -132,7 +153,7 @@ def test_file_under_wrong_name_is_a_miss(store: FileKVStore, caplog: pytest.LogC
 
 def test_missing_file_is_a_plain_miss(store: FileKVStore, caplog: pytest.LogCaptureFixture) -> None:
     h = hex_hash(1)
-    store.put(h, random_block(1))
+    store.put(h, random_block(1, store.geometry))
     assert store.longest_prefix([h]) == 1
     os.unlink(_file(store, h))  # e.g. another process evicted it
     with caplog.at_level(logging.WARNING, logger=LOGGER):
@@ -145,9 +166,9 @@ def test_missing_file_is_a_plain_miss(store: FileKVStore, caplog: pytest.LogCapt
 
 def test_put_after_quarantine_rewrites_block(store: FileKVStore) -> None:
     h = hex_hash(1)
-    b = random_block(1)
+    b = random_block(1, store.geometry)
     store.put(h, b)
-    _flip_byte(_file(store, h), payload_offset(SMALL, len(h)))
+    _flip_byte(_file(store, h), payload_offset(store.geometry, len(h)))
     assert store.get(h) is None
     store.put(h, b)
     got = store.get(h)
@@ -177,7 +198,7 @@ def test_reopening_with_another_geometry_is_refused(tmp_path: Path) -> None:
 
 def test_bad_hash_rejected(store: FileKVStore) -> None:
     with pytest.raises(StoreError, match="hex"):
-        store.put("../../etc/passwd", random_block(1))
+        store.put("../../etc/passwd", random_block(1, store.geometry))
     with pytest.raises(StoreError, match="hex"):
         store.get("ZZZZ")
 

@@ -32,7 +32,13 @@ def test_split_then_concat_is_identity(geometry: BlockGeometry, seed: int) -> No
         assert np.shares_memory(layer, full)  # views, not copies
         assert layer.tobytes() == full.tobytes()[i * geometry.layer_block_bytes : (i + 1) * geometry.layer_block_bytes]
     # Views of one block come back as that block, without copying.
-    assert concat_layers(layers, geometry) is full
+    same = concat_layers(layers, geometry)
+    assert same.ctypes.data == full.ctypes.data and np.shares_memory(same, full)
+    assert np.array_equal(same, full)
+    aligned = geometry.empty_full_block()
+    aligned[...] = full
+    view = concat_layers(split_layers(aligned, geometry), geometry)
+    assert view.ctypes.data == aligned.ctypes.data and np.array_equal(view, full)
     # Independent copies are concatenated into a new block with the same bytes.
     copies = [layer.copy() for layer in layers]
     joined = concat_layers(copies, geometry)

@@ -31,6 +31,7 @@ from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
 from dualpath.core.model_config import KV_DTYPE_BYTES
 from dualpath.kv import BlockGeometry, FileKVStore, block_hashes
+from dualpath.kv.layout import aligned_empty
 
 # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M config.json): 30 layers, 3 KV heads, head_dim 576/9 = 64.
 SMOLLM2_LAYERS, SMOLLM2_KV_HEADS, SMOLLM2_HEAD_DIM = 30, 3, 64
@@ -49,6 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="make every block durable before put returns (raw side: fsync per chunk)")
     parser.add_argument("--io-threads", type=int, default=4,
                         help="FileKVStore io_threads: blocks get_many/put_many keep in flight")
+    parser.add_argument("--direct-io", action=argparse.BooleanOptionalAction, default=True,
+                        help="FileKVStore direct_io: Full Block reads with O_DIRECT where possible")
     parser.add_argument("--repeats", type=int, default=5, help="runs per size; medians are reported")
     parser.add_argument("--cache-drop", choices=["fadvise", "drop_caches"], default="fadvise",
                         help="how reads are made cold: per-file posix_fadvise(DONTNEED), or the "
@@ -89,6 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "bytes_per_token_per_layer": bptpl, "kv_dtype": args.kv_dtype},
         "fsync": args.fsync,
         "io_threads": args.io_threads,
+        "direct_io": args.direct_io,
         "cache_method": _cache_method(args.cache_drop),
         "repeats": args.repeats,
         "dir": str(base),
@@ -113,15 +117,18 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
     hashes = block_hashes(tokens, g.block_tokens, "store-bench")
     items = [(h, pool[i % len(pool)]) for i, h in enumerate(hashes)]
     # One pre-touched destination for every read of both sides (an engine's DRAM buffer).
-    dest = np.ones((nblocks, *g.full_block_shape), dtype=np.uint8)
+    dest = aligned_empty((nblocks, *g.full_block_shape))
+    dest.fill(1)
     nbytes = nblocks * g.full_block_bytes
     layer_bytes = nblocks * g.layer_block_bytes
     samples: dict[str, list[float]] = {}
+    direct_gets = [0, 0]  # Full Block reads done with O_DIRECT, all Full Block reads
     for rep in range(args.repeats):
         root = base / f"store-{g.block_tokens}-{rep}"
         raw = base / f"raw-{g.block_tokens}-{rep}.bin"
         shutil.rmtree(root, ignore_errors=True)
-        store = FileKVStore(root, g, fsync=args.fsync, io_threads=args.io_threads)
+        store = FileKVStore(root, g, fsync=args.fsync, io_threads=args.io_threads,
+                            direct_io=args.direct_io)
         writers: list[tuple[str, int, Callable[[], None]]] = [
             ("store_write", nbytes, partial(store.put_many, items)),
             ("raw_write", nbytes, partial(_raw_write, raw, nblocks, pool, args.fsync)),
@@ -140,6 +147,9 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
                 samples.setdefault(f"{name}_bytes_s", []).append(size / _timed(fn))
                 tick(1)
         store.close()
+        stats = store.stats()
+        direct_gets[0] += stats.direct_reads
+        direct_gets[1] += stats.gets
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
             raw.unlink(missing_ok=True)
@@ -152,6 +162,7 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
                           ("read_serial_efficiency", "store_read_serial", "raw_read")):
         ratios = [a / b for a, b in zip(samples[f"{num}_bytes_s"], samples[f"{den}_bytes_s"], strict=True)]
         r[eff] = statistics.median(ratios)
+    r["direct_read_fraction"] = direct_gets[0] / max(1, direct_gets[1])
     r.update(num_blocks=nblocks, block_bytes=g.full_block_bytes, total_bytes=nbytes,
              samples=samples)
     return r

@@ -22,7 +22,6 @@ file is a plain miss. Any other OSError becomes a StoreError.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -38,8 +37,14 @@ from pathlib import Path
 import numpy as np
 
 from dualpath.core.errors import CorruptBlockError, StoreError
-from dualpath.kv import block_file
-from dualpath.kv.layout import BlockGeometry, check_full_block, check_layer_block, check_layer_index
+from dualpath.kv import block_file, block_io
+from dualpath.kv.layout import (
+    BlockGeometry,
+    aligned_empty,
+    check_full_block,
+    check_layer_block,
+    check_layer_index,
+)
 from dualpath.kv.prefix_index import PrefixIndex
 from dualpath.kv.store import KVStore, StatsCounter, StoreStats
 
@@ -62,6 +67,7 @@ class FileKVStore(KVStore):
         *,
         fsync: bool = False,
         io_threads: int = 4,
+        direct_io: bool = True,
     ) -> None:
         """Open (creating if needed) the store at `root`.
 
@@ -69,6 +75,10 @@ class FileKVStore(KVStore):
         io_threads: blocks `get_many`/`put_many` keep in flight at once; several concurrent
         requests are what lets a disk or a network FS reach its streaming bandwidth on
         one-file-per-block I/O (1 = strictly one at a time).
+        direct_io: `get` reads with O_DIRECT (straight from the device into the caller's
+        buffer, no page-cache copy, no cache pollution, like 3FS's no-DRAM-cache reads) when
+        the buffer is page-aligned (`BlockGeometry.empty_full_block`) and the FS supports
+        it; otherwise buffered reads.
         """
         if io_threads < 1:
             raise StoreError(f"io_threads must be >= 1, got {io_threads}")
@@ -76,6 +86,7 @@ class FileKVStore(KVStore):
         self.geometry = geometry
         self.fsync = fsync
         self.io_threads = io_threads
+        self.direct_io = direct_io
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._stats = StatsCounter()
@@ -111,17 +122,25 @@ class FileKVStore(KVStore):
             out = g.empty_full_block()
         else:
             check_full_block(out, g, "output Full Block")
-        fd = self._open_for_read(block_hash)
-        if fd is None:
+        offset = block_file.payload_offset(g, len(block_hash))
+        header = aligned_empty((offset,))
+        direct = self.direct_io and block_io.direct_io_possible(header, out)
+        opened = self._open_for_read(block_hash, direct)
+        if opened is None:
             self._stats.add(gets=1)
             return None
+        fd, direct = opened
         try:
             # Header and payload in one request: one round trip to the disk / server.
-            header = bytearray(block_file.payload_offset(g, len(block_hash)))
-            flat = out.data.cast("B")
-            _read_exact(fd, [memoryview(header), flat], 0, "block")
-            checksums = self._check_header(fd, header, block_hash)
-            step = g.layer_block_bytes
+            bufs = [header.data.cast("B"), out.data.cast("B")]
+            got = block_io.read_into(fd, bufs, 0, retry_short=not direct)
+            if got < offset:
+                raise CorruptBlockError(f"truncated file: {got} bytes, shorter than the header")
+            checksums = self._check_header(fd, header.data, block_hash)
+            if got < offset + g.full_block_bytes:  # size is right: an O_DIRECT quirk, reread
+                with open(self._path(block_hash), "rb", buffering=0) as f:
+                    block_io.read_into(f.fileno(), bufs, 0)
+            flat, step = bufs[1], g.layer_block_bytes
             for layer, crc in enumerate(checksums):
                 if block_file.crc32(flat[layer * step : (layer + 1) * step]) != crc:
                     raise CorruptBlockError(f"checksum mismatch in layer {layer}")
@@ -133,7 +152,7 @@ class FileKVStore(KVStore):
             raise StoreError(f"reading KV block {block_hash} at {self._path(block_hash)}: {exc}") from exc
         finally:
             os.close(fd)
-        self._stats.add(gets=1, get_hits=1, bytes_read=g.full_block_bytes)
+        self._stats.add(gets=1, get_hits=1, bytes_read=g.full_block_bytes, direct_reads=int(direct))
         return out
 
     def get_layer(self, block_hash: str, layer: int, out: np.ndarray | None = None) -> np.ndarray | None:
@@ -143,10 +162,11 @@ class FileKVStore(KVStore):
             out = g.empty_layer_block()
         else:
             check_layer_block(out, g, "output Layer Block")
-        fd = self._open_for_read(block_hash)
-        if fd is None:
+        opened = self._open_for_read(block_hash, direct=False)
+        if opened is None:
             self._stats.add(layer_gets=1)
             return None
+        fd = opened[0]
         try:
             offset = block_file.payload_offset(g, len(block_hash))
             start = offset + layer * g.layer_block_bytes
@@ -154,10 +174,12 @@ class FileKVStore(KVStore):
             os.posix_fadvise(fd, 0, offset, os.POSIX_FADV_WILLNEED)
             os.posix_fadvise(fd, start, g.layer_block_bytes, os.POSIX_FADV_WILLNEED)
             header = bytearray(offset)
-            _read_exact(fd, [memoryview(header)], 0, "header")
-            checksums = self._check_header(fd, header, block_hash)
+            if block_io.read_into(fd, [memoryview(header)], 0) < offset:
+                raise CorruptBlockError("truncated file: shorter than the header")
+            checksums = self._check_header(fd, memoryview(header), block_hash)
             flat = out.data.cast("B")
-            _read_exact(fd, [flat], start, f"layer {layer}")
+            if block_io.read_into(fd, [flat], start) < len(flat):
+                raise CorruptBlockError(f"truncated file: layer {layer} cut short")
             if block_file.crc32(flat) != checksums[layer]:
                 raise CorruptBlockError(f"checksum mismatch in layer {layer}")
         except CorruptBlockError as exc:
@@ -192,14 +214,14 @@ class FileKVStore(KVStore):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                _write_all(fd, [header, block.data.cast("B")])
+                block_io.write_all(fd, [header, block.data.cast("B")])
                 if self.fsync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
-            _unlink_quietly(tmp)
+            block_io.unlink_quietly(tmp)
             raise StoreError(f"writing KV block {block_hash} to {path}: {exc}") from exc
         self.index.add(block_hash)
         self._stats.add(puts=1, bytes_written=len(header) + block.nbytes)
@@ -252,23 +274,25 @@ class FileKVStore(KVStore):
             raise StoreError(f"stat of KV block {block_hash}: {exc}") from exc
         return True
 
-    def _open_for_read(self, block_hash: str) -> int | None:
+    def _open_for_read(self, block_hash: str, direct: bool) -> tuple[int, bool] | None:
+        """(fd, O_DIRECT on?) of a stored block, or None if there is no such file."""
         _check_hash(block_hash)
         try:
-            return os.open(self._path(block_hash), os.O_RDONLY)
+            return block_io.open_for_read(self._path(block_hash), direct)
         except FileNotFoundError:
             self.index.discard(block_hash)
             return None
         except OSError as exc:
             raise StoreError(f"opening KV block {block_hash}: {exc}") from exc
 
-    def _check_header(self, fd: int, header: bytearray, block_hash: str) -> list[int]:
+    def _check_header(self, fd: int, header: memoryview, block_hash: str) -> list[int]:
         """Verify the header and the file size; return the per-layer CRCs."""
         checksums = block_file.decode_header(header, block_hash, self.geometry)
         size = os.fstat(fd).st_size
         expected = len(header) + self.geometry.full_block_bytes
         if size != expected:
-            raise CorruptBlockError(f"file is {size} bytes, expected {expected}")
+            kind = "truncated" if size < expected else "oversized"
+            raise CorruptBlockError(f"{kind} file: {size} bytes, expected {expected}")
         return checksums
 
     def _corrupt(self, block_hash: str, fd: int, reason: str) -> None:
@@ -307,7 +331,7 @@ class FileKVStore(KVStore):
             except FileExistsError:
                 pass
             finally:
-                _unlink_quietly(tmp)
+                block_io.unlink_quietly(tmp)
         try:
             have = json.loads(meta_path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
@@ -332,51 +356,10 @@ class FileKVStore(KVStore):
                     if name.endswith(SUFFIX) and not name.startswith("."):
                         found.append(name[: -len(SUFFIX)])
                     elif name.endswith(".tmp") and name.startswith("."):
-                        _sweep_if_stale(e.path, now)
+                        block_io.sweep_if_stale(e.path, now, _STALE_TEMP_S)
         return found
 
 
 def _check_hash(block_hash: str) -> None:
     if not isinstance(block_hash, str) or not _HASH_RE.fullmatch(block_hash):
         raise StoreError(f"block hash must be 4-128 lowercase hex chars, got {block_hash!r}")
-
-
-def _read_exact(fd: int, bufs: list[memoryview], offset: int, what: str) -> None:
-    """Fill `bufs` (in order) from `offset`; a short file raises CorruptBlockError."""
-    total = sum(len(b) for b in bufs)
-    got = os.preadv(fd, bufs, offset)
-    while got < total:  # rare: a short read; carry on from where it stopped
-        skip, rest = got, []
-        for b in bufs:
-            if skip >= len(b):
-                skip -= len(b)
-                continue
-            rest.append(b[skip:])
-            skip = 0
-        n = os.preadv(fd, rest, offset + got)
-        if n == 0:
-            raise CorruptBlockError(f"truncated file: {what} short by {total - got} bytes")
-        got += n
-
-
-def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
-    total = sum(len(p) for p in parts)
-    written = os.writev(fd, parts)
-    if written == total:
-        return
-    flat = b"".join(parts)  # rare partial write: finish from a joined copy
-    while written < total:
-        written += os.write(fd, flat[written:])
-
-
-def _unlink_quietly(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
-def _sweep_if_stale(path: str, now: float) -> None:
-    try:
-        if now - os.stat(path).st_mtime > _STALE_TEMP_S:
-            os.unlink(path)
-    except OSError:
-        pass

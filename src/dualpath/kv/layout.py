@@ -57,10 +57,27 @@ class BlockGeometry:
         return (1, self.block_tokens, self.bytes_per_token_per_layer)
 
     def empty_full_block(self) -> np.ndarray:
-        return np.empty(self.full_block_shape, dtype=np.uint8)
+        """An uninitialised, page-aligned Full Block (direct I/O can read straight into it)."""
+        return aligned_empty(self.full_block_shape)
 
     def empty_layer_block(self) -> np.ndarray:
-        return np.empty(self.layer_block_shape, dtype=np.uint8)
+        return aligned_empty(self.layer_block_shape)
+
+
+PAGE_ALIGN_BYTES = 4096  # page size / the strictest logical block size O_DIRECT asks for
+
+
+def aligned_empty(shape: tuple[int, ...], align_bytes: int = PAGE_ALIGN_BYTES) -> np.ndarray:
+    """An uninitialised C-contiguous uint8 array whose first byte is `align_bytes`-aligned.
+
+    Engines should allocate their block buffers with this: `FileKVStore` reads into an
+    aligned buffer with O_DIRECT (no page-cache copy) and falls back to buffered reads
+    for any other buffer.
+    """
+    nbytes = int(np.prod(shape, dtype=np.int64))
+    raw = np.empty(nbytes + align_bytes, dtype=np.uint8)
+    start = -raw.ctypes.data % align_bytes
+    return raw[start : start + nbytes].reshape(shape)
 
 
 def check_full_block(block: np.ndarray, geometry: BlockGeometry, what: str = "Full Block") -> None:
@@ -128,17 +145,17 @@ def check_layer_index(layer: int, geometry: BlockGeometry) -> None:
 
 
 def _common_base(layers: Sequence[np.ndarray], geometry: BlockGeometry) -> np.ndarray | None:
-    """The Full Block the Layer Blocks are consecutive views of, or None."""
+    """A zero-copy Full Block view over the Layer Blocks if they lie back to back in one buffer."""
     base = layers[0].base
-    if not isinstance(base, np.ndarray) or base.shape != geometry.full_block_shape:
+    if not isinstance(base, np.ndarray) or base.dtype != np.uint8 or not base.flags.c_contiguous:
         return None
-    if base.dtype != np.uint8 or not base.flags.c_contiguous:
-        return None
-    start = base.__array_interface__["data"][0]
+    start = layers[0].ctypes.data
     step = geometry.layer_block_bytes
     for i, layer_block in enumerate(layers):
-        if layer_block.base is not base:
+        if layer_block.base is not base or layer_block.ctypes.data != start + i * step:
             return None
-        if layer_block.__array_interface__["data"][0] != start + i * step:
-            return None
-    return base
+    offset = start - base.ctypes.data
+    flat = base.reshape(-1)
+    if offset < 0 or offset + geometry.full_block_bytes > flat.size:
+        return None
+    return flat[offset : offset + geometry.full_block_bytes].reshape(geometry.full_block_shape)

@@ -46,6 +46,7 @@ class StoreStats:
     quarantined_blocks: int = 0  # corrupt files moved aside (FileKVStore)
     bytes_read: int = 0
     bytes_written: int = 0
+    direct_reads: int = 0  # Full Block reads done with O_DIRECT (FileKVStore)
 
     @property
     def get_misses(self) -> int:
