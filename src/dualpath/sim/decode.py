@@ -16,7 +16,7 @@ from typing import Any
 from dualpath.sim.link import LO
 from dualpath.sim.state import Engine, SimRequest
 
-K_DE_COPY, K_WRITE = 2, 4
+K_DE_COPY = 2
 
 
 class DecodeMixin:
@@ -95,7 +95,9 @@ class DecodeMixin:
         total = req.prompt + req.gen
         new_blocks = total // block - req.cached // block
         if new_blocks > 0 and not self.free_io:
-            events.extend(de.node.snic_w.add(now, new_blocks * block * self.kvb, (K_WRITE, None), LO) or ())
+            # Persisting goes out of the SNIC's send direction, which nothing else uses: it is
+            # counted, not simulated as a flow.
+            de.node.bytes_written += new_blocks * block * self.kvb
         if req.turn + 1 < len(self.turns[req.agent]):
             events.append((now, self._on_arrive, self._new_turn(req.agent, req.turn + 1, total)))
         events.extend(self._want_schedule(now) or ())

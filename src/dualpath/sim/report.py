@@ -83,7 +83,7 @@ def sim_report(sim: Simulator, records: list[TurnRecord], *, mode: str, wall_s: 
         "kv_bytes_per_token": sim.kvb,
         "bytes_read_pe_path": sum(n.snic.bytes_total for n in pe_nodes),
         "bytes_read_de_path": sum(n.snic.bytes_total for n in de_nodes),
-        "bytes_written_storage": sum(n.snic_w.bytes_total for n in nodes),
+        "bytes_written_storage": sum(n.bytes_written for n in nodes),
         "snic_read_bytes": [round(b) for b in read_bytes],
         "snic_utilization": [round(b / (snic_cap * span), 4) for b in read_bytes],
         "snic_max_over_avg": _max_over_avg(read_bytes),

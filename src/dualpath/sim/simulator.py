@@ -91,8 +91,7 @@ class Simulator(PrefillMixin, DecodeMixin):
         for n in range(p_nodes + d_nodes):
             role = "prefill" if n < p_nodes else "decode"
             snic = Link(f"snic{n}", snic_bw, on_complete=self._on_read_done, bin_s=bin_s)
-            snic_w = Link(f"snic{n}-w", snic_bw, bin_s=bin_s)
-            node = Node(n, role, snic, snic_w, buf)
+            node = Node(n, role, snic, buf)
             self.nodes.append(node)
             for _ in range(g):
                 eid = len(self.engines)

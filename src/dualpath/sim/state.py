@@ -57,15 +57,15 @@ class Node:
     """A node: g engines of one role, one SNIC (read and write directions), a DRAM buffer."""
 
     __slots__ = (
-        "buf_free", "buf_total", "engines", "nid", "read_q", "read_wait", "reads_active", "role",
-        "snic", "snic_w",
+        "buf_free", "buf_total", "bytes_written", "engines", "nid", "read_q", "read_wait", "reads_active", "role",
+        "snic",
     )
 
-    def __init__(self, nid: int, role: str, snic: Link, snic_w: Link, buffer_bytes: float) -> None:
+    def __init__(self, nid: int, role: str, snic: Link, buffer_bytes: float) -> None:
         self.nid = nid
         self.role = role
         self.snic = snic
-        self.snic_w = snic_w
+        self.bytes_written = 0.0  # persisted blocks (SNIC send direction)
         self.read_q = 0  # tokens queued or being read (the scheduler's read_q)
         self.buf_total = buffer_bytes
         self.buf_free = buffer_bytes

@@ -1,0 +1,70 @@
+"""`dualpath bench sim-scale`: simulator wall time, memory and event rate at cluster scale.
+
+Default: DS 660B 2P4D, 2,048 agents, 64K trace, dualpath (goal: under 60 s on one core).
+`--full`: the paper's largest run, 48P96D (1,152 GPUs) with 48K agents (goal: under 15
+minutes and 8 GB). Runs in this process (one core); RSS is the process's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from typing import Any
+
+from dualpath.bench.report import format_table, machine_info
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--full", action="store_true", help="48P96D with 49,152 agents")
+    parser.add_argument("--agents", type=int, default=None, help="override the agent count")
+    parser.add_argument("--pd", default=None, help="override the layout")
+    parser.add_argument("--system", default="dualpath", help="rung (default dualpath)")
+    parser.add_argument("--seed", type=int, default=0, help="trace seed")
+
+
+def _peak_rss_bytes() -> int:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from dualpath.sim.api import simulate
+    from dualpath.sim.config import SimConfig, parse_pd
+    from dualpath.workload.generator import generate
+
+    agents = args.agents or (48 * 1024 if args.full else 2048)
+    pd = parse_pd(args.pd or ("48P96D" if args.full else "2P4D"))
+    t0 = time.perf_counter()
+    trajs = generate("64k", agents, args.seed)
+    turns = [(0.0, [(t.append_tokens, t.gen_tokens) for t in tr.turns]) for tr in trajs]
+    del trajs
+    gen_s = time.perf_counter() - t0
+    cfg = SimConfig(model="ds-660b", system=args.system, pd=pd, seed=args.seed, timeline_bin_s=None)
+    c0 = time.process_time()
+    t1 = time.perf_counter()
+    run_ = simulate(cfg, turns)
+    wall = time.perf_counter() - t1
+    cpu = time.process_time() - c0
+    r = run_.report
+    result = {
+        "benchmark": "sim-scale",
+        "setting": {"model": "ds-660b", "pd": f"{pd[0]}P{pd[1]}D", "agents": agents, "max_len": "64k",
+                    "system": args.system, "full": bool(args.full)},
+        "turns": len(run_.records),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "workload_generation_s": gen_s,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "events": r["sim_events"],
+        "events_per_s": r["sim_events"] / wall if wall > 0 else float("nan"),
+        "scheduler_calls": r["scheduler"]["calls"],
+        "simulated_jct_s": r["jct_s"],
+        "goal_wall_s": 900.0 if args.full else 60.0,
+        "machine": machine_info(),
+    }
+    print(format_table(["setting", "turns", "wall_s", "cpu_s", "peak_rss_MB", "events/s", "sim JCT s"],
+                       [[result["setting"]["pd"] + f" x{agents}", result["turns"], wall, cpu,
+                         result["peak_rss_bytes"] / 1e6, result["events_per_s"], r["jct_s"]]]))
+    return result

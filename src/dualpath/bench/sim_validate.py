@@ -1,0 +1,119 @@
+"""`dualpath bench sim-validate`: the simulator against the paper's published numbers.
+
+1. Cache-compute ratios (DESIGN.md section 1) computed from the model presets alone.
+2. DS 660B, 64K trace, 2P4D, offline: JCT of every `--system` rung, from which
+   Basic/DualPath, Oracle/DualPath and the ablation ladder (JCT reduction vs Basic).
+Runs spread over all cores (one process per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from multiprocessing import get_context
+from typing import Any
+
+from dualpath.bench.report import format_table, machine_info
+from dualpath.core.errors import UserInputError
+from dualpath.core.systems import SYSTEM_NAMES
+
+CONTEXTS = {"16k": 16 * 1024, "32k": 32 * 1024, "64k": 64 * 1024}
+PAPER = {
+    "basic_over_dualpath_jct": 1.87,
+    "ablation_jct_reduction": {"layerwise": -0.172, "dualpath-rr": -0.382, "dualpath": -0.456},
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--agents", default="2048",
+                        help="agent count(s), comma list; the ladder is averaged over them as the "
+                        "paper does over 1024 and 2048 (default 2048)")
+    parser.add_argument("--max-len", default="64k", help="trace max length (default 64k)")
+    parser.add_argument("--pd", default="2P4D", help="layout (default 2P4D)")
+    parser.add_argument("--seed", type=int, default=0, help="trace seed")
+    parser.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
+
+
+def ratios() -> dict[str, Any]:
+    from dualpath.sim.model_cost import MODEL_PRESETS
+    from dualpath.sim.ratio import PAPER_RATIOS, cache_compute_gb_per_pflop
+
+    out: dict[str, Any] = {}
+    for name, m in MODEL_PRESETS.items():
+        out[name] = {k: round(cache_compute_gb_per_pflop(m, c), 2) for k, c in CONTEXTS.items()}
+        if name in PAPER_RATIOS:
+            lo, hi = PAPER_RATIOS[name]
+            out[name]["paper_16k_64k"] = [lo, hi]
+            out[name]["within_15pct"] = bool(abs(out[name]["16k"] / lo - 1) <= 0.15 and abs(out[name]["64k"] / hi - 1) <= 0.15)
+    return out
+
+
+def _run(job: tuple[str, int, str, str, int]) -> dict[str, Any]:
+    from dualpath.sim.api import simulate
+    from dualpath.sim.config import SimConfig, parse_pd
+    from dualpath.workload.generator import generate
+
+    system, agents, max_len, pd, seed = job
+    trajs = generate(max_len, agents, seed)
+    turns = [(0.0, [(t.append_tokens, t.gen_tokens) for t in tr.turns]) for tr in trajs]
+    cfg = SimConfig(model="ds-660b", system=system, pd=parse_pd(pd), seed=seed, timeline_bin_s=None)
+    t0 = time.perf_counter()
+    r = simulate(cfg, turns).report
+    return {"system": system, "agents": agents, "jct_s": r["jct_s"], "wall_s": time.perf_counter() - t0,
+            "snic_max_over_avg": r["snic_max_over_avg"], "bytes_read_pe_path": r["bytes_read_pe_path"],
+            "bytes_read_de_path": r["bytes_read_de_path"], "ttft_s_p50": r["ttft_s_p50"],
+            "unfinished_turns": r["unfinished_turns"]}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    try:
+        counts = [int(x) for x in str(args.agents).split(",") if x.strip()]
+    except ValueError:
+        raise UserInputError(f"--agents must be a comma list of integers, got {args.agents!r}") from None
+    if not counts or min(counts) < 1:
+        raise UserInputError("--agents needs at least one positive count")
+    rat = ratios()
+    print(format_table(["model", "16k", "32k", "64k", "paper 16k-64k"],
+                       [[m, v["16k"], v["32k"], v["64k"], v.get("paper_16k_64k", "-")] for m, v in rat.items()]))
+    jobs = [(s, n, args.max_len, args.pd, args.seed) for n in counts for s in SYSTEM_NAMES]
+    procs = min(len(jobs), args.processes or os.cpu_count() or 1)
+    if procs > 1:
+        with get_context("spawn").Pool(procs) as pool:
+            runs = list(pool.imap(_run, jobs))
+    else:
+        runs = [_run(j) for j in jobs]
+    jct = {(r["system"], r["agents"]): r["jct_s"] for r in runs}
+    per_count = {}
+    for n in counts:
+        d = jct[("dualpath", n)]
+        b = jct[("basic", n)]
+        per_count[str(n)] = {
+            "basic_over_dualpath_jct": b / d,
+            "oracle_over_dualpath_jct": jct[("oracle", n)] / d,
+            "ablation_jct_reduction": {s: jct[(s, n)] / b - 1 for s in ("layerwise", "dualpath-rr", "dualpath")},
+        }
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    result: dict[str, Any] = {
+        "benchmark": "sim-validate",
+        "cache_compute_gb_per_pflop": rat,
+        "setting": {"model": "ds-660b", "max_len": args.max_len, "pd": args.pd, "mode": "offline",
+                    "agents": counts, "seed": args.seed},
+        "basic_over_dualpath_jct": mean([v["basic_over_dualpath_jct"] for v in per_count.values()]),
+        "oracle_over_dualpath_jct": mean([v["oracle_over_dualpath_jct"] for v in per_count.values()]),
+        "ablation_jct_reduction": {s: mean([v["ablation_jct_reduction"][s] for v in per_count.values()])
+                                   for s in ("layerwise", "dualpath-rr", "dualpath")},
+        "per_agent_count": per_count,
+        "paper": PAPER,
+        "runs": runs,
+        "machine": machine_info(),
+    }
+    print(format_table(["system", "agents", "jct_s", "snic_max/avg", "wall_s"],
+                       [[r["system"], r["agents"], r["jct_s"], r["snic_max_over_avg"], r["wall_s"]] for r in runs]))
+    print(format_table(["metric", "simulated", "paper"], [
+        ["basic/dualpath JCT", result["basic_over_dualpath_jct"], 1.87],
+        ["oracle/dualpath JCT", result["oracle_over_dualpath_jct"], "<= 1"],
+        *[[f"ablation {s}", v, PAPER["ablation_jct_reduction"][s]]
+          for s, v in result["ablation_jct_reduction"].items()],
+    ]))
+    return result
