@@ -1,5 +1,8 @@
 """Moving bytes between engines and to storage, through emulated NICs.
 
+- `traffic_manager`: `TrafficManager`, one engine's bundle of all of the below, built from
+  a picklable `EngineTrafficSpec` (`plan_cluster_traffic` lays out a cluster).
+
 - `nic`: `EmulatedNic` (software-shaped SNIC/CNIC shared across processes, two classes).
 - `base`: the `Transport` interface and `Message`; `zmq_transport.ZmqTransport` (TCP),
   `local_transport.LocalTransport` (in-process), `mooncake_transport` (optional RDMA).
