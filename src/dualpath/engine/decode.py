@@ -82,6 +82,7 @@ class DecodeEngine(EngineBase):
             self._assign(msg)
         elif isinstance(msg, proto.Abort):
             task = self._tasks.pop(msg.request_id, None)
+            self.sender.drop(msg.request_id)
             if task is not None:
                 self.cache.free(task.rid)
 

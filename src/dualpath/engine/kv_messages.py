@@ -46,6 +46,10 @@ class DataSender:
         self._queue: queue.Queue[_Outgoing | None] = queue.Queue()
         self._pending = 0
         self._idle = threading.Condition()
+        # A peer that failed once is presumed dead (engines never reuse an address): later
+        # sends to it fail at once instead of each waiting out the send timeout.
+        self._dead: dict[str, TransferError] = {}
+        self._dropped: set[str] = set()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="data-sender")
         self._thread.start()
 
@@ -54,6 +58,10 @@ class DataSender:
         with self._idle:
             self._pending += 1
         self._queue.put(_Outgoing(dest, header, payload, on_error))
+
+    def drop(self, rid: str) -> None:
+        """Skip every queued message of request `rid` (it was aborted)."""
+        self._dropped.add(rid)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until everything submitted so far has been sent (or failed)."""
@@ -66,8 +74,13 @@ class DataSender:
             if item is None:
                 return
             try:
+                if item.header.get("rid") in self._dropped:
+                    continue
+                if item.dest in self._dead:
+                    raise self._dead[item.dest]
                 self._transport.send(item.dest, item.header, item.payload)
             except TransferError as exc:
+                self._dead[item.dest] = exc
                 logger.warning("send %s to %s failed: %s", item.header.get("kind"), item.dest, exc)
                 if item.on_error is not None:
                     item.on_error(exc)

@@ -87,6 +87,7 @@ class PrefillEngine(EngineBase):
                 if gone is not None:
                     gone.aborted = True
                     self._cond.notify_all()
+            self.sender.drop(msg.request_id)
             self.buffer.release(msg.request_id)
 
     def _read_blocks(self, task: PrefillTask) -> None:

@@ -1,0 +1,125 @@
+"""A real local cluster (scheduler process + 3 engine processes): outputs do not depend on
+where the prefix KV comes from, bytes move on the chosen path, engines can die."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from dualpath.runtime.cluster import LocalCluster
+from dualpath.runtime.config import ClusterConfig
+
+from cluster_helpers import run_conversation, run_request
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _config(tmp_path: Path, **kw: object) -> ClusterConfig:
+    base: dict[str, object] = dict(
+        model="tiny", store_path=str(tmp_path / "store"), decode_kv_bytes=32 << 20,
+        pe_buffer_bytes=32 << 20, de_buffer_bytes=32 << 20, engine_start_timeout_s=120,
+    )
+    base.update(kw)
+    return ClusterConfig(**base)  # type: ignore[arg-type]
+
+
+async def _conversation(config: ClusterConfig) -> tuple[list, dict]:
+    cluster = LocalCluster(config)
+    await cluster.start()
+    try:
+        results = await run_conversation(cluster, config.read_path)
+        await asyncio.sleep(0.7)  # one more stats report from every engine
+        counters = cluster.counters()
+    finally:
+        await cluster.shutdown()
+    return results, counters
+
+
+def _path_bytes(counters: dict, key: str) -> float:
+    return sum(c.get(key, 0.0) for c in counters.values())
+
+
+def test_outputs_identical_across_read_paths(tmp_path: Path) -> None:
+    async def main() -> None:
+        cold, _ = await _conversation(_config(tmp_path / "cold", use_kv_store=False))
+        pe, pe_counters = await _conversation(_config(tmp_path / "pe", read_path="pe"))
+        de, de_counters = await _conversation(_config(tmp_path / "de", read_path="de"))
+        assert [r.tokens for r in pe] == [r.tokens for r in cold]
+        assert [r.tokens for r in de] == [r.tokens for r in cold]
+        # Turn 1 is cold everywhere; later turns load their prefix from the store.
+        assert all(r.finish.cached_tokens == 0 for r in cold)
+        for results in (pe, de):
+            assert results[0].finish.cached_tokens == 0
+            assert all(r.finish.cached_tokens >= 128 for r in results[1:])
+        # The bytes moved on the forced path only.
+        assert _path_bytes(pe_counters, "bytes_read_pe_path") > 0
+        assert _path_bytes(pe_counters, "bytes_read_de_path") == 0
+        assert _path_bytes(de_counters, "bytes_read_de_path") > 0
+        assert _path_bytes(de_counters, "bytes_read_pe_path") == 0
+
+    asyncio.run(main())
+
+
+def test_non_layerwise_and_chunked_prefill_match(tmp_path: Path) -> None:
+    """`basic` (prefix loaded whole) with a tiny compute quota (forces chunked prefill)."""
+
+    async def main() -> None:
+        cold, _ = await _conversation(_config(tmp_path / "cold", use_kv_store=False))
+        basic, counters = await _conversation(_config(tmp_path / "basic", system="basic",
+                                                      prefill_quota_s=1e-6))
+        assert [r.tokens for r in basic] == [r.tokens for r in cold]
+        assert basic[2].finish.cached_tokens >= 192
+        assert _path_bytes(counters, "bytes_read_de_path") == 0
+
+    asyncio.run(main())
+
+
+def test_killing_a_decode_engine_mid_run(tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster = LocalCluster(_config(tmp_path, decode_nodes=2))
+        await cluster.start()
+        try:
+            prompts = [[(i * 13 + k) % 256 for k in range(100 + i)] for i in range(8)]
+            tasks = [asyncio.create_task(run_request(cluster, f"r{i}", p, max_tokens=300))
+                     for i, p in enumerate(prompts)]
+            victim = None
+            while victim is None:  # kill a decode engine while it is decoding
+                await asyncio.sleep(0.01)
+                busy = [r.de for r in cluster._requests.values() if len(r.generated) > 5]
+                victim = busy[0] if busy else None
+            cluster.kill_engine(victim)
+            results = await asyncio.gather(*tasks)
+            assert not cluster.state.alive(victim)
+            for r in results:
+                assert r.finish.finish_reason == "length", r.finish
+                assert len(r.tokens) == 300
+            # Still serving afterwards, on the surviving engines, with the same (greedy) output.
+            again = await run_request(cluster, "after", prompts[0], max_tokens=300)
+            assert again.tokens == results[0].tokens
+        finally:
+            await cluster.shutdown()
+
+    asyncio.run(main())
+
+
+def test_shutdown_leaves_no_process(tmp_path: Path) -> None:
+    async def main() -> list[int]:
+        cluster = LocalCluster(_config(tmp_path))
+        await cluster.start()
+        pids = [e.pid for e in cluster.state.engines.values()]
+        await run_request(cluster, "one", list(range(50)))
+        await cluster.shutdown()
+        return pids
+
+    for pid in asyncio.run(main()):
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
