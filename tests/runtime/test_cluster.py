@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from cluster_helpers import run_conversation, run_request
 
 from dualpath.runtime.cluster import LocalCluster
 from dualpath.runtime.config import ClusterConfig
-
-from cluster_helpers import run_conversation, run_request
 
 pytestmark = pytest.mark.timeout(180)
 
