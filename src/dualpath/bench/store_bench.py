@@ -120,7 +120,6 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
     dest = aligned_empty((nblocks, *g.full_block_shape))
     dest.fill(1)
     nbytes = nblocks * g.full_block_bytes
-    layer_bytes = nblocks * g.layer_block_bytes
     samples: dict[str, list[float]] = {}
     direct_gets = [0, 0]  # Full Block reads done with O_DIRECT, all Full Block reads
     for rep in range(args.repeats):
@@ -136,8 +135,8 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
         readers: list[tuple[str, int, Callable[[], None]]] = [
             ("store_read", nbytes, partial(_store_read, store, hashes, dest)),
             ("raw_read", nbytes, partial(_raw_read, raw, dest)),
-            ("store_get_layer", layer_bytes, partial(_store_layers, store, hashes, g)),
-            ("raw_strided_read", layer_bytes, partial(_raw_layers, raw, nblocks, g)),
+            ("store_get_layer", nbytes, partial(_store_layers, store, hashes, g)),
+            ("raw_strided_read", nbytes, partial(_raw_layers, raw, nblocks, g)),
             ("store_read_serial", nbytes, partial(_store_read_serial, store, hashes, dest)),
         ]
         for group in (writers, readers[0:2], readers[2:4], readers[4:]):
@@ -202,10 +201,12 @@ def _store_read_serial(store: FileKVStore, hashes: list[str], dest: np.ndarray) 
 
 
 def _store_layers(store: FileKVStore, hashes: list[str], g: BlockGeometry) -> None:
+    """Layer-major, as layerwise prefill streams: layer 0 of every block, then layer 1, ..."""
     out = g.empty_layer_block()
-    for i, h in enumerate(hashes):
-        if store.get_layer(h, i % g.num_layers, out=out) is None:
-            raise RuntimeError(f"store bench: layer of block {h} missing on read-back")
+    for layer in range(g.num_layers):
+        for h in hashes:
+            if store.get_layer(h, layer, out=out) is None:
+                raise RuntimeError(f"store bench: layer {layer} of block {h} missing on read-back")
 
 
 def _raw_read(path: Path, dest: np.ndarray) -> None:
@@ -219,14 +220,16 @@ def _raw_read(path: Path, dest: np.ndarray) -> None:
 
 
 def _raw_layers(path: Path, nblocks: int, g: BlockGeometry) -> None:
-    """The raw counterpart of get_layer: one Layer-Block-sized pread per Full-Block stride."""
+    """The raw counterpart of `_store_layers`: the same layer-major Layer-Block-sized preads."""
     buf = g.empty_layer_block().data.cast("B")
     fd = os.open(path, os.O_RDONLY)
     try:
-        for i in range(nblocks):
-            offset = i * g.full_block_bytes + (i % g.num_layers) * g.layer_block_bytes
-            if os.preadv(fd, [buf], offset) != len(buf):
-                raise RuntimeError("store bench: short raw read")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # exactly the asked ranges, as the store
+        for layer in range(g.num_layers):
+            for i in range(nblocks):
+                offset = i * g.full_block_bytes + layer * g.layer_block_bytes
+                if os.preadv(fd, [buf], offset) != len(buf):
+                    raise RuntimeError("store bench: short raw read")
     finally:
         os.close(fd)
 

@@ -20,7 +20,9 @@ file copied or renamed to the wrong name is caught.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -117,3 +119,38 @@ def decode_header(header: bytes | bytearray | memoryview, key: str, geometry: Bl
 
 def expected_file_bytes(geometry: BlockGeometry, key_len: int) -> int:
     return payload_offset(geometry, key_len) + geometry.full_block_bytes
+
+
+class ChecksumCache:
+    """Verified per-layer CRC-32s of recently read blocks, bounded LRU, thread-safe.
+
+    Lets `get_layer` skip re-reading a header when a layerwise loader walks the layers of a
+    block one by one. Safe across writers because blocks are content-addressed: any complete
+    file under one hash has the same payload, hence the same checksums (a file that does not
+    match them is corrupt, whoever wrote it).
+    """
+
+    def __init__(self, max_blocks: int) -> None:
+        self.max_blocks = max_blocks
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, list[int]] = OrderedDict()
+
+    def get(self, key: str) -> list[int] | None:
+        with self._lock:
+            crcs = self._entries.get(key)
+            if crcs is not None:
+                self._entries.move_to_end(key)
+            return crcs
+
+    def put(self, key: str, crcs: list[int]) -> None:
+        if self.max_blocks <= 0:
+            return
+        with self._lock:
+            self._entries[key] = crcs
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_blocks:
+                self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._entries.pop(key, None)

@@ -54,6 +54,7 @@ META_NAME = "dualpath-kvstore.json"
 SUFFIX = ".kvb"
 QUARANTINE_DIR = ".quarantine"
 _HASH_RE = re.compile(r"[0-9a-f]{4,128}")
+_CHECKSUM_CACHE_BLOCKS = 65536  # ~30 ints each: a few tens of MB at most
 _STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
@@ -87,6 +88,7 @@ class FileKVStore(KVStore):
         self.fsync = fsync
         self.io_threads = io_threads
         self.direct_io = direct_io
+        self._checksums = block_file.ChecksumCache(_CHECKSUM_CACHE_BLOCKS)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self._stats = StatsCounter()
@@ -170,13 +172,19 @@ class FileKVStore(KVStore):
         try:
             offset = block_file.payload_offset(g, len(block_hash))
             start = offset + layer * g.layer_block_bytes
-            # Ask for both ranges before waiting on either: their I/Os overlap.
-            os.posix_fadvise(fd, 0, offset, os.POSIX_FADV_WILLNEED)
+            checksums = self._checksums.get(block_hash)
+            # No readahead beyond what is asked; ask for the ranges before waiting on either.
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+            if checksums is None:
+                os.posix_fadvise(fd, 0, offset, os.POSIX_FADV_WILLNEED)
             os.posix_fadvise(fd, start, g.layer_block_bytes, os.POSIX_FADV_WILLNEED)
-            header = bytearray(offset)
-            if block_io.read_into(fd, [memoryview(header)], 0) < offset:
-                raise CorruptBlockError("truncated file: shorter than the header")
-            checksums = self._check_header(fd, memoryview(header), block_hash)
+            if checksums is None:
+                header = bytearray(offset)
+                if block_io.read_into(fd, [memoryview(header)], 0) < offset:
+                    raise CorruptBlockError("truncated file: shorter than the header")
+                checksums = self._check_header(fd, memoryview(header), block_hash)
+            else:
+                self._check_size(fd, offset)
             flat = out.data.cast("B")
             if block_io.read_into(fd, [flat], start) < len(flat):
                 raise CorruptBlockError(f"truncated file: layer {layer} cut short")
@@ -288,16 +296,21 @@ class FileKVStore(KVStore):
     def _check_header(self, fd: int, header: memoryview, block_hash: str) -> list[int]:
         """Verify the header and the file size; return the per-layer CRCs."""
         checksums = block_file.decode_header(header, block_hash, self.geometry)
+        self._check_size(fd, len(header))
+        self._checksums.put(block_hash, checksums)
+        return checksums
+
+    def _check_size(self, fd: int, payload_offset: int) -> None:
         size = os.fstat(fd).st_size
-        expected = len(header) + self.geometry.full_block_bytes
+        expected = payload_offset + self.geometry.full_block_bytes
         if size != expected:
             kind = "truncated" if size < expected else "oversized"
             raise CorruptBlockError(f"{kind} file: {size} bytes, expected {expected}")
-        return checksums
 
     def _corrupt(self, block_hash: str, fd: int, reason: str) -> None:
         path = self._path(block_hash)
         self.index.discard(block_hash)
+        self._checksums.discard(block_hash)
         moved = self._quarantine(block_hash, fd, reason)
         where = f"moved to {moved}" if moved else "left in place (already replaced or moved)"
         logger.warning("corrupt KV block %s at %s: %s; treated as a miss, %s", block_hash, path, reason, where)
