@@ -11,7 +11,8 @@ import pytest
 from transfer_helpers import MB, MiB, mooncake_echo_child, random_payload
 
 from dualpath.core.errors import TransferError
-from dualpath.transfer.mooncake_transport import _Arena, mooncake_available
+from dualpath.transfer.arena import Arena
+from dualpath.transfer.mooncake_transport import mooncake_available
 from dualpath.transfer.nic import EmulatedNic, NicSpec, TrafficClass
 
 needs_mooncake = pytest.mark.skipif(
@@ -20,7 +21,7 @@ needs_mooncake = pytest.mark.skipif(
 
 
 def test_arena_first_fit_and_coalescing() -> None:
-    arena = _Arena(1024)
+    arena = Arena(1024)
     a, b, c = arena.alloc(128), arena.alloc(256), arena.alloc(640)
     assert (a, b, c) == (0, 128, 384) and arena.alloc(64) is None
     arena.free(128, 256)

@@ -26,7 +26,6 @@ How a send works (the same `Transport` interface as `ZmqTransport`):
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import itertools
 import logging
@@ -40,6 +39,7 @@ from typing import Any, cast
 import numpy as np
 
 from dualpath.core.errors import ConfigError, TransferError
+from dualpath.transfer.arena import ALIGN, Arena
 from dualpath.transfer.base import Buffer, Message, Transport, to_arrays
 from dualpath.transfer.inbox import Inbox
 from dualpath.transfer.nic import Direction, EmulatedNic, TrafficClass
@@ -47,7 +47,6 @@ from dualpath.transfer.zmq_transport import ZmqTransport
 
 log = logging.getLogger(__name__)
 
-_ALIGN = 64  # each payload array starts on a cache line in the arena
 _KEY = "_mooncake"
 
 
@@ -68,52 +67,7 @@ def mooncake_available() -> bool:
 
 
 def _aligned(n: int) -> int:
-    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
-
-
-class _Arena:
-    """First-fit allocator over one numpy buffer (offsets and sizes multiples of _ALIGN)."""
-
-    def __init__(self, nbytes: int) -> None:
-        self.buffer = np.zeros(nbytes, dtype=np.uint8)
-        self.address = self.buffer.ctypes.data
-        self._lock = threading.Lock()
-        self._free_starts: list[int] = [0]
-        self._free_sizes: dict[int, int] = {0: nbytes}
-
-    def alloc(self, nbytes: int) -> int | None:
-        with self._lock:
-            for start in self._free_starts:
-                size = self._free_sizes[start]
-                if size >= nbytes:
-                    self._free_starts.remove(start)
-                    del self._free_sizes[start]
-                    if size > nbytes:
-                        self._insert(start + nbytes, size - nbytes)
-                    return start
-            return None
-
-    def free(self, start: int, nbytes: int) -> None:
-        with self._lock:
-            self._insert(start, nbytes)
-            i = bisect.bisect_left(self._free_starts, start)
-            # Merge with the right neighbour, then the left one.
-            if i + 1 < len(self._free_starts) and start + self._free_sizes[start] == self._free_starts[i + 1]:
-                right = self._free_starts.pop(i + 1)
-                self._free_sizes[start] += self._free_sizes.pop(right)
-            if i > 0:
-                left = self._free_starts[i - 1]
-                if left + self._free_sizes[left] == start:
-                    self._free_sizes[left] += self._free_sizes.pop(start)
-                    self._free_starts.pop(i)
-
-    def free_bytes(self) -> int:
-        with self._lock:
-            return sum(self._free_sizes.values())
-
-    def _insert(self, start: int, nbytes: int) -> None:
-        bisect.insort(self._free_starts, start)
-        self._free_sizes[start] = nbytes
+    return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
 class MooncakeTransport(Transport):
@@ -143,7 +97,7 @@ class MooncakeTransport(Transport):
         if self._engine.initialize(hostname, "P2PHANDSHAKE", protocol, device_name) != 0:
             raise TransferError(f"Mooncake transfer engine failed to start ({protocol} on {hostname})")
         self._session = f"{hostname}:{self._engine.get_rpc_port()}"
-        self._arena = _Arena(arena_bytes)
+        self._arena = Arena(arena_bytes)
         self._registered: list[tuple[int, int]] = []
         self._write_lock = threading.Lock()
         self.register(self._arena.buffer)
