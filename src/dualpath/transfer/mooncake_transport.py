@@ -262,7 +262,7 @@ class MooncakeTransport(Transport):
         if total:
             region = (ctypes.c_uint8 * total).from_address(self._arena.address + start)
             region._arena = self._arena  # type: ignore[attr-defined]  # keep the memory alive
-            weakref.finalize(region, self._arena.free, start, total)
+            weakref.finalize(region, self._arena.free_later, start, total)
             flat = np.frombuffer(cast(Any, region), dtype=np.uint8)
         for shape, dtype, offset in zip(h["shapes"], h["dtypes"], h["offsets"], strict=True):
             dt = np.dtype(dtype)
