@@ -45,7 +45,8 @@ def kv_to_bytes(kv: torch.Tensor) -> np.ndarray:
     if kv.dim() != 4 or kv.shape[1] != 2:
         raise ValueError(f"expected a KV tensor [T, 2, H, D], got shape {tuple(kv.shape)}")
     flat = kv.detach().to("cpu").contiguous().view(torch.uint8)
-    return flat.reshape(kv.shape[0], -1).numpy()
+    per_token = 2 * kv.shape[2] * kv.shape[3] * kv.element_size()
+    return flat.reshape(kv.shape[0], per_token).numpy()
 
 
 def kv_from_bytes(arr: np.ndarray, config: ModelConfig) -> torch.Tensor:

@@ -194,8 +194,10 @@ class Transformer(nn.Module):
         positions = torch.arange(start_pos, start_pos + n_new)
         cos, sin = self.rope.cos_sin(positions)
         total = start_pos + n_new
-        # query j (absolute position start_pos + j) sees keys 0 .. start_pos + j
-        mask = torch.ones(n_new, total, dtype=torch.bool).tril(diagonal=start_pos)
+        # query j (absolute position start_pos + j) sees keys 0 .. start_pos + j; without a
+        # prefix that is plain causal attention, whose kernel skips masked tiles (~2x faster)
+        mask = (None if start_pos == 0
+                else torch.ones(n_new, total, dtype=torch.bool).tril(diagonal=start_pos))
         x = self.embed_tokens(ids)
         new_kv: list[torch.Tensor] = []
         for i, layer in enumerate(self.decoder_layers):
@@ -224,12 +226,14 @@ class Transformer(nn.Module):
             out = self._logits(x)
         return PrefillOutput(logits=out, new_kv=new_kv)
 
-    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """q `[N, Hq, D]`, kv `[T, 2, Hkv, D]`, mask `[N, T]` -> `[N, Hq*D]`."""
+    def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None
+                ) -> torch.Tensor:
+        """q `[N, Hq, D]`, kv `[T, 2, Hkv, D]`, mask `[N, T]` (None = causal) -> `[N, Hq*D]`."""
         qh = q.transpose(0, 1).unsqueeze(0)
         k = kv[:, 0].transpose(0, 1).unsqueeze(0)
         v = kv[:, 1].transpose(0, 1).unsqueeze(0)
-        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=True)
+        o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, is_causal=mask is None,
+                                           enable_gqa=True)
         return o[0].transpose(0, 1).reshape(q.shape[0], -1)
 
     @torch.inference_mode()
