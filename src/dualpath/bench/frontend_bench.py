@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 from dualpath.bench.report import format_table, machine_info, percentile
 from dualpath.core.errors import UserInputError
 
@@ -34,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="concurrent clients in the throughput run (default 64)")
     parser.add_argument("--latency-requests", type=int, default=2000,
                         help="sequential requests for the one-client latency (default 2000)")
+    parser.add_argument("--skip-http", action="store_true",
+                        help="skip the echo-backend HTTP overhead part")
     parser.add_argument("--url", default=None,
                         help="base URL of a running server for the model part (e.g. http://127.0.0.1:8000)")
     parser.add_argument("--backend", default=None, metavar="MODULE:FACTORY",
@@ -44,12 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns", type=int, default=3, help="turns per agent (default 3)")
     parser.add_argument("--gen-tokens", type=int, default=32,
                         help="tokens generated per turn, forced with min_tokens (default 32)")
+    parser.add_argument("--turn-timeout-s", type=float, default=300.0,
+                        help="a turn taking longer fails and ends its agent (default 300)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.requests < 1 or args.concurrency < 1 or args.latency_requests < 1:
         raise UserInputError("--requests, --concurrency and --latency-requests must be >= 1")
     result: dict[str, Any] = {"benchmark": "frontend", "machine": machine_info()}
+    if not args.skip_http:
+        result.update(_http_overhead(args))
+    result["model"] = _model_part(args)
+    return result
+
+
+def _http_overhead(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {}
     with _ServerProcess([]) as server:
         http = asyncio.run(_http_part(server.url, args))
     result.update(http)
@@ -72,7 +86,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{result['added_latency_s_p50'] * 1e3:.3f} / {result['added_latency_s_p99'] * 1e3:.3f}"],
          ["errors", result["errors"]]],
     ))
-    result["model"] = _model_part(args)
     return result
 
 
@@ -182,39 +195,46 @@ def _model_part(args: argparse.Namespace) -> dict[str, Any] | None:
     if not counts or min(counts) < 1:
         raise UserInputError(f"--agents must list positive integers, got {args.agents!r}")
     if args.url is not None:
-        return run_agents(args.url, counts, args.turns, args.gen_tokens, args.api_key)
+        return run_agents(args.url, counts, args.turns, args.gen_tokens, args.api_key,
+                          args.turn_timeout_s)
     with _ServerProcess(["--backend", args.backend]) as server:
-        return run_agents(server.url, counts, args.turns, args.gen_tokens, None)
+        return run_agents(server.url, counts, args.turns, args.gen_tokens, None,
+                          args.turn_timeout_s)
 
 
 def run_agents(url: str, counts: list[int], turns: int, gen_tokens: int,
-               api_key: str | None) -> dict[str, Any]:
+               api_key: str | None, turn_timeout_s: float = 300.0) -> dict[str, Any]:
     """TTFT / TPOT of streamed multi-turn chats, `count` agents at a time, for each count."""
-    out: dict[str, Any] = {"url": url, "turns": turns, "gen_tokens": gen_tokens, "runs": []}
+    out: dict[str, Any] = {"url": url, "model": None, "turns": turns, "gen_tokens": gen_tokens,
+                           "runs": []}
     rows = []
     for count in counts:
-        records = asyncio.run(_agents(url, count, turns, gen_tokens, api_key))
+        records, failures = asyncio.run(
+            _agents(url, count, turns, gen_tokens, api_key, turn_timeout_s))
         ttft = [r["ttft_s"] for r in records]
         tpot = [r["tpot_s"] for r in records if r["tpot_s"] is not None]
         run_result = {
             "agents": count,
             "turns_done": len(records),
+            "failed_turns": len(failures),
+            "failures": failures[:5],
             "ttft_s_p50": percentile(ttft, 50), "ttft_s_p99": percentile(ttft, 99),
             "tpot_s_p50": percentile(tpot, 50), "tpot_s_p99": percentile(tpot, 99),
             "cached_tokens_total": sum(r["cached_tokens"] for r in records),
             "prompt_tokens_total": sum(r["prompt_tokens"] for r in records),
         }
         out["runs"].append(run_result)
-        rows.append([count, len(records), run_result["ttft_s_p50"], run_result["ttft_s_p99"],
+        if records:
+            out["model"] = records[0]["model"]
+        rows.append([count, len(records), len(failures), run_result["ttft_s_p50"], run_result["ttft_s_p99"],
                      run_result["tpot_s_p50"], run_result["tpot_s_p99"]])
-    out["model"] = records[0]["model"] if counts and records else None
-    print(format_table(["agents", "turns", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50",
+    print(format_table(["agents", "turns", "failed", "ttft_s_p50", "ttft_s_p99", "tpot_s_p50",
                         "tpot_s_p99"], rows))
     return out
 
 
-async def _agents(url: str, count: int, turns: int, gen_tokens: int,
-                  api_key: str | None) -> list[dict[str, Any]]:
+async def _agents(url: str, count: int, turns: int, gen_tokens: int, api_key: str | None,
+                  turn_timeout_s: float) -> tuple[list[dict[str, Any]], list[str]]:
     import aiohttp
 
     headers = {"Content-Type": "application/json"}
@@ -222,6 +242,8 @@ async def _agents(url: str, count: int, turns: int, gen_tokens: int,
         headers["Authorization"] = f"Bearer {api_key}"
     timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
     records: list[dict[str, Any]] = []
+    failures: list[str] = []
+    progress = tqdm(total=count * turns, desc=f"{count} agent(s)", unit="turn", file=sys.stderr)
     async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
         async with session.get(url + "/v1/models") as resp:
             model = (await resp.json())["data"][0]["id"]
@@ -232,12 +254,19 @@ async def _agents(url: str, count: int, turns: int, gen_tokens: int,
                 messages.append({"role": "user", "content":
                                  f"Agent {agent_id}, turn {turn}: summarise step {turn} "
                                  "of the build log and propose the next command."})
-                rec, text = await _one_turn(session, url, model, messages, gen_tokens)
+                try:
+                    rec, text = await asyncio.wait_for(
+                        _one_turn(session, url, model, messages, gen_tokens), turn_timeout_s)
+                except (TimeoutError, aiohttp.ClientError, UserInputError) as exc:
+                    failures.append(f"agent {agent_id} turn {turn}: {type(exc).__name__} {exc}")
+                    return
                 records.append(rec)
+                progress.update(1)
                 messages.append({"role": "assistant", "content": text})
 
         await asyncio.gather(*(agent(i) for i in range(count)))
-    return records
+    progress.close()
+    return records, failures
 
 
 async def _one_turn(session: Any, url: str, model: str, messages: list[dict[str, str]],

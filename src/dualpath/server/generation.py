@@ -99,13 +99,16 @@ class Generation:
                 if tail:
                     yield Delta(tail, ())
         finally:
+            aclose = getattr(events, "aclose", None)
             if finish is None:
+                # Cancelled (client gone) or the backend misbehaved: shield the clean-up from
+                # the cancellation that is unwinding this task.
                 with anyio.CancelScope(shield=True):
                     await self._backend.abort(rid)
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+                    if aclose is not None:
+                        await aclose()
+            elif aclose is not None:
+                await aclose()
             self._finish(finish, n_tokens, matcher.stopped, first_s)
 
     async def _drain_after_abort(self, events: AsyncIterator[object]) -> FinishEvent | None:

@@ -70,7 +70,7 @@ class OpenAIServing:
                 messages, add_generation_prompt=body.add_generation_prompt)
             prompt_ids = (self.tokenizer.encode(rendered) if isinstance(rendered, str)
                           else list(rendered))
-        except (UnicodeError, ValueError, KeyError, TypeError) as exc:
+        except Exception as exc:  # template errors are about the messages the client sent
             raise APIError(400, f"messages could not be rendered: {exc}", param="messages") from exc
         max_tokens = body.max_completion_tokens or body.max_tokens
         return await self._serve(body, request, prompt_ids, max_tokens, "messages",
@@ -98,8 +98,11 @@ class OpenAIServing:
                                "send one prompt per request", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
+            # A checkpoint that wants BOS on text prompts says so through `encode_prompt`
+            # (dualpath.model.tokenizer); token-id prompts are taken as they are.
+            encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)
             try:
-                return self.tokenizer.encode(prompt)
+                return list(encode(prompt))
             except (UnicodeError, ValueError) as exc:
                 raise APIError(400, f"prompt could not be tokenized: {exc}", param="prompt") from exc
         return list(prompt)  # type: ignore[arg-type]
