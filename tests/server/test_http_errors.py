@@ -108,3 +108,29 @@ def test_api_key_required_on_v1_only(serve: Serve) -> None:
         openai.OpenAI(base_url=srv.url + "/v1", api_key="nope", max_retries=0).models.list()
     ok = openai.OpenAI(base_url=srv.url + "/v1", api_key="sekrit", max_retries=0)
     assert ok.models.list().data[0].id == "echo"
+
+
+class _FailingBackend(EchoBackend):
+    """Fails after two tokens: a crashed engine, seen from the server."""
+
+    async def generate(self, request):  # type: ignore[no-untyped-def,override]
+        n = 0
+        async for ev in super().generate(request):
+            if n == 2:
+                raise RuntimeError("engine went away")
+            n += 1
+            yield ev
+
+
+def test_backend_failure_is_500_or_in_band_error_and_counted(serve: Serve) -> None:
+    srv = serve(_FailingBackend())
+    status, resp = srv.post_json("/v1/completions", {"prompt": "x", "max_tokens": 10})
+    assert status == 500
+    assert assert_openai_error(resp)["type"] == "server_error"
+    c = openai.OpenAI(base_url=srv.url + "/v1", api_key="k", max_retries=0)
+    with pytest.raises(openai.APIError):
+        list(c.completions.create(model="echo", prompt="x", max_tokens=10, stream=True))
+    assert srv.metric("vllm:request_success_total",
+                      'finished_reason="error",model_name="echo"') == 2
+    assert srv.state.in_flight == 0
+    assert srv.post_json("/v1/models", {})[0] == 405

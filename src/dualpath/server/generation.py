@@ -69,6 +69,7 @@ class Generation:
         first_s: float | None = None
         last_s = 0.0
         n_tokens = 0
+        error: str | None = None
         try:
             async for ev in events:
                 if isinstance(ev, TokenEvent):
@@ -98,6 +99,10 @@ class Generation:
                 tail = matcher.push(detok.flush(), final=True)
                 if tail:
                     yield Delta(tail, ())
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            logger.exception("backend failed on request %s", rid)
+            raise
         finally:
             aclose = getattr(events, "aclose", None)
             if finish is None:
@@ -109,7 +114,7 @@ class Generation:
                         await aclose()
             elif aclose is not None:
                 await aclose()
-            self._finish(finish, n_tokens, matcher.stopped, first_s)
+            self._finish(finish, n_tokens, matcher.stopped, first_s, error)
 
     async def _drain_after_abort(self, events: AsyncIterator[object]) -> FinishEvent | None:
         try:
@@ -123,9 +128,11 @@ class Generation:
         return None
 
     def _finish(self, finish: FinishEvent | None, n_tokens: int, stopped: bool,
-                first_s: float | None) -> None:
+                first_s: float | None, error: str | None) -> None:
         prompt_tokens = len(self._request.prompt_token_ids)
-        if stopped:
+        if error is not None:
+            outcome = Outcome("error", prompt_tokens, n_tokens, 0, error)
+        elif stopped:
             cached = finish.cached_tokens if finish is not None else 0
             outcome = Outcome("stop", prompt_tokens, n_tokens, cached)
         elif finish is None:
