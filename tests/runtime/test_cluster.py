@@ -122,3 +122,27 @@ def _is_zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_smollm2_outputs_identical_across_read_paths(tmp_path: Path) -> None:
+    """The real model: a 3-turn conversation, cold vs PE path vs DE path."""
+
+    async def main() -> None:
+        runs = {}
+        for name, extra in (("cold", {"use_kv_store": False}), ("pe", {"read_path": "pe"}),
+                            ("de", {"read_path": "de"})):
+            cfg = _config(tmp_path / name, model="smollm2", decode_kv_bytes=256 << 20,
+                          pe_buffer_bytes=256 << 20, **extra)
+            cluster = LocalCluster(cfg)
+            await cluster.start()
+            try:
+                runs[name] = await run_conversation(cluster, name, vocab=49152)
+            finally:
+                await cluster.shutdown()
+        assert [r.tokens for r in runs["pe"]] == [r.tokens for r in runs["cold"]]
+        assert [r.tokens for r in runs["de"]] == [r.tokens for r in runs["cold"]]
+        assert all(r.finish.cached_tokens >= 128 for r in runs["de"][1:])
+
+    asyncio.run(main())
