@@ -258,14 +258,22 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             h = layer.input_layernorm(x)
             q, kv = layer.self_attn.qkv(h, cos, sin)
-            kv_pad = torch.zeros((batch, max_len, 2, c.num_kv_heads, c.head_dim), dtype=kv.dtype)
-            for b, cache in enumerate(caches):
-                cache.write(i, lengths[b] - 1, kv[b : b + 1])
-                kv_pad[b, : lengths[b]] = cache.read(i, lengths[b])
+            if batch == 1:
+                # one sequence: attend over its cache directly, no padding copy, no mask
+                caches[0].write(i, lengths[0] - 1, kv)
+                kv_all = caches[0].read(i, lengths[0]).unsqueeze(0)
+                attn_mask = None
+            else:
+                kv_all = torch.zeros((batch, max_len, 2, c.num_kv_heads, c.head_dim),
+                                     dtype=kv.dtype)
+                for b, cache in enumerate(caches):
+                    cache.write(i, lengths[b] - 1, kv[b : b + 1])
+                    kv_all[b, : lengths[b]] = cache.read(i, lengths[b])
+                attn_mask = mask
             qh = q.unsqueeze(2)  # [B, Hq, 1, D]
-            k = kv_pad[:, :, 0].transpose(1, 2)  # [B, Hkv, L, D]
-            v = kv_pad[:, :, 1].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, enable_gqa=True)
+            k = kv_all[:, :, 0].transpose(1, 2)  # [B, Hkv, L, D]
+            v = kv_all[:, :, 1].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=attn_mask, enable_gqa=True)
             x = x + layer.self_attn.o_proj(o.reshape(batch, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         for cache in caches:
