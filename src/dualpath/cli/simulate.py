@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
             out = Path(args.plot)
             out.mkdir(parents=True, exist_ok=True)
             plot_jct_bars(reports, out / "jct_per_system.png")
-            plot_nic_utilization(reports[-1], out / "nic_utilization.png")
+            io_runs = [r for r in reports if r["system"] != "oracle"] or reports
+            shown = next((r for r in io_runs if r["system"] == "dualpath"), io_runs[-1])
+            plot_nic_utilization(shown, out / "nic_utilization.png")
             plot_ttft_breakdown(reports, out / "ttft_breakdown.png")
             print(f"wrote figures into {out}")
     if args.json:

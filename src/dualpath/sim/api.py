@@ -11,7 +11,7 @@ from typing import Any
 from dualpath.bench.metrics import TurnRecord
 from dualpath.sim.config import SimConfig, parse_pd
 from dualpath.sim.hardware import HardwareSpec, load_hardware
-from dualpath.sim.report import sim_report, turn_records
+from dualpath.sim.report import sim_report, ttft_breakdown, turn_records
 from dualpath.sim.simulator import Simulator
 
 # DESIGN.md section 4: default layouts per model.
@@ -47,8 +47,10 @@ def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int
     sim = Simulator(config, agents, hardware)
     sim.run()
     wall = time.perf_counter() - t0
-    records = turn_records(sim, agent_ids)
-    report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents))
+    breakdown = ttft_breakdown(sim.finished)
+    records = turn_records(sim, agent_ids, release=True)
+    report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents),
+                        breakdown=breakdown)
     return SimRun(config, records, report)
 
 

@@ -38,7 +38,10 @@ class DecodeMixin:
     @staticmethod
     def _advance_decode(de: Engine, now: float) -> None:
         if de.d_n > 0 and de.d_step_s > 0:
-            de.d_steps += (now - de.d_last_s) / de.d_step_s
+            dt = now - de.d_last_s
+            de.d_steps += dt / de.d_step_s
+            de.busy_s += dt
+            de.d_area += de.d_n * dt
         de.d_last_s = now
 
     def _decode_join(self: Any, now: float, req: SimRequest) -> Any:
@@ -86,7 +89,7 @@ class DecodeMixin:
         req.end_s = now
         self.finished.append(req)
         de = req.de
-        kv = req.info.decode_kv_tokens
+        kv = req.prompt + req.gen  # RequestInfo.decode_kv_tokens (reserve = gen)
         de.seq -= 1
         de.tok -= kv
         de.free_kv_tokens += kv

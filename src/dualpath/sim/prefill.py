@@ -56,6 +56,7 @@ class PrefillMixin:
             else:
                 break  # a chunked request stays at the head for the next batch
         pe.busy = True
+        pe.bstart_s = now
         pe.batch = batch
         compute_s = self.cost.prefill_time_s(flops)
         pe.bcompute_s = compute_s
@@ -130,11 +131,12 @@ class PrefillMixin:
                 req.first_s = now
                 req.prefilled = True
                 pe.seq -= 1
-                pe.tok -= req.info.prefill_load_tokens
+                pe.tok -= req.prompt  # RequestInfo.prefill_load_tokens
                 events.extend(self._free_buffer(now, pe.node, req.pe_buf_bytes) or ())
                 if req.pd_pending == 0:
                     events.extend(self._decode_arrive(now, req) or ())
         pe.busy = False
+        pe.busy_s += now - pe.bstart_s
         pe.batch = []
         events.extend(self._start_batch(now, pe) or ())
         events.extend(self._want_schedule(now) or ())

@@ -209,6 +209,7 @@ class Simulator(PrefillMixin, DecodeMixin):
                     ev = self._pump_reads(now, node)
                     if ev:
                         events.extend(ev)
+        req.info = None  # only the scheduler needs it; frees memory at scale
         if req.pending_reads == 0:
             ev = self._reads_complete(now, req)
             if ev:

@@ -83,7 +83,7 @@ class Engine:
     """
 
     __slots__ = (
-        "acct_rx", "acct_tx", "batch", "batch_pending", "bcompute_s", "bphase", "busy", "d_base", "d_heap", "d_last_s", "d_n", "d_step_s",
+        "acct_rx", "acct_tx", "batch", "batch_pending", "bcompute_s", "bphase", "bstart_s", "busy", "busy_s", "d_area", "d_base", "d_heap", "d_last_s", "d_n", "d_step_s",
         "d_steps", "d_version", "eid", "free_kv_tokens", "kv_hbm_bytes", "node", "ready", "role",
         "rx", "seq", "tok", "tx",
     )
@@ -105,6 +105,8 @@ class Engine:
         self.batch_pending = 0
         self.bphase = 0  # 1: loading the prefix (non-layerwise), 2: computing, 0: overlapped
         self.bcompute_s = 0.0
+        self.bstart_s = 0.0
+        self.busy_s = 0.0  # prefill: time inside batches; decode: time with a non-empty batch
         # Bytes this GPU's CNIC carried as the far end of a flow modelled on the other end.
         self.acct_rx = 0.0
         self.acct_tx = 0.0
@@ -115,3 +117,4 @@ class Engine:
         self.d_step_s = 0.0
         self.d_heap: list[tuple[float, int, SimRequest]] = []
         self.d_version = 0
+        self.d_area = 0.0  # integral of the decode batch size over time
