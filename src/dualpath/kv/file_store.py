@@ -67,7 +67,7 @@ class FileKVStore(KVStore):
         geometry: BlockGeometry,
         *,
         fsync: bool = False,
-        io_threads: int = 4,
+        io_threads: int = 8,
         direct_io: bool = True,
     ) -> None:
         """Open (creating if needed) the store at `root`.
@@ -139,9 +139,8 @@ class FileKVStore(KVStore):
             if got < offset:
                 raise CorruptBlockError(f"truncated file: {got} bytes, shorter than the header")
             checksums = self._check_header(fd, header.data, block_hash)
-            if got < offset + g.full_block_bytes:  # size is right: an O_DIRECT quirk, reread
-                with open(self._path(block_hash), "rb", buffering=0) as f:
-                    block_io.read_into(f.fileno(), bufs, 0)
+            if got < offset + g.full_block_bytes:
+                self._reread_buffered(block_hash, bufs, 0)
             flat, step = bufs[1], g.layer_block_bytes
             for layer, crc in enumerate(checksums):
                 if block_file.crc32(flat[layer * step : (layer + 1) * step]) != crc:
@@ -164,30 +163,30 @@ class FileKVStore(KVStore):
             out = g.empty_layer_block()
         else:
             check_layer_block(out, g, "output Layer Block")
-        opened = self._open_for_read(block_hash, direct=False)
+        offset = block_file.payload_offset(g, len(block_hash))
+        start = offset + layer * g.layer_block_bytes
+        checksums = self._checksums.get(block_hash)
+        opened = self._open_for_read(block_hash, self.direct_io and block_io.direct_io_possible(out))
         if opened is None:
             self._stats.add(layer_gets=1)
             return None
-        fd = opened[0]
+        fd, direct = opened
         try:
-            offset = block_file.payload_offset(g, len(block_hash))
-            start = offset + layer * g.layer_block_bytes
-            checksums = self._checksums.get(block_hash)
-            # No readahead beyond what is asked; ask for the ranges before waiting on either.
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-            if checksums is None:
-                os.posix_fadvise(fd, 0, offset, os.POSIX_FADV_WILLNEED)
-            os.posix_fadvise(fd, start, g.layer_block_bytes, os.POSIX_FADV_WILLNEED)
-            if checksums is None:
-                header = bytearray(offset)
-                if block_io.read_into(fd, [memoryview(header)], 0) < offset:
+            if not direct:  # no readahead beyond the asked ranges; ask for both before waiting
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+                if checksums is None:
+                    os.posix_fadvise(fd, 0, offset, os.POSIX_FADV_WILLNEED)
+                os.posix_fadvise(fd, start, g.layer_block_bytes, os.POSIX_FADV_WILLNEED)
+            if checksums is None:  # first layer read of this block: read and verify its header
+                header = aligned_empty((offset,))
+                if block_io.read_into(fd, [header.data], 0, retry_short=not direct) < offset:
                     raise CorruptBlockError("truncated file: shorter than the header")
-                checksums = self._check_header(fd, memoryview(header), block_hash)
+                checksums = self._check_header(fd, header.data, block_hash)
             else:
                 self._check_size(fd, offset)
             flat = out.data.cast("B")
-            if block_io.read_into(fd, [flat], start) < len(flat):
-                raise CorruptBlockError(f"truncated file: layer {layer} cut short")
+            if block_io.read_into(fd, [flat], start, retry_short=not direct) < len(flat):
+                self._reread_buffered(block_hash, [flat], start)
             if block_file.crc32(flat) != checksums[layer]:
                 raise CorruptBlockError(f"checksum mismatch in layer {layer}")
         except CorruptBlockError as exc:
@@ -299,6 +298,12 @@ class FileKVStore(KVStore):
         self._check_size(fd, len(header))
         self._checksums.put(block_hash, checksums)
         return checksums
+
+    def _reread_buffered(self, block_hash: str, bufs: list[memoryview], offset: int) -> None:
+        """Finish a read cut short although the file has the right size (an O_DIRECT quirk)."""
+        with open(self._path(block_hash), "rb", buffering=0) as f:
+            if block_io.read_into(f.fileno(), bufs, offset) < sum(len(b) for b in bufs):
+                raise CorruptBlockError("truncated file: short read")
 
     def _check_size(self, fd: int, payload_offset: int) -> None:
         size = os.fstat(fd).st_size
