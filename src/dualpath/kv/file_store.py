@@ -342,6 +342,9 @@ class FileKVStore(KVStore):
         want = {"format": "dualpath-kv-file-store", "version": block_file.FORMAT_VERSION,
                 "geometry": asdict(self.geometry)}
         if not meta_path.exists():
+            # The 256 fan-out directories up front: puts then never create directories.
+            for i in range(256):
+                (self.root / f"{i:02x}").mkdir(exist_ok=True)
             tmp = self.root / f".{META_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
             tmp.write_text(json.dumps(want, indent=2) + "\n")
             try:
