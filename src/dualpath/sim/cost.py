@@ -11,6 +11,7 @@ Expert/data parallel layouts (`ModelCost.parallelism`) decide the weight bytes p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from dualpath.sim.hardware import HardwareSpec
 from dualpath.sim.model_cost import ModelCost
@@ -29,15 +30,15 @@ class CostModel:
     num_de_gpus: int
     num_pe_nodes: int
 
-    @property
+    @cached_property
     def peak_flops(self) -> float:
         return self.hw.flops(self.model.compute_dtype)
 
-    @property
+    @cached_property
     def pe_weight_bytes(self) -> float:
         return self.model.weight_bytes_per_gpu(self.num_pe_gpus)
 
-    @property
+    @cached_property
     def de_weight_bytes(self) -> float:
         return self.model.weight_bytes_per_gpu(self.num_de_gpus)
 
@@ -61,7 +62,7 @@ class CostModel:
         t = self.prefill_time_s(self.model.prefill_flops(context_tokens, new_tokens))
         return (context_tokens + new_tokens) / t
 
-    @property
+    @cached_property
     def ep_bytes_per_token(self) -> float:
         """CNIC bytes one prefill token's expert all-to-all puts on its GPU's NIC."""
         m = self.model
