@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from dualpath.server.json_bytes import dumps
 
 # status -> (OpenAI error type, default code)
 _TYPES: dict[int, tuple[str, str]] = {
@@ -62,4 +62,4 @@ def error_body(
 
 
 def error_bytes(status: int, message: str, **kwargs: Any) -> bytes:
-    return orjson.dumps(error_body(status, message, **kwargs))
+    return dumps(error_body(status, message, **kwargs))

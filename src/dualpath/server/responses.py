@@ -1,4 +1,4 @@
-"""OpenAI response objects and SSE framing, as plain dicts serialized with orjson.
+"""OpenAI response objects and SSE framing, as plain dicts serialized with `json_bytes.dumps`.
 
 Kept free of pydantic on purpose: building a dict and `orjson.dumps` is the cheapest path,
 and the shapes are fixed by the OpenAI API reference (plus vLLM's `token_ids` extension).
@@ -6,22 +6,13 @@ and the shapes are fixed by the OpenAI API reference (plus vLLM's `token_ids` ex
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-import orjson
-
 from dualpath.server.generation import Outcome
+from dualpath.server.json_bytes import dumps
 
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-def dumps(obj: Any) -> bytes:
-    """orjson, falling back to json for strings orjson refuses (lone surrogates)."""
-    try:
-        return orjson.dumps(obj)
-    except TypeError:
-        return json.dumps(obj).encode()
+__all__ = ["SSE_DONE", "ChunkWriter", "chat_completion", "completion", "dumps", "sse", "usage"]
 
 
 def sse(obj: Any) -> bytes:

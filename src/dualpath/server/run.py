@@ -76,7 +76,7 @@ class DrainingServer(uvicorn.Server):
             self._drain_task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
-        logger.warning("draining: %d request(s) in flight", self._state.in_flight)
+        logger.info("draining: %d request(s) in flight", self._state.in_flight)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._drain_timeout_s
         while self._state.in_flight > 0 and loop.time() < deadline:
