@@ -138,7 +138,7 @@ def test_block_of_another_geometry_is_a_miss(tmp_path: Path, caplog: pytest.LogC
     h = hex_hash(1)
     FileKVStore(tmp_path / "other", other).put(h, random_block(1, other))
     store = FileKVStore(tmp_path / "store", SMALL)
-    _file(store, h).parent.mkdir(parents=True)
+    _file(store, h).parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp_path / "other" / h[:2] / f"{h}.kvb", _file(store, h))
     _assert_corrupt_miss(store, h, caplog, "wrong geometry")
 
