@@ -72,3 +72,12 @@ def test_bad_hardware_files_are_config_errors(tmp_path: Path) -> None:
         load_hardware(str(f))
     with pytest.raises(ConfigError):
         load_hardware("no-such-preset")
+
+
+def test_every_preset_loads() -> None:
+    from dualpath.sim.hardware import hardware_presets
+
+    names = hardware_presets()
+    assert "hopper-testbed" in names and len(names) >= 2
+    for name in names:
+        assert load_hardware(name).gpus_per_node > 0

@@ -107,7 +107,10 @@ def hardware_presets() -> list[str]:
 
 
 def load_hardware(name_or_path: str | None = None) -> HardwareSpec:
-    """A preset name (see `hardware_presets()`) or a JSON file path; None = the testbed."""
+    """A preset name (see `hardware_presets()`) or a JSON file path; None = the testbed.
+
+    Presets and files may give only some fields; the rest come from the testbed preset.
+    """
     if name_or_path is None:
         name_or_path = DEFAULT_HARDWARE
     path = Path(name_or_path)
@@ -123,4 +126,4 @@ def load_hardware(name_or_path: str | None = None) -> HardwareSpec:
             raise ConfigError(f"hardware file {path}: expected a JSON object")
         raw.setdefault("name", path.stem)
         return _from_dict(raw, base)
-    return _from_dict(_preset_dict(name_or_path))
+    return _from_dict(_preset_dict(name_or_path), base)
