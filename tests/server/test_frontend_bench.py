@@ -12,7 +12,8 @@ from dualpath.cli.main import main
 def test_http_part_reports_throughput_and_added_latency(tmp_path: Path) -> None:
     out = tmp_path / "fe.json"
     assert main(["bench", "frontend", "--requests", "300", "--concurrency", "8",
-                 "--latency-requests", "50", "--json", str(out)]) == 0
+                 "--latency-requests", "50", "--stream-requests", "20",
+                 "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["errors"] == 0 and result["requests"] == 300
     assert result["requests_per_s"] > 0
@@ -20,6 +21,8 @@ def test_http_part_reports_throughput_and_added_latency(tmp_path: Path) -> None:
     assert math.isclose(result["added_latency_s_p50"],
                         result["latency_s_p50"] - result["direct_latency_s_p50"])
     assert result["model"] is None
+    # 20 streams x 32 tokens, one SSE chunk per token: the token rate is 32 x the request rate.
+    assert math.isclose(result["stream_tokens_per_s"], 32 * result["stream_requests_per_s"])
 
 
 def test_agent_part_against_a_backend_factory(tmp_path: Path) -> None:

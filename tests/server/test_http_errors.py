@@ -134,3 +134,11 @@ def test_backend_failure_is_500_or_in_band_error_and_counted(serve: Serve) -> No
                       'finished_reason="error",model_name="echo"') == 2
     assert srv.state.in_flight == 0
     assert srv.post_json("/v1/models", {})[0] == 405
+
+
+def test_oversized_body_is_413(serve: Serve) -> None:
+    srv = serve(EchoBackend(), max_body_bytes=1000)
+    status, _, raw = srv.request("POST", "/v1/completions",
+                                 {"prompt": "x" * 2000, "max_tokens": 1})
+    assert status == 413 and assert_openai_error(json.loads(raw))["code"] == "request_too_large"
+    assert srv.post_json("/v1/completions", {"prompt": "x" * 100, "max_tokens": 1})[0] == 200

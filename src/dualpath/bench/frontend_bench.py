@@ -36,6 +36,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="concurrent clients in the throughput run (default 64)")
     parser.add_argument("--latency-requests", type=int, default=2000,
                         help="sequential requests for the one-client latency (default 2000)")
+    parser.add_argument("--stream-requests", type=int, default=1000,
+                        help="streamed requests in the SSE throughput run (default 1000)")
+    parser.add_argument("--stream-tokens", type=int, default=32,
+                        help="tokens per streamed request (default 32)")
     parser.add_argument("--skip-http", action="store_true",
                         help="skip the echo-backend HTTP overhead part")
     parser.add_argument("--url", default=None,
@@ -84,6 +88,8 @@ def _http_overhead(args: argparse.Namespace) -> dict[str, Any]:
           f"{direct[0] * 1e3:.4f} / {direct[1] * 1e3:.4f}"],
          ["added latency p50 / p99 (ms)",
           f"{result['added_latency_s_p50'] * 1e3:.3f} / {result['added_latency_s_p99'] * 1e3:.3f}"],
+         ["streamed: requests/s, tokens/s",
+          f"{result['stream_requests_per_s']:.0f}, {result['stream_tokens_per_s']:.0f}"],
          ["errors", result["errors"]]],
     ))
     return result
@@ -155,7 +161,9 @@ async def _http_part(url: str, args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
         elapsed_s = time.perf_counter() - t0
+        stream = await _stream_throughput(session, endpoint, args)
     return {
+        **stream,
         "requests_per_s": args.requests / elapsed_s,
         "requests": args.requests,
         "concurrency": args.concurrency,
@@ -166,6 +174,34 @@ async def _http_part(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "latency_s_p50": percentile(latencies, 50),
         "latency_s_p99": percentile(latencies, 99),
     }
+
+
+async def _stream_throughput(session: Any, endpoint: str,
+                             args: argparse.Namespace) -> dict[str, Any]:
+    """Streamed completions of `--stream-tokens` tokens: what SSE framing costs per token."""
+    n_tokens = args.stream_tokens
+    body = json.dumps({"model": "echo", "prompt": "Hello, agent!", "max_tokens": n_tokens,
+                       "min_tokens": n_tokens, "temperature": 0, "stream": True}).encode()
+    headers = {"Content-Type": "application/json"}
+    remaining = args.stream_requests
+    chunks = 0
+
+    async def client() -> None:
+        nonlocal remaining, chunks
+        while remaining > 0:
+            remaining -= 1
+            async with session.post(endpoint, data=body, headers=headers) as resp:
+                async for line in resp.content:
+                    if line.startswith(b"data: {"):
+                        chunks += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    elapsed_s = time.perf_counter() - t0
+    return {"stream_requests": args.stream_requests, "stream_tokens_per_request": n_tokens,
+            "stream_requests_per_s": args.stream_requests / elapsed_s,
+            # every stream ends with one finish_reason chunk; the others carry one token each
+            "stream_tokens_per_s": (chunks - args.stream_requests) / elapsed_s}
 
 
 async def _direct_latency(n: int) -> tuple[float, float]:

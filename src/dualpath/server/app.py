@@ -65,8 +65,12 @@ def create_app(
     max_queue: int | None = None,
     max_running: int | None = None,
     served_model_name: str | None = None,
+    max_body_bytes: int = 64 * 1024 * 1024,
 ) -> FastAPI:
     """An OpenAI-compatible app serving `backend`.
+
+    max_body_bytes: larger request bodies get 413 (64 MiB holds a token-id prompt of several
+    million tokens).
 
     max_queue: requests that may wait for a running slot before new ones get 429
     (default: `backend.admission.max_waiting`); max_running: requests handed to the backend
@@ -101,11 +105,11 @@ def create_app(
     # per-request dependency machinery, which was a third of the request cost. Their OpenAPI
     # entries are added in `_openapi` from the same models.
     async def completions(request: Request) -> Response:
-        body = _parse(CompletionRequest, await request.body())
+        body = _parse(CompletionRequest, await _read_body(request, max_body_bytes))
         return await serving.completions(body, request)
 
     async def chat_completions(request: Request) -> Response:
-        body = _parse(ChatCompletionRequest, await request.body())
+        body = _parse(ChatCompletionRequest, await _read_body(request, max_body_bytes))
         return await serving.chat(body, request)
 
     app.router.routes.insert(0, Route("/v1/completions", completions, methods=["POST"]))
@@ -142,6 +146,22 @@ _GENERATION_OPS = (
     ("/v1/chat/completions", ChatCompletionRequest,
      "Chat completion through the model's chat template (`stream: true`: server-sent events)"),
 )
+
+
+async def _read_body(request: Request, limit_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit_bytes:
+        raise APIError(413, f"request body over {limit_bytes} bytes")
+    if declared is not None:
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # chunked upload: count as it arrives
+        size += len(chunk)
+        if size > limit_bytes:
+            raise APIError(413, f"request body over {limit_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _parse(model: type[_Body], raw: bytes) -> _Body:
