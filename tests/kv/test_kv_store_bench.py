@@ -15,8 +15,8 @@ from dualpath.cli.main import main
 def _args(tmp_path: Path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     store_bench.add_arguments(parser)
-    return parser.parse_args(["--dir", str(tmp_path / "bench"), "--total-mib", "2",
-                              "--block-tokens", "8,16", "--repeats", "2", "--no-prefill", *extra])
+    return parser.parse_args(["--dir", str(tmp_path / "bench"), "--total-mib", "1",
+                              "--block-tokens", "8,16", "--repeats", "1", "--no-prefill", *extra])
 
 
 def test_store_bench_reports_efficiencies(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ def direct_io_possible(*arrays: np.ndarray) -> bool:
     )
 
 
-def open_for_read(path: Path, direct: bool) -> tuple[int, bool]:
+def open_for_read(path: str | Path, direct: bool) -> tuple[int, bool]:
     """Open `path` read-only, with O_DIRECT if asked and the file system allows it.
 
     Returns (fd, whether O_DIRECT is on). FileNotFoundError propagates (a plain miss).

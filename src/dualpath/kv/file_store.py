@@ -54,7 +54,7 @@ META_NAME = "dualpath-kvstore.json"
 SUFFIX = ".kvb"
 QUARANTINE_DIR = ".quarantine"
 _HASH_RE = re.compile(r"[0-9a-f]{4,128}")
-_CHECKSUM_CACHE_BLOCKS = 65536  # ~30 ints each: a few tens of MB at most
+_CHECKSUM_CACHE_BLOCKS = 8192  # one list of num_layers ints each: ~10 MB at 30 layers
 _STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
@@ -84,6 +84,7 @@ class FileKVStore(KVStore):
         if io_threads < 1:
             raise StoreError(f"io_threads must be >= 1, got {io_threads}")
         self.root = Path(root)
+        self._root_str = os.fspath(self.root)
         self.geometry = geometry
         self.fsync = fsync
         self.io_threads = io_threads
@@ -213,12 +214,13 @@ class FileKVStore(KVStore):
         header = block_file.encode_header(
             block_hash, self.geometry, block_file.layer_checksums(block, self.geometry)
         )
-        tmp = path.parent / f".{block_hash}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp"
+        parent = os.path.dirname(path)
+        tmp = f"{parent}/.{block_hash}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp"
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileNotFoundError:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(parent, exist_ok=True)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 block_io.write_all(fd, [header, block.data.cast("B")])
@@ -269,8 +271,9 @@ class FileKVStore(KVStore):
 
     # -- internals -------------------------------------------------------------------------
 
-    def _path(self, block_hash: str) -> Path:
-        return self.root / block_hash[:2] / (block_hash + SUFFIX)
+    def _path(self, block_hash: str) -> str:
+        # A plain string: pathlib would cost more than the syscall on small layer reads.
+        return f"{self._root_str}/{block_hash[:2]}/{block_hash}{SUFFIX}"
 
     def _exists(self, block_hash: str) -> bool:
         try:
