@@ -162,6 +162,12 @@ class OpenAIServing:
             created = int(time.time())
             if body.stream:
                 watcher.cancel()
+                if watcher.done() and not watcher.cancelled():
+                    # The client left just as we were admitted: give the slot back now,
+                    # as no response object will ever run to release it.
+                    task.uncancel()
+                    self.admission.release()
+                    return Response(status_code=499)
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 writer = responses.ChunkWriter(chat=chat, rid=rid, created=created,
                                                model=self.model_name, include_usage=include_usage,
