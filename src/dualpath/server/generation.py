@@ -76,10 +76,10 @@ class Generation:
                     now = time.perf_counter()
                     k = len(ev.token_ids)
                     if first_s is None:
-                        first_s = now
+                        first_s = last_s = now
                         metrics.ttft_s.observe(now - self._arrival_s)
                         k -= 1
-                    if k > 0:
+                    if k > 0:  # tokens that arrive together share the gap since the last ones
                         gap = (now - last_s) / k
                         for _ in range(k):
                             metrics.itl_s.observe(gap)
