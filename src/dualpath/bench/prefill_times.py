@@ -33,25 +33,43 @@ def prefill_times(
     seed: int = 0,
     dtype: str = "float32",
     max_prompt_tokens: int | None = None,
+    threads: int | None = None,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One row per (model, prompt length, loaded fraction); times are the median of `repeats`.
 
     Prompt lengths are capped at the model's max positions (and at `max_prompt_tokens`);
-    duplicates after capping are measured once.
+    duplicates after capping are measured once. `threads` sets torch's intra-op threads for
+    the run (on a shared, busy machine 1 thread gives far steadier times than OpenMP spinning).
     """
-    import numpy as np
     import torch
 
     from dualpath.core.errors import UserInputError
-    from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
-    from dualpath.model.loader import load_model
 
     if repeats < 1:
         raise UserInputError(f"repeats must be >= 1, got {repeats}")
     for f in loaded_fractions:
         if not 0.0 <= f < 1.0:
             raise UserInputError(f"loaded fractions must be in [0, 1), got {f}")
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(model_specs, prompt_lengths, loaded_fractions, block_size, repeats,
+                        seed, dtype, max_prompt_tokens, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure(model_specs: Sequence[str], prompt_lengths: Sequence[int],
+             loaded_fractions: Sequence[float], block_size: int, repeats: int, seed: int,
+             dtype: str, max_prompt_tokens: int | None, progress: bool) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
+    from dualpath.model.loader import load_model
+
     rows: list[dict[str, Any]] = []
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
