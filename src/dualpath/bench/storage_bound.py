@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", default="tiny", help="model of every engine (tiny)")
     p.add_argument("--snic-bandwidth", default="8MB/s", help="per-node storage NIC (8MB/s)")
-    p.add_argument("--cnic-factor", type=float, default=4.0,
-                   help="CNIC rate as a multiple of the SNIC rate (4)")
+    p.add_argument("--cnic-factor", type=float, default=8.0,
+                   help="CNIC rate as a multiple of the SNIC rate (8)")
     p.add_argument("--systems", default=",".join(SYSTEM_NAMES),
                    help="comma-separated systems to run (all five)")
     p.add_argument("--no-unbound", action="store_true",

@@ -10,7 +10,8 @@ Two calls, both under `torch.inference_mode()`:
   tensors (prefix loaded whole) or a layer source — a callable `source(layer) -> [T_past, 2, H, D]`
   invoked just before that layer runs, so a loader can still be filling later layers
   (layerwise prefill). `on_layer_kv(layer, kv_new)` fires as soon as a layer is done so its new
-  KV can be streamed on. Chunked prefill is repeated calls.
+  KV can be streamed on. Chunked prefill is repeated calls. `prefill_batch` does the same for
+  several sequences in one pass (a prefill engine's batch).
 - `decode(last_token_ids, caches)` runs one step for a batch of sequences of any lengths,
   writing each step's KV into their `KVSequence`s.
 """
@@ -46,6 +47,17 @@ class PrefillOutput:
 
     logits: torch.Tensor | None
     new_kv: list[torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PrefillRequest:
+    """One sequence of a `prefill_batch` call; fields as in `Transformer.prefill`."""
+
+    token_ids: Sequence[int] | torch.Tensor
+    start_pos: int = 0
+    past: Past = None
+    on_layer_kv: OnLayerKV | None = None
+    logits: LogitsMode = "last"
 
 
 class RMSNorm(nn.Module):
@@ -183,48 +195,69 @@ class Transformer(nn.Module):
         logits: LogitsMode = "last",
     ) -> PrefillOutput:
         """Compute the new tokens `token_ids` at positions `start_pos ..` given prefix KV `past`."""
-        ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
-        n_new = ids.shape[0]
-        if n_new == 0:
-            raise UserInputError("prefill needs at least one new token")
-        if past is None and start_pos != 0:
-            raise UserInputError(f"start_pos={start_pos} but no past KV was given")
-        if not callable(past) and past is not None and len(past) != self.config.num_layers:
-            raise UserInputError(f"past has {len(past)} layers, model has {self.config.num_layers}")
-        positions = torch.arange(start_pos, start_pos + n_new)
-        cos, sin = self.rope.cos_sin(positions)
-        total = start_pos + n_new
-        # query j (absolute position start_pos + j) sees keys 0 .. start_pos + j; without a
-        # prefix that is plain causal attention, whose kernel skips masked tiles (~2x faster)
-        mask = (None if start_pos == 0
-                else torch.ones(n_new, total, dtype=torch.bool).tril(diagonal=start_pos))
-        x = self.embed_tokens(ids)
-        new_kv: list[torch.Tensor] = []
+        return self.prefill_batch(
+            [PrefillRequest(token_ids, start_pos, past, on_layer_kv, logits)])[0]
+
+    @torch.inference_mode()
+    def prefill_batch(self, requests: Sequence[PrefillRequest]) -> list[PrefillOutput]:
+        """Prefill several sequences in one forward pass (matmuls over all their new tokens,
+        attention per sequence). Layer sources of layer i are all called, in request order,
+        just before layer i runs; `on_layer_kv` callbacks fire right after it."""
+        if not requests:
+            return []
+        ids_list, cos_list, sin_list, masks = [], [], [], []
+        for r in requests:
+            ids = torch.as_tensor(r.token_ids, dtype=torch.long).reshape(-1)
+            n_new = ids.shape[0]
+            if n_new == 0:
+                raise UserInputError("prefill needs at least one new token")
+            if r.past is None and r.start_pos != 0:
+                raise UserInputError(f"start_pos={r.start_pos} but no past KV was given")
+            if not callable(r.past) and r.past is not None \
+                    and len(r.past) != self.config.num_layers:
+                raise UserInputError(
+                    f"past has {len(r.past)} layers, model has {self.config.num_layers}")
+            cos, sin = self.rope.cos_sin(torch.arange(r.start_pos, r.start_pos + n_new))
+            ids_list.append(ids)
+            cos_list.append(cos)
+            sin_list.append(sin)
+            # query j (absolute position start_pos + j) sees keys 0 .. start_pos + j; without a
+            # prefix that is plain causal attention, whose kernel skips masked tiles (~2x faster)
+            masks.append(None if r.start_pos == 0 else torch.ones(
+                n_new, r.start_pos + n_new, dtype=torch.bool).tril(diagonal=r.start_pos))
+        sizes = [int(t.shape[0]) for t in ids_list]
+        cos, sin = torch.cat(cos_list), torch.cat(sin_list)
+        x = self.embed_tokens(torch.cat(ids_list))
+        new_kv: list[list[torch.Tensor]] = [[] for _ in requests]
         for i, layer in enumerate(self.decoder_layers):
             h = layer.input_layernorm(x)
             q, kv = layer.self_attn.qkv(h, cos, sin)
-            if past is None:
-                kv_all = kv
-            else:
-                prefix = past(i) if callable(past) else past[i]
-                if prefix.shape[0] != start_pos:
-                    raise UserInputError(
-                        f"layer {i}: past has {prefix.shape[0]} tokens, start_pos is {start_pos}"
-                    )
-                kv_all = torch.cat((prefix.to(kv.dtype), kv), dim=0)
-            attn = self._attend(q, kv_all, mask)
-            x = x + layer.self_attn.o_proj(attn)
+            kv_parts = kv.split(sizes)
+            attn = []
+            for r, q_r, kv_r, mask in zip(requests, q.split(sizes), kv_parts, masks, strict=True):
+                kv_all = kv_r
+                if r.past is not None:
+                    prefix = r.past(i) if callable(r.past) else r.past[i]
+                    if prefix.shape[0] != r.start_pos:
+                        raise UserInputError(f"layer {i}: past has {prefix.shape[0]} tokens, "
+                                             f"start_pos is {r.start_pos}")
+                    kv_all = torch.cat((prefix.to(kv.dtype), kv_r), dim=0)
+                attn.append(self._attend(q_r, kv_all, mask))
+            x = x + layer.self_attn.o_proj(torch.cat(attn) if len(attn) > 1 else attn[0])
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-            new_kv.append(kv)
-            if on_layer_kv is not None:
-                on_layer_kv(i, kv)
-        if logits == "none":
-            out = None
-        elif logits == "last":
-            out = self._logits(x[-1:])[0]
-        else:
-            out = self._logits(x)
-        return PrefillOutput(logits=out, new_kv=new_kv)
+            for b, r in enumerate(requests):
+                new_kv[b].append(kv_parts[b])
+                if r.on_layer_kv is not None:
+                    r.on_layer_kv(i, kv_parts[b])
+        outputs = []
+        offset = 0
+        for b, r in enumerate(requests):
+            rows = x[offset : offset + sizes[b]]
+            offset += sizes[b]
+            out = None if r.logits == "none" else (
+                self._logits(rows[-1:])[0] if r.logits == "last" else self._logits(rows))
+            outputs.append(PrefillOutput(logits=out, new_kv=new_kv[b]))
+        return outputs
 
     def _attend(self, q: torch.Tensor, kv: torch.Tensor, mask: torch.Tensor | None
                 ) -> torch.Tensor:

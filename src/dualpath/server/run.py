@@ -17,6 +17,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -86,11 +87,21 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+def _http_protocol() -> Any:
+    """httptools with coalesced writes when httptools is installed, else uvicorn's choice."""
+    try:
+        from dualpath.server.http_protocol import CoalescingHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return CoalescingHttpToolsProtocol
+
+
 def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
                 drain_timeout_s: float = 30.0, log_level: str = "warning",
                 on_ready: Callable[[int], None] | None = None) -> DrainingServer:
     """A configured server for `app` (uvloop + httptools when installed, no access log)."""
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            http=_http_protocol(),
                             timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
                             backlog=4096, timeout_keep_alive=30)
     return DrainingServer(config, app.state.dualpath, drain_timeout_s, on_ready)

@@ -13,10 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from dualpath.sim.link import LO
 from dualpath.sim.state import Engine, SimRequest
-
-K_DE_COPY = 2
 
 
 class DecodeMixin:
@@ -27,7 +24,8 @@ class DecodeMixin:
         if self.free_io:
             return self._decode_join(now, req)
         de = req.de
-        return de.rx.add(now, req.prompt * self.kvb, (K_DE_COPY, req), LO)
+        # The DE's own buffer-to-HBM copies, FIFO through its CNIC (CNIC-centric design).
+        return ((de.rx.reserve(now, req.prompt * self.kvb), self._de_copy_done, req),)
 
     def _de_copy_done(self: Any, now: float, req: SimRequest) -> Any:
         de = req.de

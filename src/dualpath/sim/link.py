@@ -79,6 +79,23 @@ class Link:
             return 0.0, cap
         return 0.0, 0.0
 
+    def reserve(self, now_s: float, nbytes: float) -> float:
+        """FIFO use of a link that carries no shared flows: returns when nbytes are through.
+
+        For a pipe whose only traffic is a queue of one engine's own transfers (a PE's
+        KV send queue, a DE's buffer-to-HBM copies), first-come-first-served at full rate
+        has the throughput of processor sharing, better latency, and needs no completion
+        bookkeeping. Do not mix with `add` on the same link.
+        """
+        start = now_s if now_s > self.last_s else self.last_s
+        end = start + nbytes / self.capacity_bytes_s
+        self.bytes_by_class[LO] += nbytes
+        self.busy_s += end - start
+        if self.bin_s is not None:
+            self._record(start, end, self.capacity_bytes_s)
+        self.last_s = end
+        return end
+
     # -- mutations (each returns the link's next completion event, or None) --------------
     def add(self, now_s: float, nbytes: float, token: Any, cls: int = LO) -> Any:
         """Start a flow of nbytes (> 0). Returns the follow-up event list."""

@@ -18,7 +18,7 @@ from dualpath.sim.state import Engine, SimRequest
 # Entries of a PE's ready queue that batch formation looks at (a 300 ms quota never holds
 # more than a few dozen turns; the bound keeps formation O(1) per batch).
 BATCH_LOOKAHEAD = 64
-K_BATCH_IN, K_PD_OUT, K_DE_COPY, K_COLLECTIVE = 0, 1, 2, 3
+K_BATCH_IN = 0
 
 
 class PrefillMixin:
@@ -111,7 +111,8 @@ class PrefillMixin:
         req.pd_pending += 1
         if req.de is not None:
             req.de.acct_rx += nbytes
-        return pe.tx.add(now, nbytes, (K_PD_OUT, req), LO)
+        # The PE's send queue is FIFO (the only traffic simulated on its CNIC's send side).
+        return ((pe.tx.reserve(now, nbytes), self._pd_part_done, req),)
 
     def _batch_part_done(self: Any, now: float, pe: Engine) -> Any:
         pe.batch_pending -= 1

@@ -35,7 +35,7 @@ from dualpath.sim.state import Engine, Node, SimRequest
 logger = logging.getLogger(__name__)
 
 # Flow tokens on CNIC links: (kind, object).
-K_BATCH_IN, K_PD_OUT, K_DE_COPY, K_COLLECTIVE, K_WRITE = 0, 1, 2, 3, 4
+K_BATCH_IN, K_COLLECTIVE = 0, 3
 
 
 class Simulator(PrefillMixin, DecodeMixin):
@@ -266,11 +266,7 @@ class Simulator(PrefillMixin, DecodeMixin):
         kind, obj = token
         if kind == K_BATCH_IN:
             return self._batch_part_done(now, obj)
-        if kind == K_PD_OUT:
-            return self._pd_part_done(now, obj)
-        if kind == K_DE_COPY:
-            return self._de_copy_done(now, obj)
-        return None
+        return None  # K_COLLECTIVE: nothing waits for it
 
     @staticmethod
     def _hi(link: Link, now: float, nbytes: float) -> Any:
