@@ -75,36 +75,40 @@ def parse_max_len(text: str) -> str:
     raise UserInputError(f"--max-len must be one of {', '.join(MAX_LENS)}, got {text!r}")
 
 
-def _lengths(
+def trajectory_lengths(
     rng: np.random.Generator, params: GeneratorParams, max_len: int
-) -> tuple[list[int], list[int]]:
-    """One trajectory's (appends, gens)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """One trajectory's (appends, gens) as int64 arrays (see the module docstring)."""
     first = float(np.exp(rng.normal(params.mu_first, params.sigma_first)))
     a = float(np.exp(rng.normal(params.mu_append, params.sigma_append)))
     g = float(np.exp(rng.normal(params.mu_gen, params.sigma_gen)))
-    limit = max_len if rng.random() < params.p_full else max(1, int(max_len * rng.beta(params.beta_a, 1.0)))
-    appends: list[int] = []
-    gens: list[int] = []
+    if rng.random() < params.p_full:
+        limit = max_len
+    else:
+        limit = max(1, int(max_len * rng.beta(params.beta_a, 1.0)))
+    apps: list[np.ndarray] = []
+    gens: list[np.ndarray] = []
     done = 0
     sa, sg = params.sigma_turn_append, params.sigma_turn_gen
     chunk = 64
     while True:
         za = np.exp(rng.normal(-sa * sa / 2, sa, chunk)) * a
         zg = np.exp(rng.normal(-sg * sg / 2, sg, chunk)) * g
-        if not appends:
+        if not apps:
             za[0] = first
         app = np.maximum(1, np.rint(za)).astype(np.int64)
         gen = np.maximum(1, np.rint(zg)).astype(np.int64)
         cum = done + np.cumsum(app + gen)
         fits = int(np.searchsorted(cum, limit, side="right"))
-        if not appends and fits == 0:
-            # The first turn always exists; clip it to the max length.
+        if not apps and fits == 0:
+            # The first turn always exists; clip it to the target length.
             g0 = int(min(gen[0], max_len // 2))
-            return [max(1, min(int(app[0]), limit - g0))], [g0]
-        appends.extend(int(x) for x in app[:fits])
-        gens.extend(int(x) for x in gen[:fits])
+            a0 = max(1, min(int(app[0]), limit - g0))
+            return np.array([a0], dtype=np.int64), np.array([g0], dtype=np.int64)
+        apps.append(app[:fits])
+        gens.append(gen[:fits])
         if fits < chunk:
-            return appends, gens
+            return np.concatenate(apps), np.concatenate(gens)
         done = int(cum[-1])
 
 
@@ -119,7 +123,7 @@ def generate(
     # Each trajectory gets its own stream, so the first N of a larger trace are the same.
     out: list[Trajectory] = []
     for i in range(num_agents):
-        appends, gens = _lengths(np.random.default_rng([seed, i]), p, MAX_LENS[key])
-        turns = tuple(Turn(x, y) for x, y in zip(appends, gens, strict=True))
+        appends, gens = trajectory_lengths(np.random.default_rng([seed, i]), p, MAX_LENS[key])
+        turns = tuple(Turn(x, y) for x, y in zip(appends.tolist(), gens.tolist(), strict=True))
         out.append(Trajectory(f"{key}-{seed}-{i}", turns))
     return out
