@@ -2,7 +2,7 @@
 
 Requests are packed FIFO while the batch's predicted attention time stays within the
 quota; the request that overflows is chunk-prefilled with the largest chunk that fits
-(binary search). `kv_limit_tokens` additionally bounds the prefix tokens whose KV must sit
+(binary search over whole blocks of `block_tokens`). `kv_limit_tokens` additionally bounds the prefix tokens whose KV must sit
 in HBM at once (the non-layerwise `basic` rung loads whole prefixes first).
 
 Pure: the caller passes the queue as (context tokens, remaining new tokens, prefix tokens)
@@ -19,6 +19,7 @@ def form_batch(
     quota_s: float,
     attention_time_s: Callable[[int, int], float],
     kv_limit_tokens: float = float("inf"),
+    block_tokens: int = 64,
 ) -> list[int]:
     """Chunk sizes for the head of `queue`; always at least one token of the first entry."""
     chunks: list[int] = []
@@ -33,16 +34,17 @@ def form_batch(
             used_s += t
             kv_used += prefix + remaining
             continue
-        lo, hi = 0, remaining  # largest c with used + time(c) <= quota
+        # Largest chunk, in whole blocks, with used + time(chunk) <= quota.
+        lo, hi = 0, remaining // block_tokens
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if used_s + attention_time_s(ctx, mid) <= quota_s:
+            if used_s + attention_time_s(ctx, mid * block_tokens) <= quota_s:
                 lo = mid
             else:
                 hi = mid - 1
         if lo > 0:
-            chunks.append(lo)
+            chunks.append(lo * block_tokens)
         elif not chunks:
-            chunks.append(min(remaining, 64))  # one block, even over quota: always progress
+            chunks.append(min(remaining, block_tokens))  # over quota: still make progress
         break
     return chunks
