@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefill-models", default="tiny,smollm2")
     parser.add_argument("--prefill-lengths", default="512,2048,8192")
     parser.add_argument("--prefill-fractions", default="0,0.9,0.99")
+    parser.add_argument("--prefill-repeats", type=int, default=1, help="prefill runs per point (median)")
+    parser.add_argument("--prefill-threads", type=int, default=None,
+                        help="torch intra-op threads for the prefill runs (default: torch's)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -289,7 +292,9 @@ def _prefill(args: argparse.Namespace) -> tuple[list[dict[str, Any]] | None, str
     models = [m for m in args.prefill_models.split(",") if m]
     lengths = _int_list(args.prefill_lengths, "--prefill-lengths")
     fractions = [float(x) for x in args.prefill_fractions.split(",") if x]
-    rows: list[dict[str, Any]] = list(prefill_times(models, lengths, fractions))
+    rows: list[dict[str, Any]] = list(prefill_times(
+        models, lengths, fractions, repeats=args.prefill_repeats, threads=args.prefill_threads,
+        progress=True))
     if rows:
         headers = list(rows[0])
         print(format_table(headers, [[row.get(h) for h in headers] for row in rows]))
