@@ -287,6 +287,7 @@ class FileKVStore(KVStore):
         return f"{self._root_str}/{block_hash[:2]}/{block_hash}{SUFFIX}"
 
     def _exists(self, block_hash: str) -> bool:
+        _check_hash(block_hash)
         try:
             os.stat(self._path(block_hash))
         except FileNotFoundError:
