@@ -106,3 +106,40 @@ async def test_echo_backend_prefix_map_counts_whole_blocks() -> None:
     other = await collect(backend, (9, *p1), max_tokens=1, temperature=0.0)
     assert isinstance(other[-1], FinishEvent) and other[-1].cached_tokens == 0
     assert backend.metrics_snapshot().buffer_bytes_in_use == {"echo": 0}
+
+
+class _RecordingTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str) -> str:
+        return f"info:{name}"
+
+
+async def test_coalescing_transport_joins_writes_of_one_turn() -> None:
+    from dualpath.server.http_protocol import CoalescingTransport
+
+    raw = _RecordingTransport()
+    t = CoalescingTransport(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+    t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    t.write(b"body")
+    assert raw.writes == [] and t.get_write_buffer_size() == 23
+    await asyncio.sleep(0)
+    assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+    t.write(b"last")
+    t.close()  # flushes before closing
+    assert raw.writes[-1] == b"last" and raw.closed
+    assert t.get_extra_info("peername") == "info:peername"
