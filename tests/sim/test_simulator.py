@@ -104,3 +104,14 @@ def test_decisions_replay_through_the_scheduler() -> None:
 def test_model_that_does_not_fit_is_refused() -> None:
     with pytest.raises(ConfigError):
         Simulator(SimConfig(model="ds-660b", pd=(1, 1)), _agents(1))
+
+
+def test_split_reads_conserve_bytes_and_use_both_sides() -> None:
+    agents = _agents(24, "64k")
+    sim = Simulator(replace(SMALL, split_reads=True, pd=(1, 2)), agents)
+    done = sim.run()
+    assert len(done) == sum(len(t) for _, t in agents)
+    assert sim.sched_config.read_policy == "split"
+    assert sum(r.cached for r in done) * sim.kvb == pytest.approx(
+        sum(n.snic.bytes_total for n in sim.nodes), rel=1e-9)
+    assert all(n.buf_free == pytest.approx(n.buf_total) for n in sim.nodes)
