@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--agents", type=int, default=6, help="concurrent agents (6)")
-    p.add_argument("--turns", type=int, default=8, help="measured turns per agent (8)")
+    p.add_argument("--agents", type=int, default=16, help="concurrent agents (16)")
+    p.add_argument("--turns", type=int, default=4, help="measured turns per agent (4)")
     p.add_argument("--max-len", default="64k", help="trace family (64k)")
     p.add_argument("--scale", type=float, default=0.125,
                    help="multiply every trajectory length by this (0.125: 64K -> 8K context)")
