@@ -50,6 +50,8 @@ def register(sub: Any) -> None:
     p.add_argument("--store", metavar="DIR", default=None,
                    help="KV file store: load the prompt's cached prefix, persist new full blocks")
     p.add_argument("--block-size", type=int, default=64, help="tokens per KV block (64)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice, one per core)")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="report prompt tokens, store hits and timings on stderr")
     p.add_argument("--json", metavar="PATH", help="write the result object to PATH")
@@ -104,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.block_size < 1:
         raise UserInputError(f"--block-size must be >= 1, got {args.block_size}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserInputError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model, dtype=args.dtype, seed=args.seed)
     load_s = time.perf_counter() - t0
