@@ -61,3 +61,16 @@ def test_sweep_over_snic_bandwidth(tmp_path: Path) -> None:
     # A slower storage NIC never makes the storage-bound basic rung faster.
     assert pts[0]["jct_s"] >= pts[1]["jct_s"]
     assert (tmp_path / "sweep.png").exists()
+
+
+def test_sim_validate_fields(tmp_path: Path) -> None:
+    out = tmp_path / "v.json"
+    rc = main(["bench", "sim-validate", "--agents", "8", "--max-len", "32k", "--processes", "1",
+               "--json", str(out)])
+    assert rc == 0
+    obj = json.loads(out.read_text())
+    assert obj["cache_compute_gb_per_pflop"]["ds-660b"]["within_15pct"] is True
+    assert obj["cache_compute_gb_per_pflop"]["qwen-32b"]["within_15pct"] is True
+    assert set(obj["ablation_jct_reduction"]) == {"layerwise", "dualpath-rr", "dualpath"}
+    assert obj["basic_over_dualpath_jct"] > 0 and obj["oracle_over_dualpath_jct"] > 0
+    assert obj["split_over_dualpath_jct"] > 0
