@@ -6,7 +6,10 @@ the sender pays for the receiver's TCP processing as well, and profiling showed 
 to be the largest single cost of a small response. `CoalescingTransport` buffers the writes
 made within one turn of the event loop and sends them together at the end of the turn (a
 `call_soon`), so a small response leaves in one segment and streamed chunks produced in the
-same turn are batched. Nothing waits longer than the current turn.
+same turn are batched. Nothing waits longer than the current turn. (Sending the held headers
+together with the body at once, instead of at the end of the turn, measured ~15% fewer
+requests/s under load: deferring also lets one turn answer many connections before the
+clients are woken.)
 """
 
 from __future__ import annotations
