@@ -9,9 +9,12 @@ import json
 import pytest
 
 from dualpath.bench import offline
+from dualpath.bench.sim_hook import run_in_simulator
 from dualpath.cli.main import main
+from dualpath.core.errors import UserInputError
 from dualpath.workload.trace_file import write_trace
 from dualpath.workload.trajectory import Trajectory, Turn
+from dualpath.workload.workload import offline_workload
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -77,11 +80,23 @@ def test_trace_import_command(tmp_path, capsys) -> None:
     assert rc == 0 and "1 requests as 1 trajectories" in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("dualpath.sim.api") is not None,
-                    reason="the simulator is installed")
-def test_sim_target_without_simulator(capsys) -> None:
-    rc, _, err = run_cli(["bench", "offline", "--target", "sim", "--agents", "1"], capsys)
-    assert rc == 2 and "simulator not available" in err
+def test_sim_hook_without_simulator(make_args) -> None:
+    args = make_args(offline, ["--target", "sim"])
+    wl = offline_workload([Trajectory("a", (Turn(5, 2),))])
+    with pytest.raises(UserInputError, match="simulator not available"):
+        run_in_simulator(wl, "offline", args, module_name="dualpath.no_such_simulator")
+    with pytest.raises(UserInputError, match="simulator not available"):
+        run_in_simulator(wl, "offline", args, module_name="dualpath.bench.metrics")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("dualpath.sim.api") is None,
+                    reason="the simulator is not installed")
+def test_offline_on_the_simulator(tmp_path, make_args, capsys) -> None:
+    args = make_args(offline, ["--target", "sim", "--agents", "3", "--max-len", "32k",
+                               "--system", "basic", "--no-progress"])
+    report = offline.run(args)
+    assert report["target"]["target"] == "sim" and report["num_agents"] == 3
+    assert report["num_turns"] > 3 and report["jct_s"] > 0
 
 
 def test_offline_report_plots_and_compare(tmp_path, fixed_target, virtual_loop, make_args,

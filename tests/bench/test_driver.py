@@ -99,3 +99,17 @@ def test_cutoff_counts_only_late_in_flight_turns(fixed_target, virtual_loop) -> 
     early = run_workload(fixed_target(ttft_s=10.0, tpot_s=0.0), wl, cutoff_s=22.0,
                          slo=SLO(4.0, 0.05), loop_factory=virtual_loop)
     assert early.unfinished_turns == 0  # in flight for only 2 s: not a miss yet
+
+
+def test_apply_cutoff_matches_the_driver_rule() -> None:
+    from dualpath.bench.metrics import TurnRecord
+    from dualpath.bench.sim_hook import apply_cutoff
+
+    def r(start: float, end: float) -> TurnRecord:
+        return TurnRecord(0, 0, start, start + 0.1, None, end, 10, 1)
+
+    records = [r(0, 5), r(5, 30), r(18, 40), r(25, 26)]
+    kept, unfinished = apply_cutoff(records, 20.0, SLO(4.0, 0.05))
+    assert kept == [records[0]]
+    assert unfinished == 1  # started at 5 (15 s in flight); the one from 18 is only 2 s in
+    assert apply_cutoff(records, None, SLO()) == (records, 0)

@@ -19,18 +19,19 @@ from dualpath.workload.workload import Workload
 SIM_MODULE = "dualpath.sim.api"
 
 
-def run_in_simulator(workload: Workload, mode: str, args: argparse.Namespace) -> list[TurnRecord]:
+def run_in_simulator(
+    workload: Workload, mode: str, args: argparse.Namespace, *, module_name: str = SIM_MODULE
+) -> list[TurnRecord]:
+    missing = f"simulator not available ({module_name}.run_workload is missing)"
     try:
-        module = importlib.import_module(SIM_MODULE)
+        module = importlib.import_module(module_name)
         fn = module.run_workload
     except ModuleNotFoundError as exc:
-        if exc.name is not None and SIM_MODULE.startswith(exc.name):
-            raise UserInputError(
-                f"simulator not available ({SIM_MODULE}.run_workload is missing)"
-            ) from None
+        if exc.name is not None and module_name.startswith(exc.name):
+            raise UserInputError(missing) from None
         raise
     except AttributeError:
-        raise UserInputError(f"simulator not available ({SIM_MODULE}.run_workload is missing)") from None
+        raise UserInputError(missing) from None
     return list(fn(workload, mode, args))
 
 
