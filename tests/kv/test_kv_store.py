@@ -109,3 +109,18 @@ def test_batches_match_single_calls(make_store: Factory) -> None:
     assert all(g is o for g, o in zip(got_into[:5], outs[:5], strict=True))
     assert store.stats().get_hits == 10
     store.close()
+
+
+def test_layer_batches_match_single_calls(make_store: Factory) -> None:
+    store = make_store(SMALL)
+    blocks = {hex_hash(i): random_block(i) for i in range(4)}
+    store.put_many(list(blocks.items()))
+    hashes = [*blocks, hex_hash(99)]
+    for layer in range(SMALL.num_layers):
+        got = store.get_layer_many(hashes, layer)
+        assert got[-1] is None
+        for h, g in zip(blocks, got, strict=False):
+            assert g is not None and np.array_equal(g[0], blocks[h][layer])
+    outs = [SMALL.empty_layer_block() for _ in hashes]
+    assert store.get_layer_many(hashes, 1, outs)[0] is outs[0]
+    store.close()

@@ -36,7 +36,7 @@ from dualpath.kv.layout import aligned_empty
 # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M config.json): 30 layers, 3 KV heads, head_dim 576/9 = 64.
 SMOLLM2_LAYERS, SMOLLM2_KV_HEADS, SMOLLM2_HEAD_DIM = 30, 3, 64
 _POOL_BLOCKS = 4  # distinct random payloads cycled over the puts (content does not matter to the FS)
-_PHASES = 9  # writes x2, reads x3, layer reads x3, serial store read (fewer without O_DIRECT)
+_PHASES = 10  # writes x2, reads x3, layer reads x3, serial store reads x2 (8 without O_DIRECT)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +149,8 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
         if raw_direct:
             reads.append(("raw_direct_read", nbytes, partial(_raw_read, raw, dest, True)))
             layers.append(("raw_direct_strided_read", nbytes, partial(_raw_layers, raw, nblocks, g, True)))
-        serial = [("store_read_serial", nbytes, partial(_store_read_serial, store, hashes, dest))]
+        serial = [("store_read_serial", nbytes, partial(_store_read_serial, store, hashes, dest)),
+                  ("store_get_layer_serial", nbytes, partial(_store_layers_serial, store, hashes, g))]
         for group in (writers, reads, layers, serial):
             for name, size, fn in group if rep % 2 == 0 else group[::-1]:
                 if name not in ("store_write", "raw_write"):
@@ -174,7 +175,8 @@ def _measure_size(base: Path, g: BlockGeometry, nblocks: int, args: argparse.Nam
     for eff, num, den in (("read_efficiency", "store_read", "raw_read"),
                           ("write_efficiency", "store_write", "raw_write"),
                           ("get_layer_efficiency", "store_get_layer", "raw_strided_read"),
-                          ("read_serial_efficiency", "store_read_serial", "raw_read")):
+                          ("read_serial_efficiency", "store_read_serial", "raw_read"),
+                          ("get_layer_serial_efficiency", "store_get_layer_serial", "raw_strided_read")):
         ratios = [a / b for a, b in zip(samples[f"{num}_bytes_s"], samples[f"{den}_bytes_s"], strict=True)]
         r[eff] = statistics.median(ratios)
     r["direct_read_fraction"] = direct_gets[0] / max(1, direct_gets[1])
@@ -218,6 +220,13 @@ def _store_read_serial(store: FileKVStore, hashes: list[str], dest: np.ndarray) 
 
 def _store_layers(store: FileKVStore, hashes: list[str], g: BlockGeometry) -> None:
     """Layer-major, as layerwise prefill streams: layer 0 of every block, then layer 1, ..."""
+    outs = [g.empty_layer_block() for _ in hashes]
+    for layer in range(g.num_layers):
+        if any(b is None for b in store.get_layer_many(hashes, layer, outs)):
+            raise RuntimeError(f"store bench: a block's layer {layer} went missing on read-back")
+
+
+def _store_layers_serial(store: FileKVStore, hashes: list[str], g: BlockGeometry) -> None:
     out = g.empty_layer_block()
     for layer in range(g.num_layers):
         for h in hashes:

@@ -261,6 +261,16 @@ class FileKVStore(KVStore):
             return [self.get(h, out=o) for h, o in zip(hashes, targets, strict=True)]
         return list(self._executor().map(self.get, hashes, targets))
 
+    def get_layer_many(
+        self, hashes: Sequence[str], layer: int, outs: Sequence[np.ndarray | None] | None = None
+    ) -> list[np.ndarray | None]:
+        targets = list(outs) if outs is not None else [None] * len(hashes)
+        if len(targets) != len(hashes):
+            raise StoreError(f"get_layer_many: {len(hashes)} hashes but {len(targets)} output buffers")
+        if self.io_threads == 1 or len(hashes) <= 1:
+            return [self.get_layer(h, layer, out=o) for h, o in zip(hashes, targets, strict=True)]
+        return list(self._executor().map(lambda h, o: self.get_layer(h, layer, out=o), hashes, targets))
+
     def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
         if self.io_threads == 1 or len(items) <= 1:
             for h, block in items:

@@ -126,6 +126,14 @@ class KVStore(ABC):
             return [self.get(h) for h in hashes]
         return [self.get(h, out=o) for h, o in zip(hashes, outs, strict=True)]
 
+    def get_layer_many(
+        self, hashes: Sequence[str], layer: int, outs: Sequence[np.ndarray | None] | None = None
+    ) -> list[np.ndarray | None]:
+        """`get_layer` of one layer of several blocks (a layerwise loader's step), same order."""
+        if outs is None:
+            return [self.get_layer(h, layer) for h in hashes]
+        return [self.get_layer(h, layer, out=o) for h, o in zip(hashes, outs, strict=True)]
+
     def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
         """`put` of several blocks, possibly concurrently. Each block is atomic on its own."""
         for h, block in items:
