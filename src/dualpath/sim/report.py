@@ -97,6 +97,7 @@ def sim_report(sim: Simulator, records: list[TurnRecord], *, mode: str, wall_s: 
         "snic_utilization_de_mean": _mean([n.snic.bytes_total / (snic_cap * span) for n in de_nodes]),
         "cnic_rx_bytes_total": sum(e.rx.bytes_total + e.acct_rx for e in sim.engines),
         "cnic_tx_bytes_total": sum(e.tx.bytes_total + e.acct_tx for e in sim.engines),
+        "cnic_utilization": [round(u, 4) for u in cnic_util],
         "cnic_utilization_mean": _mean(cnic_util),
         "cnic_utilization_max": max(cnic_util) if cnic_util else float("nan"),
         **(breakdown if breakdown is not None else ttft_breakdown(sim.finished)),
