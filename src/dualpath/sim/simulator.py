@@ -6,7 +6,8 @@ storage read over the chosen node's SNIC into its DRAM buffer (FIFO, `read_slots
 at a time, bounded buffer) -> ready at the PE -> PE batch (quota, chunking) whose prefix KV
 streams into the GPU over its CNIC's low-priority class (layerwise: overlapped with compute;
 basic: loaded whole before compute) while expert all-to-all uses the high class -> the
-prompt KV goes PE -> DE over CNICs -> the DE copies it into HBM and decodes (see `decode`)
+prompt KV goes PE -> DE over CNICs (the PE's FIFO send queue) -> the DE copies it into HBM
+(its FIFO copy queue) and decodes (see `decode`)
 -> the finished turn persists its new full blocks to storage and the agent's next turn
 arrives.
 """
