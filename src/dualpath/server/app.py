@@ -69,13 +69,11 @@ def create_app(
 ) -> FastAPI:
     """An OpenAI-compatible app serving `backend`.
 
-    max_body_bytes: larger request bodies get 413 (64 MiB holds a token-id prompt of several
-    million tokens).
-
     max_queue: requests that may wait for a running slot before new ones get 429
     (default: `backend.admission.max_waiting`); max_running: requests handed to the backend
     at once (default: `backend.admission.max_running`); served_model_name: the model id
-    clients use (default: `backend.model_name`).
+    clients use (default: `backend.model_name`); max_body_bytes: larger request bodies get
+    413 (64 MiB holds a token-id prompt of several million tokens).
     """
     limits = backend.admission
     admission = Admission(max_running if max_running is not None else limits.max_running,
