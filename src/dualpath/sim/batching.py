@@ -1,17 +1,29 @@
-"""Prefill batch formation inside one PE (DESIGN.md 3, "Inside a PE").
+"""Prefill batch formation in the simulator: the scheduler's `form_prefill_batch`, unchanged.
 
-Requests are packed FIFO while the batch's predicted attention time stays within the
-quota; the request that overflows is chunk-prefilled with the largest chunk that fits
-(binary search over whole blocks of `block_tokens`). `kv_limit_tokens` additionally bounds the prefix tokens whose KV must sit
-in HBM at once (the non-layerwise `basic` rung loads whole prefixes first).
-
-Pure: the caller passes the queue as (context tokens, remaining new tokens, prefix tokens)
-and gets back how many new tokens of each head request go into the batch.
+`CostAttentionPredictor` gives it the simulator's attention-time model (MLA / sparse
+attention aware, `CostModel.attention_time_s`); `form_batch` adapts a PE's ready queue:
+it also applies the HBM bound of the non-layerwise `basic` rung (the prefixes of a batch
+must fit in the HBM left for KV; the first request always goes in), which the scheduler's
+former does not know about.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+from dualpath.scheduler.batching import PrefillWork, form_prefill_batch
+from dualpath.scheduler.predictor import Chunk
+
+
+class CostAttentionPredictor:
+    """`AttentionTimePredictor` over the simulator's cost model: sum of chunk times."""
+
+    def __init__(self, attention_time_s: Callable[[int, int], float]) -> None:
+        self._t = attention_time_s
+
+    def predict_s(self, chunks: Sequence[Chunk]) -> float:
+        t = self._t
+        return sum(t(c, n) for c, n in chunks)
 
 
 def form_batch(
@@ -21,30 +33,18 @@ def form_batch(
     kv_limit_tokens: float = float("inf"),
     block_tokens: int = 64,
 ) -> list[int]:
-    """Chunk sizes for the head of `queue`; always at least one token of the first entry."""
-    chunks: list[int] = []
-    used_s = 0.0
+    """Chunk sizes for the head of `queue` = [(context, remaining new tokens, prefix), ...].
+
+    Always at least one token of the first entry (progress guarantee of the scheduler's
+    former).
+    """
+    works: list[PrefillWork] = []
     kv_used = 0
-    for ctx, remaining, prefix in queue:
-        if chunks and kv_used + prefix + remaining > kv_limit_tokens:
+    for i, (ctx, remaining, prefix) in enumerate(queue):
+        if works and kv_used + prefix + remaining > kv_limit_tokens:
             break
-        t = attention_time_s(ctx, remaining)
-        if used_s + t <= quota_s:
-            chunks.append(remaining)
-            used_s += t
-            kv_used += prefix + remaining
-            continue
-        # Largest chunk, in whole blocks, with used + time(chunk) <= quota.
-        lo, hi = 0, remaining // block_tokens
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if used_s + attention_time_s(ctx, mid * block_tokens) <= quota_s:
-                lo = mid
-            else:
-                hi = mid - 1
-        if lo > 0:
-            chunks.append(lo * block_tokens)
-        elif not chunks:
-            chunks.append(min(remaining, block_tokens))  # over quota: still make progress
-        break
-    return chunks
+        kv_used += prefix + remaining
+        works.append(PrefillWork(i, ctx, remaining))
+    plan = form_prefill_batch(works, quota_s, CostAttentionPredictor(attention_time_s),
+                              align_tokens=block_tokens)
+    return [item.chunk_tokens for item in plan.items]

@@ -17,7 +17,7 @@ from dualpath.sim.state import Engine, SimRequest
 
 # Entries of a PE's ready queue that batch formation looks at (a 300 ms quota never holds
 # more than a few dozen turns; the bound keeps formation O(1) per batch).
-BATCH_LOOKAHEAD = 64
+BATCH_LOOKAHEAD = 32
 K_BATCH_IN = 0
 
 
