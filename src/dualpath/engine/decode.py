@@ -13,14 +13,17 @@ reader only enqueue events for it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from dualpath.core.errors import TransferError
 from dualpath.engine.base import EngineBase
 from dualpath.engine.sampler import sample_token
 from dualpath.kv.hashing import block_hashes
@@ -28,6 +31,7 @@ from dualpath.model.kv_bytes import kv_from_bytes
 from dualpath.model.kv_cache import PagedKVCache
 from dualpath.runtime import protocol as proto
 from dualpath.transfer.base import Message
+from dualpath.transfer.buffer_pool import BufferPool
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class DecodeEngine(EngineBase):
         self.cache = PagedKVCache(self.model_config, num_blocks, self.block_size)
         self._tasks: dict[str, DecodeTask] = {}
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.buffer = BufferPool(f"de{self.engine_id}", self.config.de_buffer_bytes)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="de-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="de-persist")
         eos = self.tokenizer.eos_token_ids or self.model_config.eos_token_ids
@@ -83,6 +88,7 @@ class DecodeEngine(EngineBase):
         elif isinstance(msg, proto.Abort):
             task = self._tasks.pop(msg.request_id, None)
             self.sender.drop(msg.request_id)
+            self.buffer.release(msg.request_id)
             if task is not None:
                 self.cache.free(task.rid)
 
@@ -103,15 +109,30 @@ class DecodeEngine(EngineBase):
             self._readers.submit(self._read_blocks, task)
 
     def _read_blocks(self, task: DecodeTask) -> None:
-        """DE read path (reader thread): Full Blocks from storage into the DE buffer."""
+        """DE read path (reader thread): Full Blocks from storage into the DE buffer.
+
+        A failed read ends the loaded prefix there (the PE recomputes the rest); an
+        unexpected error is logged and handled the same way, so the PE never waits forever.
+        """
         blocks: list[np.ndarray] = []
-        for block_hash in task.assign.hit_hashes:
-            block = self.store.get(block_hash)
-            if block is None:
-                logger.warning("request %s: block %s unreadable; recomputing from there",
-                               task.rid, block_hash[:16])
+        nbytes = len(task.assign.hit_hashes) * self.geometry.full_block_bytes
+        while task.rid in self._tasks:  # bounded DE buffer: wait for earlier reads to drain
+            try:
+                self.buffer.reserve(task.rid, min(nbytes, self.buffer.capacity_bytes))
                 break
-            blocks.append(block)
+            except TransferError:
+                time.sleep(0.01)
+        limit = self.buffer.capacity_bytes // self.geometry.full_block_bytes
+        try:
+            for block_hash in task.assign.hit_hashes[:limit]:
+                block = self.store.get(block_hash)
+                if block is None:
+                    logger.warning("request %s: block %s unreadable; recomputing from there",
+                                   task.rid, block_hash[:16])
+                    break
+                blocks.append(block)
+        except Exception:
+            logger.exception("request %s: storage read failed; recomputing", task.rid)
         self.bytes_read += sum(b.nbytes for b in blocks)
         hit_tokens = len(blocks) * self.block_size
         self.send_control(proto.ReadDone(self.engine_id, task.rid,
@@ -121,10 +142,14 @@ class DecodeEngine(EngineBase):
         # i just before running layer i; the CNICs pace the bytes).
         dest = task.assign.prefill_address
         self.sender.submit(dest, {"kind": "hit_ready", "rid": task.rid, "hit_tokens": hit_tokens})
-        if blocks:
-            for layer in range(self.model_config.num_layers):
-                self.sender.submit(dest, {"kind": "hit_layer", "rid": task.rid, "layer": layer},
-                                   [b[layer] for b in blocks])
+        last = self.model_config.num_layers - 1
+        for layer in range(self.model_config.num_layers if blocks else 0):
+            # The buffer is free again once the last layer has left.
+            done = functools.partial(self._release_buffer, task.rid) if layer == last else None
+            self.sender.submit(dest, {"kind": "hit_layer", "rid": task.rid, "layer": layer},
+                               [b[layer] for b in blocks], on_done=done)
+        if not blocks:
+            self.buffer.release(task.rid)
         self._events.put(("loaded", (task.rid, blocks)))
 
     # ---- the loop ----------------------------------------------------------------------------
@@ -241,6 +266,9 @@ class DecodeEngine(EngineBase):
             block = self.cache.export_block(task.rid, index)  # a copy: safe after free
             self._writer.submit(self._put, task.hashes[index], block)
 
+    def _release_buffer(self, rid: str) -> None:
+        self.buffer.release(rid)
+
     def _put(self, block_hash: str, block: np.ndarray) -> None:
         try:
             self.store.put(block_hash, block)
@@ -256,6 +284,7 @@ class DecodeEngine(EngineBase):
 
     def extra_counters(self) -> dict[str, float]:
         return {"bytes_read_de_path": float(self.bytes_read),
+                "buffer.used_bytes": float(self.buffer.stats().reserved_bytes),
                 "blocks_persisted": float(self.blocks_persisted),
                 "kv_free_tokens": float(self.kv_capacity_tokens())}
 

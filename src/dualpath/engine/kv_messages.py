@@ -36,6 +36,7 @@ class _Outgoing:
     header: dict[str, Any]
     payload: Sequence[np.ndarray]
     on_error: Callable[[TransferError], None] | None
+    on_done: Callable[[], None] | None
 
 
 class DataSender:
@@ -54,10 +55,12 @@ class DataSender:
         self._thread.start()
 
     def submit(self, dest: str, header: dict[str, Any], payload: Sequence[np.ndarray] = (),
-               on_error: Callable[[TransferError], None] | None = None) -> None:
+               on_error: Callable[[TransferError], None] | None = None,
+               on_done: Callable[[], None] | None = None) -> None:
+        """Queue one message. `on_done` runs after it was sent, failed or was dropped."""
         with self._idle:
             self._pending += 1
-        self._queue.put(_Outgoing(dest, header, payload, on_error))
+        self._queue.put(_Outgoing(dest, header, payload, on_error, on_done))
 
     def drop(self, rid: str) -> None:
         """Skip every queued message of request `rid` (it was aborted)."""
@@ -85,6 +88,8 @@ class DataSender:
                 if item.on_error is not None:
                     item.on_error(exc)
             finally:
+                if item.on_done is not None:
+                    item.on_done()
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()

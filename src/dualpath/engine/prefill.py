@@ -91,23 +91,15 @@ class PrefillEngine(EngineBase):
             self.buffer.release(msg.request_id)
 
     def _read_blocks(self, task: PrefillTask) -> None:
-        """PE read path: Full Blocks from storage into the PE buffer (reader thread)."""
-        hashes = task.assign.hit_hashes
-        # A prefix larger than the whole buffer is loaded as far as it fits, rest recomputed.
-        hashes = hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes]
-        nbytes = len(hashes) * self.geometry.full_block_bytes
-        while not self.buffer.can_reserve(nbytes) and not task.aborted:
-            time.sleep(0.01)  # bounded buffer: wait for earlier requests to drain
-        if task.aborted:
-            return
-        self.buffer.reserve(task.rid, nbytes)
-        for block_hash in hashes:
-            block = self.store.get(block_hash)
-            if block is None:  # missing or corrupt: the rest is recomputed
-                logger.warning("request %s: block %s unreadable; recomputing from there",
-                               task.rid, block_hash[:16])
-                break
-            task.blocks.append(block)
+        """PE read path: Full Blocks from storage into the PE buffer (reader thread).
+
+        Whatever goes wrong here (a failed read, an unexpected error) ends the loaded prefix
+        early; the request is never left waiting: the rest of its prompt is recomputed.
+        """
+        try:
+            self._read_into_buffer(task)
+        except Exception:
+            logger.exception("request %s: storage read failed; recomputing", task.rid)
         task.hit_tokens = len(task.blocks) * self.block_size
         self.bytes_read += sum(b.nbytes for b in task.blocks)
         self.send_control(proto.ReadDone(self.engine_id, task.rid,
@@ -116,6 +108,27 @@ class PrefillEngine(EngineBase):
         with self._cond:
             task.state = "ready"
             self._cond.notify_all()
+
+    def _read_into_buffer(self, task: PrefillTask) -> None:
+        hashes = task.assign.hit_hashes
+        # A prefix larger than the whole buffer is loaded as far as it fits, rest recomputed.
+        hashes = hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes]
+        nbytes = len(hashes) * self.geometry.full_block_bytes
+        while not task.aborted:  # bounded buffer: wait for earlier requests to drain
+            try:
+                self.buffer.reserve(task.rid, nbytes)
+                break
+            except TransferError:
+                time.sleep(0.01)
+        for block_hash in hashes:
+            if task.aborted:
+                return
+            block = self.store.get(block_hash)
+            if block is None:  # missing or corrupt: the rest is recomputed
+                logger.warning("request %s: block %s unreadable; recomputing from there",
+                               task.rid, block_hash[:16])
+                return
+            task.blocks.append(block)
 
     # ---- data plane (receiver thread) ----------------------------------------------------
 
@@ -286,8 +299,7 @@ class PrefillEngine(EngineBase):
         return self._tokens_per_s
 
     def extra_counters(self) -> dict[str, float]:
-        stats = self.buffer.stats()
-        return {"buffer.used_bytes": float(getattr(stats, "reserved_bytes", 0)),
+        return {"buffer.used_bytes": float(self.buffer.stats().reserved_bytes),
                 "bytes_read_pe_path": float(self.bytes_read)}
 
     def shutdown(self) -> None:
