@@ -10,6 +10,11 @@ so the objective is deterministic. The fifth column, mean context, is NOT a targ
 checked afterwards, as a test of the model. sigma_first and the per-turn spreads are held
 fixed. It prints the fitted `GeneratorParams(...)` lines that are committed in
 src/dualpath/workload/generator.py, then re-checks all five means on a fresh seed.
+
+`--start hand` starts from the hand-picked values below instead of the committed PARAMS:
+the check that context comes out right without ever being fitted. Measured (2026-11-28):
+`--start hand --agents 3000 --seed 99 --iters 100`, then 10,000 trajectories of seed 5 gave
+context means -0.64% (32k), -1.31% (48k), -0.64% (64k) off the published ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ from dualpath.workload.stats import trace_stats
 KEYS = ("turns_mean", "append_tokens_mean", "gen_tokens_mean", "total_tokens_mean",
         "context_tokens_mean")
 FIT_KEYS = KEYS[:4]  # context is checked, not fitted
+HAND_START = {
+    "32k": GeneratorParams(8.0, 0.6, 5.8, 0.8, 4.7, 0.7, 0.7, 1.5),
+    "48k": GeneratorParams(8.0, 0.6, 5.6, 0.8, 4.8, 0.7, 0.7, 1.5),
+    "64k": GeneratorParams(8.0, 0.6, 5.5, 0.8, 4.8, 0.7, 0.7, 1.5),
+}
 PRIOR_WEIGHT = 1e-3
 
 
@@ -108,11 +118,12 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=150)
     ap.add_argument("--step", type=float, default=0.15, help="initial simplex size")
     ap.add_argument("--only", default=None, help="fit one max length only")
+    ap.add_argument("--start", choices=["committed", "hand"], default="committed")
     args = ap.parse_args()
     for key, target in PUBLISHED_STATS.items():
         if args.only and key != args.only:
             continue
-        base = PARAMS[key]
+        base = PARAMS[key] if args.start == "committed" else HAND_START[key]
         x0 = from_params(base)
 
         def loss(x: np.ndarray, key: str = key, target: dict = target,
