@@ -25,6 +25,7 @@ import numpy as np
 
 from dualpath.core.errors import TransferError
 from dualpath.engine.base import EngineBase
+from dualpath.engine.kv_messages import EarlyMessages
 from dualpath.engine.sampler import sample_token
 from dualpath.kv.hashing import block_hashes
 from dualpath.model.kv_bytes import kv_from_bytes
@@ -66,6 +67,7 @@ class DecodeEngine(EngineBase):
         self.cache = PagedKVCache(self.model_config, num_blocks, self.block_size)
         self._tasks: dict[str, DecodeTask] = {}
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._early = EarlyMessages()  # PE data that overtook our AssignDecode
         self.buffer = BufferPool(f"de{self.engine_id}", self.config.de_buffer_bytes)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="de-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="de-persist")
@@ -88,6 +90,7 @@ class DecodeEngine(EngineBase):
         elif isinstance(msg, proto.Abort):
             task = self._tasks.pop(msg.request_id, None)
             self.sender.drop(msg.request_id)
+            self._early.forget(msg.request_id)
             self.buffer.release(msg.request_id)
             if task is not None:
                 self.cache.free(task.rid)
@@ -107,6 +110,8 @@ class DecodeEngine(EngineBase):
         self._tasks[a.request_id] = task
         if a.read_path == "de" and a.hit_hashes:
             self._readers.submit(self._read_blocks, task)
+        for early in self._early.take(a.request_id):
+            self._events.put(("data", early))
 
     def _read_blocks(self, task: DecodeTask) -> None:
         """DE read path (reader thread): Full Blocks from storage into the DE buffer.
@@ -200,6 +205,7 @@ class DecodeEngine(EngineBase):
         h = msg.header
         task = self._tasks.get(h["rid"])
         if task is None:
+            self._early.keep(h["rid"], msg)
             return
         kind = h["kind"]
         if kind == "kv_layer":
@@ -278,6 +284,7 @@ class DecodeEngine(EngineBase):
 
     def _finish(self, task: DecodeTask, reason: str, error: str | None = None) -> None:
         self._tasks.pop(task.rid, None)
+        self._early.forget(task.rid)
         self.cache.free(task.rid)
         self.send_control(proto.Finished(self.engine_id, task.rid, reason, task.prompt_len,
                                          len(task.generated), task.hit_tokens, error=error))

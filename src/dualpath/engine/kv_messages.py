@@ -97,3 +97,31 @@ class DataSender:
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=5.0)
+
+
+class EarlyMessages:
+    """Data messages that arrived before the control message creating their request.
+
+    Engines' control and data planes are separate sockets, so a peer's data can overtake the
+    scheduler's assignment. Messages are parked by request id and replayed on assignment;
+    ids that finished or were aborted are remembered (bounded) so their stragglers are dropped.
+    """
+
+    def __init__(self, remember: int = 4096) -> None:
+        self._parked: dict[str, list[Any]] = {}
+        self._gone: dict[str, None] = {}
+        self._remember = remember
+
+    def keep(self, rid: str, msg: Any) -> None:
+        if rid not in self._gone:
+            self._parked.setdefault(rid, []).append(msg)
+
+    def take(self, rid: str) -> list[Any]:
+        return self._parked.pop(rid, [])
+
+    def forget(self, rid: str) -> None:
+        """`rid` is over: drop what is parked and ignore what still comes."""
+        self._parked.pop(rid, None)
+        self._gone[rid] = None
+        if len(self._gone) > self._remember:
+            del self._gone[next(iter(self._gone))]

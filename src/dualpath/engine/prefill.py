@@ -24,6 +24,7 @@ import torch
 
 from dualpath.core.errors import TransferError
 from dualpath.engine.base import EngineBase
+from dualpath.engine.kv_messages import EarlyMessages
 from dualpath.engine.sampler import sample_token
 from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
 from dualpath.runtime import protocol as proto
@@ -65,6 +66,8 @@ class PrefillEngine(EngineBase):
         self.buffer = BufferPool(f"pe{self.engine_id}", self.config.pe_buffer_bytes)
         self._tasks: dict[str, PrefillTask] = {}  # FIFO by insertion
         self._cond = threading.Condition()
+        # Data can overtake control: the DE may answer before our AssignPrefill is read.
+        self._early = EarlyMessages()
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pe-read")
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pe-h2d")
         self.predictor = self._profile()
@@ -76,6 +79,8 @@ class PrefillEngine(EngineBase):
             task = PrefillTask(msg)
             with self._cond:
                 self._tasks[msg.request_id] = task
+                for early in self._early.take(msg.request_id):
+                    self._apply_data(task, early)
             if not msg.hit_hashes:
                 task.state = "ready"
             elif msg.read_path == "pe":
@@ -83,6 +88,7 @@ class PrefillEngine(EngineBase):
             # DE path: "hit_ready" from the DE makes it ready.
         elif isinstance(msg, proto.Abort):
             with self._cond:
+                self._early.forget(msg.request_id)
                 gone = self._tasks.pop(msg.request_id, None)
                 if gone is not None:
                     gone.aborted = True
@@ -133,17 +139,22 @@ class PrefillEngine(EngineBase):
     # ---- data plane (receiver thread) ----------------------------------------------------
 
     def on_data(self, msg: Message) -> None:
-        h = msg.header
         with self._cond:
-            task = self._tasks.get(h["rid"])
+            task = self._tasks.get(msg.header["rid"])
             if task is None:
-                return  # aborted or unknown: drop
-            if h["kind"] == "hit_ready":
-                task.hit_tokens = int(h["hit_tokens"])
-                task.state = "ready"
-            elif h["kind"] == "hit_layer":
-                task.hit_layers[int(h["layer"])] = msg.payload
-            self._cond.notify_all()
+                self._early.keep(msg.header["rid"], msg)
+                return
+            self._apply_data(task, msg)
+
+    def _apply_data(self, task: PrefillTask, msg: Message) -> None:
+        """Apply a DE message to its task (caller holds the condition)."""
+        h = msg.header
+        if h["kind"] == "hit_ready":
+            task.hit_tokens = int(h["hit_tokens"])
+            task.state = "ready"
+        elif h["kind"] == "hit_layer":
+            task.hit_layers[int(h["layer"])] = msg.payload
+        self._cond.notify_all()
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -266,6 +277,7 @@ class PrefillEngine(EngineBase):
     def _finish(self, task: PrefillTask) -> None:
         with self._cond:
             self._tasks.pop(task.rid, None)
+            self._early.forget(task.rid)
         self.buffer.release(task.rid)
         self.send_control(proto.PrefillDone(self.engine_id, task.rid, task.hit_tokens))
 

@@ -198,7 +198,7 @@ class LocalCluster(Backend):
         if hasattr(self, "_router"):
             self._router.close(0)
             self._ctx.term()
-        if self._run_dir:
+        if self._run_dir and not os.environ.get("DUALPATH_KEEP_RUN_DIR"):
             shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def kill_engine(self, engine_id: int) -> None:
