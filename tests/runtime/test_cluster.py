@@ -146,3 +146,33 @@ def test_smollm2_outputs_identical_across_read_paths(tmp_path: Path) -> None:
         assert all(r.finish.cached_tokens >= 128 for r in runs["de"][1:])
 
     asyncio.run(main())
+
+
+def test_corrupt_block_is_recomputed_not_served(tmp_path: Path) -> None:
+    """A stored block that fails its checksum ends the loaded prefix; output is unchanged."""
+    from dualpath.kv.hashing import block_hashes
+
+    async def main() -> None:
+        cold, _ = await _conversation(_config(tmp_path / "cold", use_kv_store=False))
+        for read_path in ("pe", "de"):
+            cfg = _config(tmp_path / read_path, read_path=read_path)
+            cluster = LocalCluster(cfg)
+            await cluster.start()
+            try:
+                prompt = [(11 * i + 5) % 256 for i in range(150)]
+                first = await run_request(cluster, "t0", prompt)
+                await asyncio.sleep(0.5)
+                second_prompt = prompt + first.tokens + [(7 * i) % 256 for i in range(40)]
+                hashes = block_hashes(second_prompt, 64, cluster.model_config.identity)
+                path = Path(cfg.store_path) / hashes[1][:2] / f"{hashes[1]}.kvb"
+                data = bytearray(path.read_bytes())
+                data[-100] ^= 0xFF  # flip a payload byte: the layer checksum must catch it
+                path.write_bytes(bytes(data))
+                second = await run_request(cluster, "t1", second_prompt)
+            finally:
+                await cluster.shutdown()
+            assert first.tokens == cold[0].tokens
+            assert second.tokens == cold[1].tokens
+            assert second.finish.cached_tokens == 64  # block 0 loaded, block 1 recomputed
+
+    asyncio.run(main())

@@ -67,6 +67,7 @@ class _Request:
     read_node: int | None = None
     read_tokens: int = 0
     first_cached_tokens: int | None = None
+    attempts: int = 0
     finished: bool = False
 
     @property
@@ -309,6 +310,7 @@ class LocalCluster(Backend):
             self.state.read_started(req.read_node, req.read_tokens)
         if req.first_cached_tokens is None:
             req.first_cached_tokens = req.cached_tokens
+        req.attempts += 1
         s = req.request.sampling
         eos = tuple(self._tokenizer.eos_token_ids)
         banned = list(eos) if (s.min_tokens > len(req.generated) and not s.ignore_eos) else []
@@ -357,6 +359,8 @@ class LocalCluster(Backend):
                 self.state.prefill_done(req.pe, len(req.prompt))
                 req.pe = None
             self._release(req)
+            if req.attempts == 1:  # what was really loaded (a bad block shortens the prefix)
+                req.first_cached_tokens = msg.cached_tokens
             self._finish(req, msg.finish_reason, msg.error)
             self._wake.set()
         elif isinstance(msg, proto.PrefillDone):
