@@ -82,7 +82,10 @@ class _Request:
 class LocalCluster(Backend):
     """Scheduler process + engine processes on this machine (see module doc)."""
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, *, record_scheduler_calls: bool = False) -> None:
+        """`record_scheduler_calls` keeps every scheduler call's inputs and the placements
+        actually dispatched (`scheduler_calls`), so tests can replay them (as the simulator's
+        `record_scheduler_inputs` does)."""
         from dualpath.model.loader import load_model
 
         self.config = config
@@ -103,6 +106,8 @@ class LocalCluster(Backend):
         self._procs: EngineProcesses | None = None
         self._scheduler: GlobalScheduler | None = None
         self._counters: dict[int, dict[str, float]] = {}
+        self._record = record_scheduler_calls
+        self.scheduler_calls: list[tuple[list[RequestInfo], Any, list[tuple[Any, ...]]]] = []
 
     # ---- Backend properties --------------------------------------------------------------
 
@@ -287,14 +292,19 @@ class LocalCluster(Backend):
             infos = [RequestInfo(r.rid, len(r.prompt), r.cached_tokens,
                                  decode_reserve_tokens=self._decode_tokens(r) - len(r.prompt))
                      for r in self._waiting]
-            result = self._scheduler.schedule(infos, self.state.view())
+            view = self.state.view()
+            result = self._scheduler.schedule(infos, view)
             placed = set()
+            dispatched: list[tuple[Any, ...]] = []
             for p in result.placements:
                 req = self._requests.get(str(p.request_id))
                 if req is None:
                     continue
                 self._dispatch(req, p)
                 placed.add(req.rid)
+                dispatched.append((req.rid, req.pe, req.de, p.read.side))
+            if self._record:
+                self.scheduler_calls.append((infos, view, dispatched))
             self._waiting = [r for r in self._waiting if r.rid not in placed]
 
     def _dispatch(self, req: _Request, p: Any) -> None:
