@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from dualpath.core.backend import AdmissionLimits, Backend, BackendMetrics
 from dualpath.core.errors import EngineError
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, TokenEvent
 from dualpath.core.systems import system_spec
@@ -44,7 +45,6 @@ from dualpath.scheduler import (
     beta_tokens,
     scheduler_config_for_system,
 )
-from dualpath.server.backend import AdmissionLimits, Backend, BackendMetrics
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from dualpath.core.backend import BackendMetrics
 from dualpath.runtime import protocol as proto
 from dualpath.scheduler import ClusterView, EngineState, NodeState
-from dualpath.server.backend import BackendMetrics
 
 
 @dataclass

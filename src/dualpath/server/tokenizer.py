@@ -8,36 +8,10 @@ built on `decode` (see `detokenizer.py`), so a tokenizer need not provide its ow
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
 
+from dualpath.core.backend import Tokenizer
 
-@runtime_checkable
-class Tokenizer(Protocol):
-    """Text <-> token ids for one model."""
-
-    @property
-    def vocab_size(self) -> int:
-        """Token ids are in [0, vocab_size); the server rejects prompts with ids outside it."""
-        ...
-
-    @property
-    def eos_token_ids(self) -> tuple[int, ...]:
-        """Ids that end generation (unless ignore_eos)."""
-        ...
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of `text` as a prompt continuation (no BOS added)."""
-        ...
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """Text of `token_ids`, special tokens skipped."""
-        ...
-
-    def apply_chat_template(
-        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
-    ) -> str | Sequence[int]:
-        """Render a chat (`{"role", "content"}` dicts) as prompt text or prompt token ids."""
-        ...
+__all__ = ["ByteTokenizer", "Tokenizer"]
 
 
 class ByteTokenizer:
