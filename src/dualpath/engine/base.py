@@ -15,10 +15,13 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
+import numpy as np
 import zmq
 
+from dualpath.core.errors import TransferError
 from dualpath.core.systems import system_spec
 from dualpath.engine.kv_messages import DataSender
 from dualpath.kv.file_store import FileKVStore
@@ -28,6 +31,7 @@ from dualpath.runtime import protocol as proto
 from dualpath.runtime.config import ClusterConfig
 from dualpath.runtime.nics import cnic_spec, snic_spec
 from dualpath.transfer.base import Message
+from dualpath.transfer.buffer_pool import BufferPool
 from dualpath.transfer.nic import EmulatedNic
 from dualpath.transfer.shaped_store import ShapedStore
 from dualpath.transfer.zmq_transport import ZmqTransport
@@ -67,6 +71,8 @@ class EngineBase:
         self._stop = threading.Event()
         self._last_stats_s = 0.0
         self.bytes_read = 0
+        size = config.pe_buffer_bytes if self.role == "prefill" else config.de_buffer_bytes
+        self.buffer = BufferPool(f"{self.role}{engine_id}", size)  # host DRAM buffer
         self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
                                           name=f"engine{engine_id}-data")
 
@@ -139,6 +145,41 @@ class EngineBase:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def read_hit_blocks(self, rid: str, hashes: Sequence[str],
+                        alive: Callable[[], bool]) -> list[np.ndarray]:
+        """Read a request's stored prefix into this engine's buffer (reader threads).
+
+        Reserves buffer room first, waiting while the bounded buffer is full (a prefix larger
+        than the whole buffer is loaded as far as it fits). Stops at the first missing or
+        corrupt block, and on any unexpected error, so the rest is recomputed and the request
+        never waits forever. Reports ReadDone to the scheduler. `alive()` turns False when
+        the request was aborted.
+        """
+        usable = list(hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes])
+        blocks: list[np.ndarray] = []
+        try:
+            while alive():
+                try:
+                    self.buffer.reserve(rid, len(usable) * self.geometry.full_block_bytes)
+                    break
+                except TransferError:
+                    time.sleep(0.01)
+            for block_hash in usable:
+                if not alive():
+                    break
+                block = self.store.get(block_hash)
+                if block is None:
+                    logger.warning("request %s: block %s unreadable; recomputing from there",
+                                   rid, block_hash[:16])
+                    break
+                blocks.append(block)
+        except Exception:
+            logger.exception("request %s: storage read failed; recomputing", rid)
+        self.bytes_read += sum(b.nbytes for b in blocks)
+        self.send_control(proto.ReadDone(self.engine_id, rid, len(hashes) * self.block_size,
+                                         len(blocks) * self.block_size))
+        return blocks
+
     def _receive_loop(self) -> None:
         while not self._stop.is_set():
             msg = self.transport.recv(timeout_s=0.1)
@@ -160,10 +201,9 @@ class EngineBase:
         for prefix, nic in (("snic", self.snic), ("cnic", self.cnic)):
             for key, value in nic.stats().flat().items():
                 counters[f"{prefix}.{key}"] = value
-        store_stats: Any = self.store.stats()
-        for key in ("get_hits", "get_bytes", "corrupt", "put_bytes", "puts"):
-            if hasattr(store_stats, key):
-                counters[f"store.{key}"] = float(getattr(store_stats, key))
+        for key, value in asdict(self.store.stats()).items():
+            counters[f"store.{key}"] = float(value)
+        counters["buffer.used_bytes"] = float(self.buffer.stats().reserved_bytes)
         counters.update(self.extra_counters())
         self.send_control(proto.EngineStats(
             engine_id=self.engine_id, seq=seq, tok=tok,

@@ -16,14 +16,12 @@ from __future__ import annotations
 import functools
 import logging
 import queue
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from dualpath.core.errors import TransferError
 from dualpath.engine.base import EngineBase
 from dualpath.engine.kv_messages import EarlyMessages
 from dualpath.engine.sampler import sample_token
@@ -32,7 +30,6 @@ from dualpath.model.kv_bytes import kv_from_bytes
 from dualpath.model.kv_cache import PagedKVCache
 from dualpath.runtime import protocol as proto
 from dualpath.transfer.base import Message
-from dualpath.transfer.buffer_pool import BufferPool
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +65,10 @@ class DecodeEngine(EngineBase):
         self._tasks: dict[str, DecodeTask] = {}
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._early = EarlyMessages()  # PE data that overtook our AssignDecode
-        self.buffer = BufferPool(f"de{self.engine_id}", self.config.de_buffer_bytes)
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="de-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="de-persist")
         eos = self.tokenizer.eos_token_ids or self.model_config.eos_token_ids
         self.eos_ids = tuple(eos)
-        self.bytes_read = 0
         self.blocks_persisted = 0
 
     def kv_capacity_tokens(self) -> int:
@@ -116,33 +111,11 @@ class DecodeEngine(EngineBase):
     def _read_blocks(self, task: DecodeTask) -> None:
         """DE read path (reader thread): Full Blocks from storage into the DE buffer.
 
-        A failed read ends the loaded prefix there (the PE recomputes the rest); an
-        unexpected error is logged and handled the same way, so the PE never waits forever.
+        However the read ends, the PE is told how much it gets, so it never waits forever.
         """
-        blocks: list[np.ndarray] = []
-        nbytes = len(task.assign.hit_hashes) * self.geometry.full_block_bytes
-        while task.rid in self._tasks:  # bounded DE buffer: wait for earlier reads to drain
-            try:
-                self.buffer.reserve(task.rid, min(nbytes, self.buffer.capacity_bytes))
-                break
-            except TransferError:
-                time.sleep(0.01)
-        limit = self.buffer.capacity_bytes // self.geometry.full_block_bytes
-        try:
-            for block_hash in task.assign.hit_hashes[:limit]:
-                block = self.store.get(block_hash)
-                if block is None:
-                    logger.warning("request %s: block %s unreadable; recomputing from there",
-                                   task.rid, block_hash[:16])
-                    break
-                blocks.append(block)
-        except Exception:
-            logger.exception("request %s: storage read failed; recomputing", task.rid)
-        self.bytes_read += sum(b.nbytes for b in blocks)
+        blocks = self.read_hit_blocks(task.rid, task.assign.hit_hashes,
+                                      lambda: task.rid in self._tasks)
         hit_tokens = len(blocks) * self.block_size
-        self.send_control(proto.ReadDone(self.engine_id, task.rid,
-                                         len(task.assign.hit_hashes) * self.block_size,
-                                         hit_tokens))
         # Tell the PE how much it gets, then stream it layer by layer (the PE consumes layer
         # i just before running layer i; the CNICs pace the bytes).
         dest = task.assign.prefill_address
@@ -291,7 +264,6 @@ class DecodeEngine(EngineBase):
 
     def extra_counters(self) -> dict[str, float]:
         return {"bytes_read_de_path": float(self.bytes_read),
-                "buffer.used_bytes": float(self.buffer.stats().reserved_bytes),
                 "blocks_persisted": float(self.blocks_persisted),
                 "kv_free_tokens": float(self.kv_capacity_tokens())}
 

@@ -30,7 +30,6 @@ from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
 from dualpath.runtime import protocol as proto
 from dualpath.scheduler import FlopsAttentionPredictor, PrefillWork, form_prefill_batch
 from dualpath.transfer.base import Message
-from dualpath.transfer.buffer_pool import BufferPool
 from dualpath.transfer.nic import Direction, TrafficClass
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,6 @@ class PrefillEngine(EngineBase):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.buffer = BufferPool(f"pe{self.engine_id}", self.config.pe_buffer_bytes)
         self._tasks: dict[str, PrefillTask] = {}  # FIFO by insertion
         self._cond = threading.Condition()
         # Data can overtake control: the DE may answer before our AssignPrefill is read.
@@ -97,44 +95,13 @@ class PrefillEngine(EngineBase):
             self.buffer.release(msg.request_id)
 
     def _read_blocks(self, task: PrefillTask) -> None:
-        """PE read path: Full Blocks from storage into the PE buffer (reader thread).
-
-        Whatever goes wrong here (a failed read, an unexpected error) ends the loaded prefix
-        early; the request is never left waiting: the rest of its prompt is recomputed.
-        """
-        try:
-            self._read_into_buffer(task)
-        except Exception:
-            logger.exception("request %s: storage read failed; recomputing", task.rid)
+        """PE read path: Full Blocks from storage into the PE buffer (reader thread)."""
+        task.blocks = self.read_hit_blocks(task.rid, task.assign.hit_hashes,
+                                           lambda: not task.aborted)
         task.hit_tokens = len(task.blocks) * self.block_size
-        self.bytes_read += sum(b.nbytes for b in task.blocks)
-        self.send_control(proto.ReadDone(self.engine_id, task.rid,
-                                         len(task.assign.hit_hashes) * self.block_size,
-                                         task.hit_tokens))
         with self._cond:
             task.state = "ready"
             self._cond.notify_all()
-
-    def _read_into_buffer(self, task: PrefillTask) -> None:
-        hashes = task.assign.hit_hashes
-        # A prefix larger than the whole buffer is loaded as far as it fits, rest recomputed.
-        hashes = hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes]
-        nbytes = len(hashes) * self.geometry.full_block_bytes
-        while not task.aborted:  # bounded buffer: wait for earlier requests to drain
-            try:
-                self.buffer.reserve(task.rid, nbytes)
-                break
-            except TransferError:
-                time.sleep(0.01)
-        for block_hash in hashes:
-            if task.aborted:
-                return
-            block = self.store.get(block_hash)
-            if block is None:  # missing or corrupt: the rest is recomputed
-                logger.warning("request %s: block %s unreadable; recomputing from there",
-                               task.rid, block_hash[:16])
-                return
-            task.blocks.append(block)
 
     # ---- data plane (receiver thread) ----------------------------------------------------
 
@@ -311,8 +278,7 @@ class PrefillEngine(EngineBase):
         return self._tokens_per_s
 
     def extra_counters(self) -> dict[str, float]:
-        return {"buffer.used_bytes": float(self.buffer.stats().reserved_bytes),
-                "bytes_read_pe_path": float(self.bytes_read)}
+        return {"bytes_read_pe_path": float(self.bytes_read)}
 
     def shutdown(self) -> None:
         with self._cond:

@@ -365,10 +365,7 @@ class LocalCluster(Backend):
             req = self._requests.get(msg.request_id)
             if req is None or req.de != msg.engine_id:
                 return
-            if req.pe is not None:  # prefill failed before PrefillDone
-                self.state.prefill_done(req.pe, len(req.prompt))
-                req.pe = None
-            self._release(req)
+            self._release(req)  # also the PE's share if its PrefillDone has not come yet
             if req.attempts == 1:  # what was really loaded (a bad block shortens the prefix)
                 req.first_cached_tokens = msg.cached_tokens
             self._finish(req, msg.finish_reason, msg.error)
