@@ -30,6 +30,10 @@ class SimConfig:
     are whole blocks). timeline_bin_s: NIC utilization sampling (None: off).
     log_decisions: keep every placement; record_scheduler_inputs: keep every call's (waiting
     queue, ClusterView), so the decisions can be replayed through another scheduler.
+    alpha_tokens / beta_tokens / de_kv_capacity_tokens: optional overrides (None: derived
+    from the hardware and model cost, the default) of α, β and the KV room of each decode
+    engine in tokens, so a run can be set up exactly like a measured runtime cluster (the
+    runtime-vs-simulator agreement test uses them).
     """
 
     model: str = "ds-660b"
@@ -48,6 +52,9 @@ class SimConfig:
     log_decisions: bool = False
     record_scheduler_inputs: bool = False
     max_sim_s: float = float("inf")
+    alpha_tokens: int | None = None
+    beta_tokens: int | None = None
+    de_kv_capacity_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEM_NAMES:
@@ -62,3 +69,7 @@ class SimConfig:
             raise UserInputError("need at least one prefill and one decode node")
         if self.sched_interval_s < 0 or self.read_slots_per_node < 1 or self.block_tokens < 1:
             raise UserInputError("sched_interval_s >= 0, read_slots_per_node >= 1, block_tokens >= 1")
+        for name in ("alpha_tokens", "beta_tokens", "de_kv_capacity_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserInputError(f"{name} must be >= 1 (or None to derive it), got {value}")

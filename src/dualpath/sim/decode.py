@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from dualpath.sim.state import Engine, SimRequest
+from dualpath.sim.state import Engine, SimRequest, computed_kv_tokens, decode_kv_tokens
 
 
 class DecodeMixin:
@@ -87,14 +87,14 @@ class DecodeMixin:
         req.end_s = now
         self.finished.append(req)
         de = req.de
-        kv = req.prompt + req.gen  # RequestInfo.decode_kv_tokens (reserve = gen)
+        block = self.cfg.block_tokens
+        kv = decode_kv_tokens(req.prompt, req.gen, block)  # RequestInfo.decode_kv_tokens
         de.seq -= 1
         de.tok -= kv
         de.free_kv_tokens += kv
         events: list[Any] = []
-        block = self.cfg.block_tokens
         total = req.prompt + req.gen
-        new_blocks = total // block - req.cached // block
+        new_blocks = computed_kv_tokens(req.prompt, req.gen) // block - req.cached // block
         if new_blocks > 0 and not self.free_io:
             # Persisting goes out of the SNIC's send direction, which nothing else uses: it is
             # counted, not simulated as a flow.

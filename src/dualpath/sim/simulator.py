@@ -31,7 +31,7 @@ from dualpath.sim.hardware import HardwareSpec, load_hardware
 from dualpath.sim.link import HI, LO, Link
 from dualpath.sim.model_cost import model_cost
 from dualpath.sim.prefill import PrefillMixin
-from dualpath.sim.state import Engine, Node, SimRequest
+from dualpath.sim.state import Engine, Node, SimRequest, computed_kv_tokens, decode_kv_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,9 @@ class Simulator(PrefillMixin, DecodeMixin):
         self.engines: list[Engine] = []
         pe_kv = self.cost.kv_hbm_bytes(self.cost.pe_weight_bytes)
         de_kv = self.cost.kv_hbm_bytes(self.cost.de_weight_bytes)
+        de_kv_tokens = int(de_kv // self.kvb)
+        if cfg.de_kv_capacity_tokens is not None:
+            de_kv_tokens = cfg.de_kv_capacity_tokens
         for n in range(p_nodes + d_nodes):
             role = "prefill" if n < p_nodes else "decode"
             snic = Link(f"snic{n}", snic_bw, on_complete=self._on_read_done, bin_s=bin_s)
@@ -100,8 +103,12 @@ class Simulator(PrefillMixin, DecodeMixin):
                           on_complete=self._on_cnic_done, bin_s=bin_s)
                 tx = Link(f"cnic{eid}-tx", cnic_bw, hi_weight=hw.cnic_hi_weight,
                           on_complete=self._on_cnic_done, bin_s=bin_s)
-                kv_bytes = pe_kv if role == "prefill" else de_kv
-                eng = Engine(eid, node, role, rx, tx, kv_bytes, int(kv_bytes // self.kvb))
+                # free_kv_tokens is the scheduler's decode-side KV room; a prefill engine keeps
+                # no KV between requests and reports 0, as the runtime's prefill engines do.
+                if role == "prefill":
+                    eng = Engine(eid, node, role, rx, tx, pe_kv, 0)
+                else:
+                    eng = Engine(eid, node, role, rx, tx, de_kv, de_kv_tokens)
                 node.engines.append(eng)
                 self.engines.append(eng)
         self.node_states_static = [(n.nid, n.role) for n in self.nodes]
@@ -109,9 +116,14 @@ class Simulator(PrefillMixin, DecodeMixin):
     def _build_scheduler(self) -> None:
         # α: a node's storage read rate for 3 s; β: prompt tokens one PE prefills in 5 s at
         # the workload's mean turn shape (a profile, as the paper's β is).
+        # SimConfig.alpha_tokens / beta_tokens override both (to mirror a measured cluster).
         ctx, new = self._mean_turn_shape()
-        alpha = alpha_tokens(self.nodes[0].snic.capacity_bytes_s, self.kvb)
-        beta = beta_tokens(self.cost.prefill_tokens_per_s(ctx, new))
+        alpha = self.cfg.alpha_tokens
+        if alpha is None:
+            alpha = alpha_tokens(self.nodes[0].snic.capacity_bytes_s, self.kvb)
+        beta = self.cfg.beta_tokens
+        if beta is None:
+            beta = beta_tokens(self.cost.prefill_tokens_per_s(ctx, new))
         self.alpha, self.beta = alpha, beta
         sc = scheduler_config_for_system(self.spec, alpha_tokens=alpha, beta_tokens=beta,
                                          read_path=self.cfg.read_path, split_reads=self.cfg.split_reads)
@@ -138,13 +150,21 @@ class Simulator(PrefillMixin, DecodeMixin):
         return self.finished
 
     def _new_turn(self, agent: int, turn: int, done_tokens: int) -> SimRequest:
+        """done_tokens: the agent's context so far (earlier prompts and answers). Its stored
+        prefix is the whole blocks of the KV the last turn computed (`computed_kv_tokens`),
+        capped, as the runtime's lookup is, so at least one prompt token is computed."""
         app, gen = self.turns[agent][turn]
         prompt = done_tokens + app
         block = self.cfg.block_tokens
-        cached = (done_tokens // block) * block
+        stored = 0
+        if turn > 0:
+            prev_gen = self.turns[agent][turn - 1][1]
+            stored = computed_kv_tokens(done_tokens - prev_gen, prev_gen)
+        cached = min(stored // block, (prompt - 1) // block) * block
         self._rid += 1
         req = SimRequest(self._rid, agent, turn, prompt, cached, gen)
-        req.info = RequestInfo(self._rid, prompt, cached, 0.0, gen)
+        reserve = decode_kv_tokens(prompt, gen, block) - prompt
+        req.info = RequestInfo(self._rid, prompt, cached, 0.0, reserve)
         return req
 
     def _on_arrive(self, now: float, req: SimRequest) -> Any:

@@ -13,6 +13,19 @@ from typing import Any
 from dualpath.sim.link import Link
 
 
+def decode_kv_tokens(prompt: int, gen: int, block: int) -> int:
+    """KV room a turn takes on its decode engine: prompt + max(1, gen) tokens rounded up to
+    whole blocks, as the runtime reserves it (its decode engines allocate whole blocks)."""
+    need = prompt + max(1, gen)
+    return -(-need // block) * block
+
+
+def computed_kv_tokens(prompt: int, gen: int) -> int:
+    """KV that exists when a turn ends: the prompt and every answer token but the last (the
+    last sampled token is never fed back through the model). Its whole blocks are persisted."""
+    return prompt + max(1, gen) - 1
+
+
 class SimRequest:
     """One turn of one agent, from arrival to its last generated token."""
 
