@@ -39,14 +39,14 @@ ENGINES_PER_NODE = 1
 # Decode KV pool per engine: 96 blocks of the tiny model (16 tokens x 768 B/token).
 DECODE_KV_BYTES = 96 * BLOCK * 768
 # (append_tokens, answer_tokens) per turn, per agent. Chosen to hit the block edges: agent 0's
-# first turn ends exactly on a block (48 = 3 x 16), agent 1 answers with one token, agent 3
-# appends whole blocks, agent 4's second turn ends on a block again (64 + 6 + 10 + 8 = 96).
+# first turn and agent 4's second end exactly on a block (40 + 8 = 48; 64 + 6 + 10 + 16 = 96),
+# agent 1 answers with one token, agent 3 appends whole blocks.
 WORKLOAD: list[list[tuple[int, int]]] = [
     [(40, 8), (30, 9), (17, 4)],
     [(23, 1), (50, 16), (9, 7)],
     [(70, 5), (16, 11), (33, 2)],
     [(32, 9), (48, 3), (64, 6)],
-    [(64, 6), (10, 8), (28, 10)],
+    [(64, 6), (10, 16), (28, 10)],
 ]
 TURNS = len(WORKLOAD[0])
 
