@@ -15,7 +15,7 @@ Decode engines put every request in the batch and need none of this.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dualpath.core.errors import SchedulingError
@@ -76,13 +76,15 @@ class BatchPlan:
 
 
 def form_prefill_batch(
-    queue: Sequence[PrefillWork],
+    queue: Iterable[PrefillWork],
     quota_s: float,
     predictor: AttentionTimePredictor,
     *,
     align_tokens: int = 1,
 ) -> BatchPlan:
     """Pack the head of `queue` (FIFO) into one batch within `quota_s` (see module doc).
+
+    `queue` is iterated once and only as far as the batch reaches (it may be lazy).
 
     align_tokens: a partial chunk is a multiple of this (e.g. the KV block size, so chunks
     end on block boundaries); a request's final chunk takes whatever remains.

@@ -9,6 +9,7 @@ HBM first (the batch is also bounded by the HBM left for KV), then computed, the
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 from dualpath.sim.batching import form_batch
@@ -28,12 +29,8 @@ class PrefillMixin:
         if pe.busy or not pe.ready:
             return None
         ready = pe.ready
-        queue: list[tuple[int, int, int]] = []
-        for i, req in enumerate(ready):
-            if i >= BATCH_LOOKAHEAD:
-                break
-            ctx = req.cached + req.done_new
-            queue.append((ctx, req.prompt - req.cached - req.done_new, ctx))
+        queue = ((r.cached + r.done_new, r.prompt - r.cached - r.done_new, r.cached + r.done_new)
+                 for r in islice(ready, BATCH_LOOKAHEAD))
         if self.layerwise or self.free_io:
             kv_limit = pe.kv_hbm_bytes * self.model.num_layers / self.kvb
         else:
