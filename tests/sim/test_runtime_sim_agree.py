@@ -234,13 +234,6 @@ def test_same_view_and_decisions_on_the_idle_cluster(waves: Waves) -> None:
     assert len({de for _, _, de, _ in waves.decided_rt[0]}) == PD[1] * ENGINES_PER_NODE
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runtime divergences (src/dualpath/runtime, reported to the lead): "
-    "(1) LocalCluster._release frees _decode_tokens(req) recomputed from the tokens still to "
-    "generate, less than _dispatch reserved once the answer crossed a block, so the DE's "
-    "tok/kv_used leak a block per such turn (later waves see a busy DE and place differently); "
-    "(2) ClusterState.view() lists engines in Hello order, not by id. Remove this mark once "
-    "both are fixed (then it passes)."))
 def test_same_view_and_decisions_every_wave(waves: Waves) -> None:
     """Every wave: the same view (content and engine order) and the same placements. Between
     waves both clusters are idle again, so their views must agree exactly."""

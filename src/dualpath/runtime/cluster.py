@@ -66,6 +66,7 @@ class _Request:
     de: int | None = None
     read_node: int | None = None
     read_tokens: int = 0
+    de_kv_tokens: int = 0  # what _dispatch reserved on the DE; _release frees exactly that
     first_cached_tokens: int | None = None
     attempts: int = 0
     finished: bool = False
@@ -260,7 +261,7 @@ class LocalCluster(Backend):
         if req.pe is not None:
             self.state.prefill_done(req.pe, len(req.prompt))
         if req.de is not None:
-            self.state.decode_done(req.de, self._decode_tokens(req))
+            self.state.decode_done(req.de, req.de_kv_tokens)
         if req.read_node is not None:
             self.state.read_done(req.read_node, req.read_tokens)
         req.pe = req.de = req.read_node = None
@@ -313,7 +314,8 @@ class LocalCluster(Backend):
             side = "pe" if p.read.pe_tokens >= p.read.de_tokens else "de"
         req.pe, req.de = p.pe_engine, p.de_engine
         self.state.assign_prefill(req.pe, len(req.prompt))
-        self.state.assign_decode(req.de, self._decode_tokens(req))
+        req.de_kv_tokens = self._decode_tokens(req)
+        self.state.assign_decode(req.de, req.de_kv_tokens)
         if req.cached_tokens:
             req.read_node = p.pe_node if side == "pe" else p.de_node
             req.read_tokens = req.cached_tokens

@@ -93,7 +93,7 @@ class ClusterState:
         engines = [
             EngineState(e.engine_id, e.node_id, e.role, seq=e.seq, tok=e.tok,  # type: ignore[arg-type]
                         free_kv_tokens=max(0, e.kv_capacity_tokens - e.kv_used_tokens))
-            for e in self.engines.values() if e.alive
+            for e in sorted(self.engines.values(), key=lambda e: e.engine_id) if e.alive
         ]
         live_nodes = {e.node_id: e.role for e in self.engines.values() if e.alive}
         nodes = [NodeState(n, role, read_queue_tokens=self.read_queue.get(n, 0))  # type: ignore[arg-type]
