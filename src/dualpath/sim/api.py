@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,15 +46,33 @@ def agents_from_workload(workload: Any) -> tuple[list[AgentTurns], list[int]]:
 def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int] | None = None,
              hardware: HardwareSpec | None = None) -> SimRun:
     """Run one configuration on the given agents; deterministic for a given input."""
-    t0 = time.perf_counter()
-    sim = Simulator(config, agents, hardware)
-    sim.run()
-    wall = time.perf_counter() - t0
-    breakdown = ttft_breakdown(sim.finished)
-    records = turn_records(sim, agent_ids, release=True)
-    report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents),
-                        breakdown=breakdown)
+    with no_cyclic_gc():
+        t0 = time.perf_counter()
+        sim = Simulator(config, agents, hardware)
+        sim.run()
+        wall = time.perf_counter() - t0
+        breakdown = ttft_breakdown(sim.finished)
+        records = turn_records(sim, agent_ids, release=True)
+        report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents),
+                            breakdown=breakdown)
     return SimRun(config, records, report)
+
+
+@contextmanager
+def no_cyclic_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector (reference counting still frees everything).
+
+    A run allocates millions of long-lived objects (turns, records) that form no garbage
+    cycles; the collector's repeated full passes over them took about half of the CPU time
+    at 48P96D (measured: 145 s -> 76 s for the first 300 simulated seconds).
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def config_from_args(args: argparse.Namespace, mode: str) -> SimConfig:
