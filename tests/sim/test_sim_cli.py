@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pytest
+
 from dualpath.cli.main import main
 from dualpath.sim.api import run_workload
 from dualpath.workload.generator import generate
@@ -65,10 +67,18 @@ def test_sweep_over_snic_bandwidth(tmp_path: Path) -> None:
 
 def test_sim_validate_fields(tmp_path: Path) -> None:
     out = tmp_path / "v.json"
-    rc = main(["bench", "sim-validate", "--agents", "8", "--max-len", "32k", "--processes", "1",
-               "--json", str(out)])
+    rc = main(["bench", "sim-validate", "--agents", "4,8", "--max-len", "32k", "--processes", "1",
+               "--json", str(out), "--plot", str(tmp_path / "plots")])
     assert rc == 0
     obj = json.loads(out.read_text())
+    per = obj["per_agent_count"]
+    # Ratios at the largest count, the ladder averaged over the counts (as the paper does).
+    assert obj["basic_over_dualpath_jct"] == per["8"]["basic_over_dualpath_jct"]
+    for rung, v in obj["ablation_jct_reduction"].items():
+        assert v == pytest.approx((per["4"]["ablation_jct_reduction"][rung]
+                                   + per["8"]["ablation_jct_reduction"][rung]) / 2)
+    for name in ("ladder_vs_paper.png", "jct_per_system_4.png", "jct_per_system_8.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 0
     assert obj["cache_compute_gb_per_pflop"]["ds-660b"]["within_15pct"] is True
     assert obj["cache_compute_gb_per_pflop"]["qwen-32b"]["within_15pct"] is True
     assert set(obj["ablation_jct_reduction"]) == {"layerwise", "dualpath-rr", "dualpath"}

@@ -15,6 +15,7 @@ import argparse
 import os
 import time
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 from dualpath.bench.report import format_table, machine_info
@@ -37,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-split", action="store_true",
                         help="skip the beyond-the-paper run of dualpath with split reads")
     parser.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--plot", type=Path, default=None, metavar="DIR",
+                        help="write ladder_vs_paper.png and jct_per_system_<agents>.png into DIR")
 
 
 def ratios() -> dict[str, Any]:
@@ -128,4 +131,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         *[[f"ablation {s}", v, PAPER_LADDER[s]]
           for s, v in result["ablation_jct_reduction"].items()],
     ]))
+    if args.plot is not None:
+        result["plots"] = _plots(args.plot, result, runs, counts)
     return result
+
+
+def _plots(folder: Path, result: dict[str, Any], runs: list[dict[str, Any]], counts: list[int]) -> list[str]:
+    from dualpath.sim.plots import plot_jct_bars, plot_ladder_vs_paper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [plot_ladder_vs_paper(result["ablation_jct_reduction"], PAPER_LADDER, folder / "ladder_vs_paper.png")]
+    for n in counts:
+        reports = [{"system": r["system"], "jct_s": r["jct_s"], "model": "ds-660b",
+                    "pd": result["setting"]["pd"], "num_agents": n} for r in runs if r["agents"] == n]
+        paths.append(plot_jct_bars(reports, folder / f"jct_per_system_{n}.png"))
+    return [str(p) for p in paths]

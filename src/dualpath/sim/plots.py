@@ -96,3 +96,30 @@ def plot_sweep(points: Sequence[dict[str, Any]], key: str, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_ladder_vs_paper(simulated: dict[str, float], paper: dict[str, float], path: Path,
+                         tolerance_points: float = 5.0) -> Path:
+    """The ablation ladder (JCT change vs basic, %) next to the paper's, with its ± band."""
+    plt = _plt()
+    rungs = list(paper)
+    xs = range(len(rungs))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sim = [simulated.get(r, float("nan")) * 100 for r in rungs]
+    pap = [paper[r] * 100 for r in rungs]
+    ax.bar([x - 0.2 for x in xs], sim, width=0.4, label="simulated", color="#4477aa")
+    ax.bar([x + 0.2 for x in xs], pap, width=0.4, label="paper", color="#cc6677")
+    ax.errorbar([x + 0.2 for x in xs], pap, yerr=tolerance_points, fmt="none", ecolor="black",
+                capsize=4, label=f"paper ± {tolerance_points:g} points")
+    for x, v in zip(xs, sim, strict=True):
+        ax.annotate(f"{v:+.1f}%", (x - 0.2, v), ha="center", va="top", fontsize=8)
+    ax.set_xticks(list(xs), rungs)
+    ax.set_ylabel("JCT vs basic (%)")
+    ax.set_title("ablation ladder: simulated vs paper")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.legend(loc="lower left")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
