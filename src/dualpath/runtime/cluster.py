@@ -76,6 +76,13 @@ class _Request:
         return self.request.request_id
 
     @property
+    def wire_id(self) -> str:
+        """The id the engines know this attempt by. Each attempt gets its own, so messages of
+        an aborted attempt can never be taken for the next one's, and an engine that saw the
+        abort (and drops that id's stragglers for good) can serve the retry."""
+        return f"{self.request.request_id}#{self.attempts}"
+
+    @property
     def remaining_tokens(self) -> int:
         return self.request.sampling.max_tokens - len(self.generated)
 
@@ -194,7 +201,9 @@ class LocalCluster(Backend):
                 await task
         self._tasks = []
         for req in list(self._requests.values()):
+            self._release(req)
             self._finish(req, "abort", error="server shutting down")
+        self._waiting = []
         if self._procs is not None:
             for engine_id in list(self.state.engines):
                 with contextlib.suppress(zmq.ZMQError):
@@ -219,6 +228,13 @@ class LocalCluster(Backend):
         prompt = list(request.prompt_token_ids)
         hashes, cached = self._lookup(prompt)
         req = _Request(request, prompt, hashes, cached)
+        room = max((e.kv_capacity_tokens for e in self.state.engines.values()
+                    if e.alive and e.role == "decode"), default=0)
+        if self._decode_tokens(req) > room:  # the scheduler would wait for room forever
+            yield FinishEvent(req.rid, "error", len(prompt), 0, 0, error=(
+                f"prompt + max_tokens needs {self._decode_tokens(req)} tokens of KV; the "
+                f"largest decode engine holds {room}"))
+            return
         self._requests[req.rid] = req
         self._waiting.append(req)
         self._wake.set()
@@ -229,8 +245,9 @@ class LocalCluster(Backend):
                 if isinstance(event, FinishEvent):
                     return
         finally:
-            if not req.finished:
+            if not req.finished:  # the client went away
                 self._cancel(req)
+                self._finish(req, "abort")
 
     async def abort(self, request_id: str) -> None:
         req = self._requests.get(request_id)
@@ -252,7 +269,7 @@ class LocalCluster(Backend):
         """Tell the engines to drop the request and return its resources to the view."""
         for engine_id in (req.pe, req.de):
             if engine_id is not None and self.state.alive(engine_id):
-                self._send(engine_id, proto.Abort(req.rid))
+                self._send(engine_id, proto.Abort(req.wire_id))
         self._release(req)
         if req in self._waiting:
             self._waiting.remove(req)
@@ -330,7 +347,7 @@ class LocalCluster(Backend):
         de_addr = self.state.engines[req.de].data_address
         req.attempt_generated = len(req.generated)
         self._send(req.de, proto.AssignDecode(
-            request_id=req.rid, prompt_token_ids=req.prompt, hit_hashes=req.hashes,
+            request_id=req.wire_id, prompt_token_ids=req.prompt, hit_hashes=req.hashes,
             read_path=side, prefill_engine=req.pe, prefill_address=pe_addr,
             max_tokens=req.remaining_tokens,
             min_tokens=max(0, s.min_tokens - len(req.generated)), temperature=s.temperature,
@@ -338,7 +355,7 @@ class LocalCluster(Backend):
             stop_token_ids=list(s.stop_token_ids),
         ))
         self._send(req.pe, proto.AssignPrefill(
-            request_id=req.rid, prompt_token_ids=req.prompt, hit_hashes=req.hashes,
+            request_id=req.wire_id, prompt_token_ids=req.prompt, hit_hashes=req.hashes,
             read_path=side, decode_engine=req.de, decode_address=de_addr,
             layerwise=self.spec.layerwise, temperature=s.temperature, top_p=s.top_p,
             seed=s.seed, banned_first_token_ids=banned,
@@ -357,29 +374,39 @@ class LocalCluster(Backend):
             except Exception:
                 logger.exception("bad control message")
 
+    def _attempt(self, wire_id: str) -> _Request | None:
+        """The request whose *current* attempt is `wire_id` (None for stale attempts)."""
+        rid, sep, _ = wire_id.rpartition("#")
+        req = self._requests.get(rid) if sep else None
+        return req if req is not None and req.wire_id == wire_id else None
+
     def _on_message(self, msg: proto.ControlMessage) -> None:
         if isinstance(msg, proto.Tokens):
-            req = self._requests.get(msg.request_id)
+            req = self._attempt(msg.request_id)
             if req is not None and req.de == msg.engine_id:
                 req.generated.extend(msg.token_ids)
                 req.events.put_nowait(TokenEvent(req.rid, tuple(msg.token_ids)))
         elif isinstance(msg, proto.Finished):
-            req = self._requests.get(msg.request_id)
+            req = self._attempt(msg.request_id)
             if req is None or req.de != msg.engine_id:
                 return
+            if req.pe is not None and self.state.alive(req.pe):
+                # The DE gave up before the prefill ended (e.g. it refused the request): the PE
+                # would otherwise keep the task, maybe waiting forever for the DE's hit KV.
+                self._send(req.pe, proto.Abort(req.wire_id))
             self._release(req)  # also the PE's share if its PrefillDone has not come yet
             if req.attempts == 1:  # what was really loaded (a bad block shortens the prefix)
                 req.first_cached_tokens = msg.cached_tokens
             self._finish(req, msg.finish_reason, msg.error)
             self._wake.set()
         elif isinstance(msg, proto.PrefillDone):
-            req = self._requests.get(msg.request_id)
+            req = self._attempt(msg.request_id)
             if req is not None and req.pe == msg.engine_id:
                 self.state.prefill_done(req.pe, len(req.prompt))
                 req.pe = None
                 self._wake.set()
         elif isinstance(msg, proto.ReadDone):
-            req = self._requests.get(msg.request_id)
+            req = self._attempt(msg.request_id)
             if req is not None and req.read_node is not None:
                 self.state.read_done(req.read_node, req.read_tokens)
                 req.read_node = None
@@ -402,6 +429,7 @@ class LocalCluster(Backend):
                      engine_id, _tail(log, 15))
         self.state.mark_dead(engine_id)
         affected = [r for r in self._requests.values() if engine_id in (r.pe, r.de)]
+        requeued = []
         for req in affected:
             self._cancel(req)
             if req.remaining_tokens <= 0:
@@ -410,7 +438,8 @@ class LocalCluster(Backend):
             # Resume: the streamed tokens become part of the prompt of the next attempt.
             req.prompt = [*req.request.prompt_token_ids, *req.generated]
             req.hashes, req.cached_tokens = self._lookup(req.prompt)
-            self._waiting.insert(0, req)
+            requeued.append(req)
+        self._waiting[:0] = requeued  # ahead of newer requests, in their arrival order
         if not self.state.has_role("prefill") or not self.state.has_role("decode"):
             for req in list(self._requests.values()):
                 self._cancel(req)
