@@ -204,6 +204,7 @@ class EngineBase:
         for key, value in asdict(self.store.stats()).items():
             counters[f"store.{key}"] = float(value)
         counters["buffer.used_bytes"] = float(self.buffer.stats().reserved_bytes)
+        counters["load.seq"], counters["load.tok"] = float(seq), float(tok)
         counters.update(self.extra_counters())
         self.send_control(proto.EngineStats(
             engine_id=self.engine_id, seq=seq, tok=tok,

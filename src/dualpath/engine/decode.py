@@ -96,6 +96,7 @@ class DecodeEngine(EngineBase):
     def _assign(self, a: proto.AssignDecode) -> None:
         need = len(a.prompt_token_ids) + a.max_tokens
         if not self.cache.can_allocate(need):
+            self._early.forget(a.request_id)  # the PE's KV for it must not be parked forever
             self.send_control(proto.Finished(self.engine_id, a.request_id, "error",
                                              len(a.prompt_token_ids), 0, 0,
                                              error="decode engine out of KV memory"))
@@ -265,7 +266,8 @@ class DecodeEngine(EngineBase):
     def extra_counters(self) -> dict[str, float]:
         return {"bytes_read_de_path": float(self.bytes_read),
                 "blocks_persisted": float(self.blocks_persisted),
-                "kv_free_tokens": float(self.kv_capacity_tokens())}
+                "kv_free_tokens": float(self.kv_capacity_tokens()),
+                "early.parked": float(self._early.parked)}
 
     def shutdown(self) -> None:
         self._readers.shutdown(wait=False, cancel_futures=True)

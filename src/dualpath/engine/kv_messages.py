@@ -42,7 +42,7 @@ class _Outgoing:
 class DataSender:
     """Sends data-plane messages from one background thread, in submission order."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, remember: int = 4096) -> None:
         self._transport = transport
         self._queue: queue.Queue[_Outgoing | None] = queue.Queue()
         self._pending = 0
@@ -50,7 +50,8 @@ class DataSender:
         # A peer that failed once is presumed dead (engines never reuse an address): later
         # sends to it fail at once instead of each waiting out the send timeout.
         self._dead: dict[str, TransferError] = {}
-        self._dropped: set[str] = set()
+        self._dropped: dict[str, None] = {}  # bounded: the oldest ids are forgotten
+        self._remember = remember
         self._thread = threading.Thread(target=self._loop, daemon=True, name="data-sender")
         self._thread.start()
 
@@ -64,7 +65,9 @@ class DataSender:
 
     def drop(self, rid: str) -> None:
         """Skip every queued message of request `rid` (it was aborted)."""
-        self._dropped.add(rid)
+        self._dropped[rid] = None
+        if len(self._dropped) > self._remember:
+            self._dropped.pop(next(iter(self._dropped)), None)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Block until everything submitted so far has been sent (or failed)."""
@@ -115,6 +118,11 @@ class EarlyMessages:
     def keep(self, rid: str, msg: Any) -> None:
         if rid not in self._gone:
             self._parked.setdefault(rid, []).append(msg)
+
+    @property
+    def parked(self) -> int:
+        """Messages waiting for their request's assignment."""
+        return sum(len(v) for v in self._parked.values())
 
     def take(self, rid: str) -> list[Any]:
         return self._parked.pop(rid, [])

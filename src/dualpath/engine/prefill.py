@@ -98,6 +98,8 @@ class PrefillEngine(EngineBase):
         """PE read path: Full Blocks from storage into the PE buffer (reader thread)."""
         task.blocks = self.read_hit_blocks(task.rid, task.assign.hit_hashes,
                                            lambda: not task.aborted)
+        if task.aborted:  # the abort may have released the buffer before we reserved it
+            self.buffer.release(task.rid)
         task.hit_tokens = len(task.blocks) * self.block_size
         with self._cond:
             task.state = "ready"
@@ -278,7 +280,9 @@ class PrefillEngine(EngineBase):
         return self._tokens_per_s
 
     def extra_counters(self) -> dict[str, float]:
-        return {"bytes_read_pe_path": float(self.bytes_read)}
+        with self._cond:
+            parked = self._early.parked
+        return {"bytes_read_pe_path": float(self.bytes_read), "early.parked": float(parked)}
 
     def shutdown(self) -> None:
         with self._cond:

@@ -1,0 +1,96 @@
+"""A real local cluster goes back to idle after a mixed workload: one-token answers, answers
+ending on a block edge, client disconnects and aborts mid-stream, and a decode engine killed
+while it reads a request's prefix (DE read path). Afterwards the scheduler's books (seq_e,
+tok_e, KV, read queues) and the engines' own (tasks, buffers, parked messages, KV blocks)
+must all be back to zero."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from cluster_helpers import run_request
+
+from dualpath.core.requests import GenerateRequest, SamplingParams, TokenEvent
+from dualpath.runtime.cluster import LocalCluster
+from dualpath.runtime.config import ClusterConfig
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def _stream_then_leave(cluster: LocalCluster, rid: str, prompt: list[int],
+                             how: str) -> int:
+    """Read two tokens, then close the stream (`how="disconnect"`) or abort the request."""
+    params = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
+    stream = cluster.generate(GenerateRequest(rid, tuple(prompt), params))
+    got = 0
+    async for event in stream:
+        if isinstance(event, TokenEvent):
+            got += len(event.token_ids)
+        if got >= 2:
+            if how == "abort":
+                await cluster.abort(rid)
+                continue  # drain: the abort's FinishEvent ends the stream
+            break
+    await stream.aclose()  # type: ignore[attr-defined]
+    return got
+
+
+def test_cluster_is_idle_after_aborts_one_token_answers_and_a_killed_engine(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        config = ClusterConfig(
+            model="tiny", store_path=str(tmp_path / "store"), decode_kv_bytes=32 << 20,
+            pe_buffer_bytes=32 << 20, de_buffer_bytes=32 << 20, engine_start_timeout_s=120,
+            prefill_nodes=1, decode_nodes=2, read_path="de",
+            # Slow storage (a 64-token block of the tiny model is 48 KiB): the DE is still
+            # reading the victim's prefix when it is killed.
+            snic_bytes_s=100e3,
+        )
+        cluster = LocalCluster(config)
+        await cluster.start()
+        try:
+            capacity = {e.engine_id: e.kv_capacity_tokens for e in cluster.state.engines.values()}
+            warm_prompt = [(11 * i + 5) % 256 for i in range(150)]
+            warm = await run_request(cluster, "warm", warm_prompt)
+            await asyncio.sleep(2.0)  # the DE persists blocks 0 and 1 through the slow SNIC
+            victim_prompt = warm_prompt + warm.tokens + [(7 * i) % 256 for i in range(40)]
+            victim = asyncio.create_task(run_request(cluster, "victim", victim_prompt))
+            while (req := cluster._requests.get("victim")) is None or req.de is None:
+                await asyncio.sleep(0.005)
+            assert req.cached_tokens == 128 and req.read_node == cluster.state.engines[
+                req.de].node_id
+            killed = req.de
+            cluster.kill_engine(killed)
+            others = await asyncio.wait_for(asyncio.gather(
+                run_request(cluster, "one", [(3 * i) % 256 for i in range(70)], max_tokens=1),
+                run_request(cluster, "edge", [(5 * i) % 256 for i in range(120)], max_tokens=8),
+                _stream_then_leave(cluster, "gone", [(9 * i) % 256 for i in range(90)],
+                                   "disconnect"),
+                _stream_then_leave(cluster, "aborted", [(13 * i) % 256 for i in range(80)],
+                                   "abort"),
+            ), 60)
+            result = await asyncio.wait_for(victim, 30)  # hung here: retry on the same PE
+            assert result.finish.finish_reason == "length" and len(result.tokens) == 8
+            assert others[0].finish.finish_reason == "length" and len(others[0].tokens) == 1
+            assert len(others[1].tokens) == 8
+            assert others[2] >= 2 and others[3] >= 2
+            await asyncio.sleep(1.5)  # a fresh stats report from every engine
+
+            assert not cluster.state.alive(killed)
+            for e in cluster.state.engines.values():
+                assert (e.seq, e.tok, e.kv_used_tokens) == (0, 0, 0), e
+            assert all(q == 0 for q in cluster.state.read_queue.values())
+            assert cluster._requests == {} and cluster._waiting == []
+            for engine_id, c in cluster.counters().items():
+                if engine_id == killed:
+                    continue
+                assert c["buffer.used_bytes"] == 0, (engine_id, c)
+                assert (c["load.seq"], c["load.tok"], c["early.parked"]) == (0, 0, 0), c
+                if "kv_free_tokens" in c:
+                    assert c["kv_free_tokens"] == capacity[engine_id]
+        finally:
+            await cluster.shutdown()
+
+    asyncio.run(main())
