@@ -9,6 +9,7 @@ earlier attempt, shutdown) is exercised deterministically and the cluster must e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,16 @@ from dualpath.runtime.cluster import LocalCluster
 from dualpath.runtime.config import ClusterConfig
 from dualpath.scheduler import GlobalScheduler
 
-PE, DE1, DE2 = 0, 1, 2
+PE, DE1, DE2, PE2 = 0, 1, 2, 3
 KV_CAPACITY_TOKENS = 64 * 64
 
 
-def _cluster(tmp_path: Path) -> tuple[LocalCluster, list[tuple[int, Any]]]:
+def _cluster(tmp_path: Path, second_pe: bool = False) -> tuple[LocalCluster,
+                                                               list[tuple[int, Any]]]:
     config = ClusterConfig(model="tiny", store_path=str(tmp_path / "store"))
     cluster = LocalCluster(config)
-    for engine_id, role in ((PE, "prefill"), (DE1, "decode"), (DE2, "decode")):
+    roles = [(PE, "prefill"), (DE1, "decode"), (DE2, "decode")]
+    for engine_id, role in roles + ([(PE2, "prefill")] if second_pe else []):
         cluster.state.add_engine(proto.Hello(
             engine_id=engine_id, node_id=engine_id, role=role, data_address=f"addr{engine_id}",
             kv_capacity_tokens=KV_CAPACITY_TOKENS if role == "decode" else 0, pid=0,
@@ -194,6 +197,33 @@ def test_shutdown_returns_in_flight_accounting(tmp_path: Path) -> None:
         for _, first in started:
             event = await first
             assert isinstance(event, FinishEvent) and event.finish_reason == "abort"
+        _assert_idle(cluster)
+
+    asyncio.run(main())
+
+
+def test_prefill_engine_dying_before_its_kv_reached_the_decode_engine(tmp_path: Path) -> None:
+    """PrefillDone leaves the PE as soon as its KV is queued: if the PE dies before the DE has
+    it (no token streamed yet), the request is re-run, not left waiting on the DE forever."""
+
+    async def main() -> None:
+        cluster, sent = _cluster(tmp_path, second_pe=True)
+        stream, first = await _start(cluster, _request("r"))
+        await _schedule(cluster)
+        a = _assigned(sent, "r")
+        cluster._on_message(proto.ReadDone(a.decode_engine, a.request_id, 64, 64))
+        dead = next(e for e, m in sent if m is a)  # the PE it went to
+        cluster._on_message(proto.PrefillDone(dead, a.request_id, 64))
+        cluster._engine_died(dead)
+        assert (a.decode_engine, proto.Abort(a.request_id)) in sent
+        await _schedule(cluster)
+        b = _assigned(sent, "r")
+        assert b.request_id != a.request_id and b is not a
+        assert next(e for e, m in sent if m is b) != dead
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await stream.aclose()  # type: ignore[attr-defined]
         _assert_idle(cluster)
 
     asyncio.run(main())

@@ -62,8 +62,9 @@ class _Request:
     events: asyncio.Queue[GenerateEvent] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
     attempt_generated: int = 0
-    pe: int | None = None
+    pe: int | None = None  # None once the PE reported PrefillDone
     de: int | None = None
+    prefill_engine: int | None = None  # the PE of the current attempt (kept after PrefillDone)
     read_node: int | None = None
     read_tokens: int = 0
     de_kv_tokens: int = 0  # what _dispatch reserved on the DE; _release frees exactly that
@@ -330,6 +331,7 @@ class LocalCluster(Backend):
         if side == "split":  # the runtime reads from one side: the larger share
             side = "pe" if p.read.pe_tokens >= p.read.de_tokens else "de"
         req.pe, req.de = p.pe_engine, p.de_engine
+        req.prefill_engine = req.pe
         self.state.assign_prefill(req.pe, len(req.prompt))
         req.de_kv_tokens = self._decode_tokens(req)
         self.state.assign_decode(req.de, req.de_kv_tokens)
@@ -428,7 +430,11 @@ class LocalCluster(Backend):
         logger.error("engine %d died; re-running its requests elsewhere. Log tail:\n%s",
                      engine_id, _tail(log, 15))
         self.state.mark_dead(engine_id)
-        affected = [r for r in self._requests.values() if engine_id in (r.pe, r.de)]
+        # A PE reports PrefillDone as soon as its KV is queued to the DE; until the DE's first
+        # token arrives, the KV may have died with the PE and the DE would wait forever.
+        affected = [r for r in self._requests.values() if engine_id in (r.pe, r.de) or (
+            r.de is not None and r.prefill_engine == engine_id
+            and len(r.generated) == r.attempt_generated)]
         requeued = []
         for req in affected:
             self._cancel(req)
