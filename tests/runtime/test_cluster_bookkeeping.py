@@ -227,3 +227,44 @@ def test_prefill_engine_dying_before_its_kv_reached_the_decode_engine(tmp_path: 
         _assert_idle(cluster)
 
     asyncio.run(main())
+
+
+def test_room_freed_by_a_disconnect_lets_waiting_requests_go(tmp_path: Path) -> None:
+    """Each DE holds one of these requests; the third waits for room. When a client goes
+    away its room must reach the waiting request without any other event."""
+
+    async def main() -> None:
+        cluster, sent = _cluster(tmp_path)
+        loop = asyncio.create_task(cluster._schedule_loop())
+        try:
+            started = [await _start(cluster, _request(f"r{i}", max_tokens=3000))
+                       for i in range(3)]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert [r.rid for r in cluster._waiting] == ["r2"]
+            stream, first = started[0]
+            first.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await first
+            await stream.aclose()  # type: ignore[attr-defined]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert cluster._waiting == []
+            assert _assigned(sent, "r2").decode_engine == _assigned(sent, "r0").decode_engine
+        finally:
+            loop.cancel()
+
+    asyncio.run(main())
+
+
+def test_metrics_forget_a_dead_engines_buffer_and_nic_load(tmp_path: Path) -> None:
+    cluster, _ = _cluster(tmp_path)
+    busy = {"buffer.used_bytes": 4096.0, "cnic.tx.kv.busy_s": 0.0}
+    for engine_id in (DE1, DE2):
+        cluster.state.record_counters(engine_id, busy)
+        cluster.state.record_counters(engine_id, {**busy, "cnic.tx.kv.busy_s": 10.0})
+        cluster._counters[engine_id] = busy
+    cluster.state.mark_dead(DE1)
+    m = cluster.metrics_snapshot()
+    assert m.buffer_bytes_in_use == {"node1": 0, "node2": 4096}
+    assert [label for label, _ in m.nic_utilization] == ["de2.2/cnic.tx"]

@@ -274,6 +274,7 @@ class LocalCluster(Backend):
         self._release(req)
         if req in self._waiting:
             self._waiting.remove(req)
+        self._wake.set()  # the freed room may let waiting requests go
 
     def _release(self, req: _Request) -> None:
         if req.pe is not None:

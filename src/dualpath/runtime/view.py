@@ -127,10 +127,14 @@ class ClusterState:
             read["de"] += int(c.get("bytes_read_de_path", 0))
             e = self.engines[engine_id]
             node = f"node{e.node_id}"
-            buffers[node] = buffers.get(node, 0) + int(c.get("buffer.used_bytes", 0))
+            # A dead engine's last report is history: its buffer and NICs are gone.
+            used = int(c.get("buffer.used_bytes", 0)) if e.alive else 0
+            buffers[node] = buffers.get(node, 0) + used
         util: dict[tuple[str, str], float] = {}
         for (engine_id, key), value in self._util.items():
             e = self.engines[engine_id]
+            if not e.alive:
+                continue
             nic, direction, klass = key.split(".")
             nic_name = f"node{e.node_id}/snic" if nic == "snic" else f"{name(e)}/cnic"
             label = (f"{nic_name}.{direction}", klass)
