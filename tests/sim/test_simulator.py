@@ -115,3 +115,26 @@ def test_split_reads_conserve_bytes_and_use_both_sides() -> None:
     assert sum(r.cached for r in done) * sim.kvb == pytest.approx(
         sum(n.snic.bytes_total for n in sim.nodes), rel=1e-9)
     assert all(n.buf_free == pytest.approx(n.buf_total) for n in sim.nodes)
+
+
+def test_progress_reports_finished_turns_up_to_the_total() -> None:
+    agents = _agents(6)
+    seen: list[tuple[int, int, float]] = []
+    sim = Simulator(SMALL, agents)
+    sim.run(progress=lambda done, total, now: seen.append((done, total, now)))
+    total = sum(len(t) for _, t in agents)
+    assert seen and seen[-1][:2] == (total, total)
+    assert all(s[1] == total for s in seen)
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)
+    assert [s[2] for s in seen] == sorted(s[2] for s in seen)
+
+
+def test_event_loop_ticks_every_n_events() -> None:
+    from dualpath.sim.events import EventLoop
+
+    loop = EventLoop()
+    for i in range(10):
+        loop.schedule(float(i), lambda now, arg: None)
+    ticks: list[float] = []
+    loop.run(tick=ticks.append, tick_every=4)
+    assert ticks == [3.0, 7.0]  # the 4th and 8th events (times 3 and 7), before they run

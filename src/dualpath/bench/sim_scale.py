@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = SimConfig(model="ds-660b", system=args.system, pd=pd, seed=args.seed, timeline_bin_s=None)
     c0 = time.process_time()
     t1 = time.perf_counter()
-    run_ = simulate(cfg, turns)
+    run_ = simulate(cfg, turns, progress=True)
     wall = time.perf_counter() - t1
     cpu = time.process_time() - c0
     r = run_.report

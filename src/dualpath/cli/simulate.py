@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         reports = []
         for s in systems:
-            run_ = simulate(replace(base, system=s), agents, agent_ids=ids, hardware=hw)
+            run_ = simulate(replace(base, system=s), agents, agent_ids=ids, hardware=hw, progress=True)
             reports.append(run_.report)
             if args.plot and s == systems[-1]:
                 from dualpath.bench.plots import write_plots

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import gc
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -44,18 +45,41 @@ def agents_from_workload(workload: Any) -> tuple[list[AgentTurns], list[int]]:
 
 
 def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int] | None = None,
-             hardware: HardwareSpec | None = None) -> SimRun:
-    """Run one configuration on the given agents; deterministic for a given input."""
-    with no_cyclic_gc():
+             hardware: HardwareSpec | None = None, progress: bool = False) -> SimRun:
+    """Run one configuration on the given agents; deterministic for a given input.
+
+    progress: a bar of finished turns on stderr (only when stderr is a terminal).
+    """
+    with no_cyclic_gc(), _progress_bar(progress, config.system) as bar:
         t0 = time.perf_counter()
         sim = Simulator(config, agents, hardware)
-        sim.run()
+        sim.run(progress=bar)
         wall = time.perf_counter() - t0
         breakdown = ttft_breakdown(sim.finished)
         records = turn_records(sim, agent_ids, release=True)
         report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents),
                             breakdown=breakdown)
     return SimRun(config, records, report)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int, float], None] | None]:
+    """A tqdm bar over finished turns (silent when stderr is not a terminal)."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(desc=f"simulating {label}", unit="turn", file=sys.stderr, disable=None,
+              leave=False) as bar:
+
+        def update(done: int, total: int, now_s: float) -> None:
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(f"t={now_s:.0f}s simulated", refresh=False)
+            bar.refresh()
+
+        yield update
 
 
 @contextmanager

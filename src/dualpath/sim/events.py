@@ -35,13 +35,21 @@ class EventLoop:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def run(self, until_s: float = float("inf")) -> None:
-        """Run events until the heap is empty or the next event is later than until_s."""
+    def run(self, until_s: float = float("inf"), tick: Callable[[float], None] | None = None,
+            tick_every: int = 1 << 16) -> None:
+        """Run events until the heap is empty or the next event is later than until_s.
+
+        tick: called with the current time every `tick_every` events (a power of two), for
+        progress reporting.
+        """
+        if tick_every < 1 or tick_every & (tick_every - 1):
+            raise ValueError("tick_every must be a power of two")
         heap = self._heap
         push = heapq.heappush
         pop = heapq.heappop
         seq = self._seq
         count = 0
+        mask = tick_every - 1 if tick is not None else -1
         try:
             while heap:
                 if heap[0][0] > until_s:
@@ -49,6 +57,8 @@ class EventLoop:
                 t, _, handler, arg = pop(heap)
                 self.now_s = t
                 count += 1
+                if count & mask == 0 and tick is not None:
+                    tick(t)
                 follow = handler(t, arg)
                 if follow:
                     for ft, fh, fa in follow:

@@ -15,7 +15,7 @@ arrives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from dualpath.core.errors import ConfigError
@@ -143,10 +143,22 @@ class Simulator(PrefillMixin, DecodeMixin):
         return (ctx // max(1, n), max(1, new // max(1, n)))
 
     # -- running -------------------------------------------------------------------------
-    def run(self) -> list[SimRequest]:
+    def run(self, progress: Callable[[int, int, float], None] | None = None) -> list[SimRequest]:
+        """Simulate to the end (or `max_sim_s`). progress(turns done, turns total, sim time)
+        is called now and then (every 65,536 events) and once at the end."""
         for agent, at in enumerate(self.arrivals):
             self.loop.schedule(at, self._on_arrive, self._new_turn(agent, 0, 0))
-        self.loop.run(until_s=self.cfg.max_sim_s)
+        tick = None
+        if progress is not None:
+            total = sum(len(t) for t in self.turns)
+            finished = self.finished
+
+            def tick(now: float) -> None:
+                progress(len(finished), total, now)
+
+        self.loop.run(until_s=self.cfg.max_sim_s, tick=tick)
+        if tick is not None:
+            tick(self.loop.now_s)
         return self.finished
 
     def _new_turn(self, agent: int, turn: int, done_tokens: int) -> SimRequest:
