@@ -67,8 +67,10 @@ class SimConfig:
             raise UserInputError(f"--read-path must be auto, pe or de, got {self.read_path!r}")
         if self.pd[0] < 1 or self.pd[1] < 1:
             raise UserInputError("need at least one prefill and one decode node")
-        if self.sched_interval_s < 0 or self.read_slots_per_node < 1 or self.block_tokens < 1:
-            raise UserInputError("sched_interval_s >= 0, read_slots_per_node >= 1, block_tokens >= 1")
+        if self.sched_interval_s < 0:
+            raise UserInputError(f"--sched-interval must be >= 0 seconds, got {self.sched_interval_s}")
+        if self.read_slots_per_node < 1 or self.block_tokens < 1:
+            raise UserInputError("read_slots_per_node and block_tokens must be >= 1")
         for name in ("alpha_tokens", "beta_tokens", "de_kv_capacity_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
