@@ -268,3 +268,32 @@ def test_metrics_forget_a_dead_engines_buffer_and_nic_load(tmp_path: Path) -> No
     m = cluster.metrics_snapshot()
     assert m.buffer_bytes_in_use == {"node1": 0, "node2": 4096}
     assert [label for label, _ in m.nic_utilization] == ["de2.2/cnic.tx"]
+
+
+def test_decode_engine_dying_after_the_stop_token_ends_the_request(tmp_path: Path) -> None:
+    """The DE streamed EOS and died before its Finished: the answer is complete; re-running
+    it would generate past the stop token."""
+
+    async def main() -> None:
+        cluster, sent = _cluster(tmp_path)
+        eos = cluster.tokenizer.eos_token_ids[0]
+        stream = cluster.generate(GenerateRequest("r", tuple(range(100)),
+                                                  SamplingParams(max_tokens=10)))
+        first = asyncio.ensure_future(stream.__anext__())
+        await asyncio.sleep(0)
+        await _schedule(cluster)
+        a = _assigned(sent, "r")
+        cluster._on_message(proto.ReadDone(a.decode_engine, a.request_id, 64, 64))
+        cluster._on_message(proto.PrefillDone(PE, a.request_id, 64))
+        cluster._on_message(proto.Tokens(a.decode_engine, a.request_id, [5, eos]))
+        cluster._engine_died(a.decode_engine)
+
+        async def collect() -> list[GenerateEvent]:
+            return [await first] + [e async for e in stream]
+
+        events = await asyncio.wait_for(collect(), 5.0)  # not re-queued
+        assert isinstance(events[-1], FinishEvent) and events[-1].finish_reason == "stop"
+        assert events[-1].completion_tokens == 2
+        _assert_idle(cluster)
+
+    asyncio.run(main())

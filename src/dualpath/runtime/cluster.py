@@ -439,6 +439,9 @@ class LocalCluster(Backend):
         requeued = []
         for req in affected:
             self._cancel(req)
+            if self._stopped(req):  # the DE died between its last token and Finished
+                self._finish(req, "stop")
+                continue
             if req.remaining_tokens <= 0:
                 self._finish(req, "length")
                 continue
@@ -452,6 +455,14 @@ class LocalCluster(Backend):
                 self._cancel(req)
                 self._finish(req, "error", error="no live prefill or decode engine left")
         self._wake.set()
+
+    def _stopped(self, req: _Request) -> bool:
+        """Whether the last streamed token ended the request on the DE (stop rule of decode.py)."""
+        s = req.request.sampling
+        stop = set(s.stop_token_ids) | (set() if s.ignore_eos else
+                                        set(self._tokenizer.eos_token_ids))
+        return (bool(req.generated) and len(req.generated) >= s.min_tokens
+                and req.generated[-1] in stop)
 
     # ---- metrics ---------------------------------------------------------------------------
 
