@@ -43,3 +43,25 @@ async def run_conversation(cluster: LocalCluster, tag: str, turns: int = 3,
         prompt = prompt + result.tokens + [(7 * i + turn) % vocab for i in range(append_len)]
         await asyncio.sleep(0.3)  # let the DE persist the turn's blocks
     return results
+
+
+async def assert_idle(cluster: LocalCluster, capacity: dict[int, int]) -> None:
+    """Everything is back to zero: the scheduler's books and, from a fresh stats report of
+    every live engine, its tasks, buffer, parked messages and KV blocks (`capacity`: each
+    engine's free KV tokens at start-up)."""
+    await asyncio.sleep(1.2)  # stats go out every 0.5 s
+    for e in cluster.state.engines.values():
+        assert (e.seq, e.tok, e.kv_used_tokens) == (0, 0, 0), e
+    assert all(q == 0 for q in cluster.state.read_queue.values()), cluster.state.read_queue
+    assert cluster._requests == {} and cluster._waiting == []
+    for engine_id, c in cluster.counters().items():
+        if not cluster.state.alive(engine_id):
+            continue
+        assert c["buffer.used_bytes"] == 0, (engine_id, c)
+        assert (c["load.seq"], c["load.tok"], c["early.parked"]) == (0, 0, 0), (engine_id, c)
+        if "kv_free_tokens" in c:
+            assert c["kv_free_tokens"] == capacity[engine_id], (engine_id, c)
+
+
+def kv_capacity(cluster: LocalCluster) -> dict[int, int]:
+    return {e.engine_id: e.kv_capacity_tokens for e in cluster.state.engines.values()}

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cluster_helpers import run_conversation, run_request
+from cluster_helpers import assert_idle, kv_capacity, run_conversation, run_request
 
 from dualpath.runtime.cluster import LocalCluster
 from dualpath.runtime.config import ClusterConfig
@@ -81,6 +81,7 @@ def test_killing_a_decode_engine_mid_run(tmp_path: Path) -> None:
         cluster = LocalCluster(_config(tmp_path, decode_nodes=2))
         await cluster.start()
         try:
+            capacity = kv_capacity(cluster)
             prompts = [[(i * 13 + k) % 256 for k in range(100 + i)] for i in range(8)]
             tasks = [asyncio.create_task(run_request(cluster, f"r{i}", p, max_tokens=300))
                      for i, p in enumerate(prompts)]
@@ -98,6 +99,7 @@ def test_killing_a_decode_engine_mid_run(tmp_path: Path) -> None:
             # Still serving afterwards, on the surviving engines, with the same (greedy) output.
             again = await run_request(cluster, "after", prompts[0], max_tokens=300)
             assert again.tokens == results[0].tokens
+            await assert_idle(cluster, capacity)
         finally:
             await cluster.shutdown()
 
@@ -169,6 +171,7 @@ def test_corrupt_block_is_recomputed_not_served(tmp_path: Path) -> None:
                 data[-100] ^= 0xFF  # flip a payload byte: the layer checksum must catch it
                 path.write_bytes(bytes(data))
                 second = await run_request(cluster, "t1", second_prompt)
+                await assert_idle(cluster, kv_capacity(cluster))
             finally:
                 await cluster.shutdown()
             assert first.tokens == cold[0].tokens
