@@ -33,7 +33,7 @@ async def _stream_then_leave(cluster: LocalCluster, rid: str, prompt: list[int],
                 await cluster.abort(rid)
                 continue  # drain: the abort's FinishEvent ends the stream
             break
-    await stream.aclose()  # type: ignore[attr-defined]
+    await stream.aclose()
     return got
 
 
