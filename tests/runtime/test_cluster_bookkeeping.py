@@ -176,6 +176,9 @@ def test_request_no_decode_engine_can_hold_is_refused_not_queued_forever(
         async def collect() -> list[GenerateEvent]:
             return [e async for e in cluster.generate(_request("big", KV_CAPACITY_TOKENS))]
 
+        async def collect_one(rid: str) -> list[GenerateEvent]:
+            return [e async for e in cluster.generate(_request(rid))]
+
         events = await asyncio.wait_for(collect(), 5.0)
         assert len(events) == 1
         assert isinstance(events[0], FinishEvent) and events[0].finish_reason == "error"
@@ -183,6 +186,12 @@ def test_request_no_decode_engine_can_hold_is_refused_not_queued_forever(
         await _schedule(cluster)
         assert _assigned(sent, "small").request_id
         first.cancel()
+        # Once no prefill engine is left, a new request is refused too (it used to wait
+        # in the queue forever: the engine-death handler only fails requests it knows).
+        cluster._engine_died(PE)
+        events = await asyncio.wait_for(collect_one("late"), 5.0)
+        assert isinstance(events[-1], FinishEvent) and events[-1].finish_reason == "error"
+        _assert_idle(cluster)
 
     asyncio.run(main())
 

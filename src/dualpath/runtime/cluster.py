@@ -236,6 +236,10 @@ class LocalCluster(Backend):
                 f"prompt + max_tokens needs {self._decode_tokens(req)} tokens of KV; the "
                 f"largest decode engine holds {room}"))
             return
+        if not self.state.has_role("prefill"):
+            yield FinishEvent(req.rid, "error", len(prompt), 0, 0,
+                              error="no live prefill engine left")
+            return
         self._requests[req.rid] = req
         self._waiting.append(req)
         self._wake.set()
