@@ -179,6 +179,10 @@ def test_request_no_decode_engine_can_hold_is_refused_not_queued_forever(
         async def collect_one(rid: str) -> list[GenerateEvent]:
             return [e async for e in cluster.generate(_request(rid))]
 
+        # The server sees the cap first and answers 400 (context_length_exceeded).
+        bs = cluster.config.block_size
+        assert cluster.max_model_len == min(cluster.model_config.max_position_embeddings,
+                                            KV_CAPACITY_TOKENS // bs * bs)
         events = await asyncio.wait_for(collect(), 5.0)
         assert len(events) == 1
         assert isinstance(events[0], FinishEvent) and events[0].finish_reason == "error"

@@ -126,7 +126,13 @@ class LocalCluster(Backend):
 
     @property
     def max_model_len(self) -> int:
-        return self.model_config.max_position_embeddings
+        """The model's context, capped by the largest decode engine's KV room (whole blocks),
+        so the server refuses (400) what no decode engine could ever hold."""
+        room = max((e.kv_capacity_tokens for e in self.state.engines.values()
+                    if e.alive and e.role == "decode"), default=0)
+        limit = self.model_config.max_position_embeddings
+        bs = self.config.block_size
+        return min(limit, room // bs * bs) if room >= bs else limit
 
     @property
     def tokenizer(self) -> Any:
