@@ -117,7 +117,7 @@ def plot_ladder_vs_paper(simulated: dict[str, float], paper: dict[str, float], p
     ax.set_ylabel("JCT vs basic (%)")
     ax.set_title("ablation ladder: simulated vs paper")
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
