@@ -138,3 +138,23 @@ def test_event_loop_ticks_every_n_events() -> None:
     ticks: list[float] = []
     loop.run(tick=ticks.append, tick_every=4)
     assert ticks == [3.0, 7.0]  # the 4th and 8th events (times 3 and 7), before they run
+
+
+def test_simulate_pauses_the_cyclic_gc_and_restores_it() -> None:
+    import gc
+
+    from dualpath.sim.api import no_cyclic_gc
+
+    assert gc.isenabled()
+    with no_cyclic_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with no_cyclic_gc():
+            pass
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()
+    simulate(SMALL, _agents(2))
+    assert gc.isenabled()
