@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import numpy as np
 
 from dualpath.core.model_config import ModelConfig
-from dualpath.engine.decode import DecodeEngine
+from dualpath.engine.decode import DecodeEngine, DecodeTask
 from dualpath.engine.kv_messages import DataSender, EarlyMessages
 from dualpath.engine.prefill import PrefillEngine, PrefillTask
 from dualpath.model.kv_cache import PagedKVCache
@@ -86,3 +87,57 @@ def test_sender_remembers_a_bounded_number_of_dropped_requests() -> None:
         assert "r19999" in sender._dropped
     finally:
         sender.close()
+
+
+def _failing_engine(engine: Any, timeout_s: float) -> list[Any]:
+    """Wire what `report_transfer_failed` needs; returns the control messages sent."""
+    from dualpath.runtime.config import ClusterConfig
+
+    engine.engine_id = 5
+    engine.config = ClusterConfig(model="tiny", store_path="unused", kv_wait_timeout_s=timeout_s)
+    engine._local_aborts = queue.SimpleQueue()
+    sent: list[Any] = []
+    engine.send_control = sent.append
+    return sent
+
+
+def test_decode_engine_waiting_too_long_for_kv_reports_the_transfer_failed() -> None:
+    de: Any = object.__new__(DecodeEngine)
+    sent = _failing_engine(de, timeout_s=30.0)
+    de._tasks = {}
+    stuck = DecodeTask(_assign_decode("r#1", 100, 4), waiting_since_s=time.monotonic() - 31)
+    fresh = DecodeTask(_assign_decode("s#1", 100, 4), waiting_since_s=time.monotonic())
+    reading = DecodeTask(_assign_decode("t#1", 100, 4))  # its own DE-path read still runs
+    de._tasks = {t.rid: t for t in (stuck, fresh, reading)}
+    de._expire_kv_waits()
+    de._expire_kv_waits()  # reported once, not on every step
+    assert sent == [proto.TransferFailed(5, "r#1", "pe", sent[0].error)]
+    assert "no KV from the prefill engine" in sent[0].error
+    assert de._local_aborts.get_nowait() == "r#1" and de._local_aborts.empty()
+
+
+def test_prefill_engine_waiting_too_long_for_the_hit_notice_reports_it() -> None:
+    pe: Any = object.__new__(PrefillEngine)
+    sent = _failing_engine(pe, timeout_s=30.0)
+    pe._cond = threading.Condition()
+
+    def task(rid: str, path: str, age_s: float) -> PrefillTask:
+        t = PrefillTask(proto.AssignPrefill(
+            request_id=rid, prompt_token_ids=list(range(200)), hit_hashes=["h0"],
+            read_path=path, decode_engine=1, decode_address="de", layerwise=True,
+            temperature=0.0, top_p=1.0, seed=None, banned_first_token_ids=[]))
+        t.assigned_s = time.monotonic() - age_s
+        return t
+
+    stuck, fresh, own_read = task("r#1", "de", 31), task("s#1", "de", 1), task("t#1", "pe", 31)
+    pe._tasks = {t.rid: t for t in (stuck, fresh, own_read)}
+    pe._expire_hit_waits()
+    assert [(m.request_id, m.peer_address) for m in sent] == [("r#1", "de")]
+    assert stuck.state == "failed" and pe._local_aborts.get_nowait() == "r#1"
+    # A late notice must not revive the failed task.
+    with pe._cond:
+        pe._apply_data(stuck, Message("de", {"kind": "hit_ready", "rid": "r#1",
+                                             "hit_tokens": 64}, [], TrafficClass.KV, 0))
+    assert stuck.state == "failed"
+    pe._expire_hit_waits()
+    assert len(sent) == 1

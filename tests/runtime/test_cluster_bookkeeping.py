@@ -310,3 +310,95 @@ def test_decode_engine_dying_after_the_stop_token_ends_the_request(tmp_path: Pat
         _assert_idle(cluster)
 
     asyncio.run(main())
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_transfer_failure_reruns_the_request_on_a_new_attempt(tmp_path: Path) -> None:
+    """A live PE could not send its KV: both engines drop the attempt, the request is re-run
+    under a new id, a second report about the same dead attempt changes nothing, and the
+    books end idle."""
+
+    async def main() -> None:
+        cluster, sent = _cluster(tmp_path)
+        cluster.transfer_retry_delay_s = 0.0
+        stream, first = await _start(cluster, _request("r"))
+        await _schedule(cluster)
+        a = _assigned(sent, "r")
+        pe = next(e for e, m in sent if m is a)
+        cluster._on_message(proto.ReadDone(pe, a.request_id, 64, 64))
+        cluster._on_message(proto.TransferFailed(pe, a.request_id, "addr1", "send timed out"))
+        assert (pe, proto.Abort(a.request_id)) in sent
+        assert (a.decode_engine, proto.Abort(a.request_id)) in sent
+        # The DE also notices (its KV never comes): the same attempt, already dropped.
+        cluster._on_message(proto.TransferFailed(a.decode_engine, a.request_id, "addr0", "x"))
+        await _settle()
+        assert [r.rid for r in cluster._waiting] == ["r"]
+        assert cluster._requests["r"].transfer_failures == 1
+        await _schedule(cluster)
+        b = _assigned(sent, "r")
+        assert b.request_id != a.request_id
+        cluster._on_message(proto.ReadDone(pe, b.request_id, 64, 64))
+        cluster._on_message(proto.PrefillDone(pe, b.request_id, 64))
+        cluster._on_message(proto.Tokens(b.decode_engine, b.request_id, [1, 2, 3, 4]))
+        cluster._on_message(proto.Finished(b.decode_engine, b.request_id, "length", 100, 4, 64))
+        events = [await first] + [e async for e in stream]
+        assert isinstance(events[-1], FinishEvent) and events[-1].finish_reason == "length"
+        assert sum(len(e.token_ids) for e in events[:-1]) == 4
+        _assert_idle(cluster)
+
+    asyncio.run(main())
+
+
+def test_request_whose_transfers_keep_failing_ends_with_an_error(tmp_path: Path) -> None:
+    async def main() -> None:
+        cluster, sent = _cluster(tmp_path)
+        cluster.transfer_retry_delay_s = 0.0
+        stream, first = await _start(cluster, _request("r"))
+        ids = []
+        for _ in range(3):
+            await _schedule(cluster)
+            a = _assigned(sent, "r")
+            ids.append(a.request_id)
+            cluster._on_message(proto.TransferFailed(a.decode_engine, a.request_id, "addr0",
+                                                     "send timed out"))
+            await _settle()
+        assert len(set(ids)) == 3
+        events = [await first] + [e async for e in stream]
+        assert isinstance(events[-1], FinishEvent) and events[-1].finish_reason == "error"
+        assert events[-1].error is not None and "addr0" in events[-1].error
+        assert "send timed out" in events[-1].error
+        _assert_idle(cluster)
+
+    asyncio.run(main())
+
+
+def test_transfer_report_about_an_attempt_already_rerun_is_ignored(tmp_path: Path) -> None:
+    """The peer really died: the supervisor re-ran the request; the survivor's late report
+    about the old attempt must neither count nor touch the new attempt."""
+
+    async def main() -> None:
+        cluster, sent = _cluster(tmp_path)
+        stream, first = await _start(cluster, _request("r"))
+        await _schedule(cluster)
+        a = _assigned(sent, "r")
+        cluster._engine_died(a.decode_engine)
+        await _schedule(cluster)
+        b = _assigned(sent, "r")
+        books = [(e.seq, e.tok, e.kv_used_tokens) for e in cluster.state.engines.values()]
+        n_sent = len(sent)
+        cluster._on_message(proto.TransferFailed(PE, a.request_id, "addr1", "timed out"))
+        await _settle()
+        assert len(sent) == n_sent and cluster._waiting == []
+        assert books == [(e.seq, e.tok, e.kv_used_tokens)
+                         for e in cluster.state.engines.values()]
+        assert cluster._requests["r"].transfer_failures == 0
+        cluster._on_message(proto.Finished(b.decode_engine, b.request_id, "length", 100, 4, 64))
+        events = [await first] + [e async for e in stream]
+        assert isinstance(events[-1], FinishEvent) and events[-1].finish_reason == "length"
+        _assert_idle(cluster)
+
+    asyncio.run(main())

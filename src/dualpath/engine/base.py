@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ from dualpath.transfer.zmq_transport import ZmqTransport
 logger = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.5
+# Chaos drills and tests: "kind=n,kind=n" fails the first n data sends of each message kind.
+INJECT_SEND_FAILURES_ENV = "DUALPATH_INJECT_SEND_FAILURES"
 
 
 class EngineBase:
@@ -61,7 +64,10 @@ class EngineBase:
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
         self.store = ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
         self.transport = ZmqTransport(f"tcp://{config.host}:0", cnic=self.cnic)
-        self.sender = DataSender(self.transport)
+        self.sender = DataSender(self.transport, on_failure=self._send_failed,
+                                 inject_failures=_injected_failures())
+        self._local_aborts: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._deferred: list[proto.ControlMessage] = []  # read by handle_aborts_now
         self._ctx = zmq.Context()
         self._ctrl = self._ctx.socket(zmq.DEALER)
         self._ctrl.setsockopt(zmq.LINGER, 0)
@@ -131,16 +137,44 @@ class EngineBase:
                     events = dict(poller.poll(timeout_ms))
                     raw = [self._ctrl.recv() for _ in range(64)
                            if self._ctrl.poll(0)] if events else []
-                for data in raw:
-                    msg = proto.decode(data)
+                msgs, self._deferred = self._deferred, []
+                for msg in [*msgs, *(proto.decode(data) for data in raw)]:
                     if isinstance(msg, proto.Shutdown):
                         self._stop.set()
                         break
                     self.on_control(msg)
+                while not self._local_aborts.empty():
+                    self.on_control(proto.Abort(self._local_aborts.get()))
                 busy = self.step()
                 self._maybe_report()
         finally:
             self.close()
+
+    def handle_aborts_now(self) -> None:
+        """For a loop thread blocked inside `step()` (waiting for a peer's KV): act on the
+        Aborts that came meanwhile, so a wait for an aborted request ends at once. Every
+        control message read here is still handled by the loop afterwards, in order (an
+        Abort twice is harmless, and one that overtook its request's assignment is repeated
+        after it)."""
+        with self._ctrl_lock:
+            while self._ctrl.poll(0):
+                self._deferred.append(proto.decode(self._ctrl.recv()))
+        for msg in self._deferred:
+            if isinstance(msg, proto.Abort):
+                self.on_control(msg)
+        while not self._local_aborts.empty():
+            self.on_control(proto.Abort(self._local_aborts.get()))
+
+    def report_transfer_failed(self, rid: str, peer_address: str, error: str) -> None:
+        """Attempt `rid` lost its KV path to `peer_address`: tell the scheduler (it re-runs or
+        ends the request) and drop the attempt here, on the loop thread, as an Abort would.
+        Safe from any thread."""
+        logger.warning("request %s: transfer with %s failed: %s", rid, peer_address, error)
+        self.send_control(proto.TransferFailed(self.engine_id, rid, peer_address, error))
+        self._local_aborts.put(rid)
+
+    def _send_failed(self, rid: str, dest: str, exc: TransferError) -> None:
+        self.report_transfer_failed(rid, dest, str(exc))
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -220,3 +254,12 @@ class EngineBase:
         self._ctx.term()
         self.snic.close()
         self.cnic.close()
+
+
+def _injected_failures() -> dict[str, int]:
+    spec = os.environ.get(INJECT_SEND_FAILURES_ENV, "")
+    out: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        kind, _, count = part.partition("=")
+        out[kind] = int(count or 1)
+    return out

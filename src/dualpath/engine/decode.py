@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,9 @@ logger = logging.getLogger(__name__)
 @dataclass
 class DecodeTask:
     assign: proto.AssignDecode
-    state: str = "waiting"  # waiting (for KV) | running
+    state: str = "waiting"  # waiting (for KV) | running | failed
+    # Since when the KV wait has gone without news (None while our own DE-path read runs).
+    waiting_since_s: float | None = None
     hit_tokens: int = 0
     layer_tokens: dict[int, int] = field(default_factory=dict)  # tokens of KV per layer
     first_token: int | None = None
@@ -106,6 +109,8 @@ class DecodeEngine(EngineBase):
         self._tasks[a.request_id] = task
         if a.read_path == "de" and a.hit_hashes:
             self._readers.submit(self._read_blocks, task)
+        else:
+            task.waiting_since_s = time.monotonic()
         for early in self._early.take(a.request_id):
             self._events.put(("data", early))
 
@@ -135,6 +140,7 @@ class DecodeEngine(EngineBase):
 
     def step(self) -> bool:
         busy = self._drain_events()
+        self._expire_kv_waits()
         running = [t for t in self._tasks.values() if t.state == "running"]
         if running:
             batch = running[: self.config.max_decode_batch]
@@ -160,6 +166,7 @@ class DecodeEngine(EngineBase):
                 rid, blocks = payload
                 task = self._tasks.get(rid)
                 if task is not None:
+                    task.waiting_since_s = time.monotonic()
                     self.cache.import_blocks(rid, blocks)
                     task.hit_tokens = len(blocks) * self.block_size
                     for layer in range(self.model_config.num_layers):
@@ -182,6 +189,8 @@ class DecodeEngine(EngineBase):
             self._early.keep(h["rid"], msg)
             return
         kind = h["kind"]
+        if task.waiting_since_s is not None:
+            task.waiting_since_s = time.monotonic()
         if kind == "kv_layer":
             layer, start = int(h["layer"]), int(h["start"])
             parts = msg.payload
@@ -195,6 +204,18 @@ class DecodeEngine(EngineBase):
             self._finish(task, "error", error=str(h.get("error")))
             return
         self._maybe_start(task)
+
+    def _expire_kv_waits(self) -> None:
+        """A request whose prompt KV stopped coming for `kv_wait_timeout_s` is reported to the
+        scheduler as a failed transfer (it re-runs it) instead of waiting forever."""
+        now, limit = time.monotonic(), self.config.kv_wait_timeout_s
+        for task in list(self._tasks.values()):
+            since = task.waiting_since_s
+            if task.state == "waiting" and since is not None and now - since > limit:
+                task.state = "failed"
+                self.report_transfer_failed(
+                    task.rid, task.assign.prefill_address,
+                    f"request {task.rid}: no KV from the prefill engine for {limit:g} s")
 
     def _maybe_start(self, task: DecodeTask) -> None:
         """Join the decode batch once every layer holds the whole prompt and token 1 is here."""

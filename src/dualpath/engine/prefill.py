@@ -16,7 +16,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +36,10 @@ from dualpath.transfer.nic import Direction, TrafficClass
 logger = logging.getLogger(__name__)
 
 
+class _PeerSilent(TransferError):
+    """The DE's hit KV for a request did not come in time."""
+
+
 @dataclass
 class PrefillTask:
     """A request at this PE. Fields after `assign` are mutated by the loop / reader threads."""
@@ -47,6 +52,7 @@ class PrefillTask:
     computed: int = 0  # miss tokens computed so far (chunked prefill)
     kv: list[torch.Tensor] = field(default_factory=list)  # per layer, for later chunks
     aborted: bool = False
+    assigned_s: float = field(default_factory=time.monotonic)
 
     @property
     def rid(self) -> str:
@@ -118,7 +124,7 @@ class PrefillEngine(EngineBase):
     def _apply_data(self, task: PrefillTask, msg: Message) -> None:
         """Apply a DE message to its task (caller holds the condition)."""
         h = msg.header
-        if h["kind"] == "hit_ready":
+        if h["kind"] == "hit_ready" and task.state == "reading":
             task.hit_tokens = int(h["hit_tokens"])
             task.state = "ready"
         elif h["kind"] == "hit_layer":
@@ -132,6 +138,7 @@ class PrefillEngine(EngineBase):
             return len(self._tasks), sum(t.prompt_len for t in self._tasks.values())
 
     def step(self) -> bool:
+        self._expire_hit_waits()
         with self._cond:
             ready = [t for t in self._tasks.values() if t.state == "ready"]
         if not ready:
@@ -145,6 +152,8 @@ class PrefillEngine(EngineBase):
             task = by_id[item.request_id]
             try:
                 self._run_chunk(task, item.chunk_tokens, item.last_chunk)
+            except _PeerSilent as exc:
+                self._peer_failed(task, str(exc))
             except TransferError as exc:
                 self._fail(task, str(exc))
             except Exception as exc:  # a bad request must not take the engine down
@@ -209,16 +218,26 @@ class PrefillEngine(EngineBase):
         """The hit prefix for the first chunk: layer by layer, or whole (non-layerwise)."""
         layers = range(self.model_config.num_layers)
         if not task.assign.layerwise:
-            return [self._hit_layer(task, i) for i in layers]
+            return [self._await(self._prefetch.submit(self._hit_layer, task, i))
+                    for i in layers]
         # Layerwise: copy layer i+1 into the model while layer i computes.
         futures = {0: self._prefetch.submit(self._hit_layer, task, 0)}
 
         def source(layer: int) -> torch.Tensor:
             if layer + 1 < self.model_config.num_layers:
                 futures[layer + 1] = self._prefetch.submit(self._hit_layer, task, layer + 1)
-            return futures.pop(layer).result()
+            return self._await(futures.pop(layer))
 
         return source
+
+    def _await(self, future: Future[torch.Tensor]) -> torch.Tensor:
+        """A hit layer, from the loop thread: while it is not here (the DE streams it), Aborts
+        are acted on, so an aborted request's wait ends instead of blocking the engine."""
+        while True:
+            try:
+                return future.result(timeout=0.05)
+            except FutureTimeout:
+                self.handle_aborts_now()
 
     def _hit_layer(self, task: PrefillTask, layer: int) -> torch.Tensor:
         """Layer `layer` of the hit KV as a tensor, after its bytes crossed the CNIC."""
@@ -239,9 +258,28 @@ class PrefillEngine(EngineBase):
                     raise TransferError(f"request {task.rid} aborted")
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TransferError(f"request {task.rid}: layer {layer} never arrived")
+                    raise _PeerSilent(f"request {task.rid}: hit KV of layer {layer} never "
+                                      f"arrived from the decode engine")
                 self._cond.wait(min(remaining, 0.1))
             return task.hit_layers.pop(layer)
+
+    def _expire_hit_waits(self) -> None:
+        """DE read path: a request whose DE never said how much hit KV it sends is failed
+        (reported to the scheduler) after `kv_wait_timeout_s` instead of waiting forever."""
+        now = time.monotonic()
+        with self._cond:
+            silent = [t for t in self._tasks.values() if t.state == "reading"
+                      and t.assign.read_path == "de"
+                      and now - t.assigned_s > self.config.kv_wait_timeout_s]
+        for task in silent:
+            self._peer_failed(task, f"request {task.rid}: no hit KV notice from the decode "
+                                    f"engine within {self.config.kv_wait_timeout_s:g} s")
+
+    def _peer_failed(self, task: PrefillTask, error: str) -> None:
+        """Report the attempt's transfer failed; the loop then drops the task (as an Abort)."""
+        with self._cond:
+            task.state = "failed"
+        self.report_transfer_failed(task.rid, task.assign.decode_address, error)
 
     def _finish(self, task: PrefillTask) -> None:
         with self._cond:

@@ -8,7 +8,9 @@ assignments and the engines' completion messages, so a decision never waits for 
 Failure handling: an engine that exits is detected within `SUPERVISE_INTERVAL_S`; every
 request it was part of is re-queued with its prompt extended by the tokens already streamed
 (so the client sees one uninterrupted answer; exact for greedy decoding), and the cluster
-keeps serving on the remaining engines.
+keeps serving on the remaining engines. An engine that could not move a request's KV to or
+from its live peer reports TransferFailed: the attempt is dropped and the request re-run the
+same way after a short pause, at most `TRANSFER_FAILURE_LIMIT` times, then ended with an error.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dualpath.core.backend import AdmissionLimits, Backend, BackendMetrics
 from dualpath.core.errors import EngineError
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, TokenEvent
 from dualpath.core.systems import system_spec
+from dualpath.engine.kv_messages import PEER_FAILED_FOR_S
 from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.layout import BlockGeometry
@@ -49,6 +52,12 @@ from dualpath.scheduler import (
 logger = logging.getLogger(__name__)
 
 SUPERVISE_INTERVAL_S = 0.25
+# The third failed transfer of one request ends it with an error (a pair that keeps failing
+# must not retry forever); a dead engine is the supervisor's business and never counts here.
+TRANSFER_FAILURE_LIMIT = 3
+# A transfer retry waits until the engines' fast-fail window for the peer has passed, so the
+# next attempt really tries the peer again (and a dead peer has been noticed meanwhile).
+TRANSFER_RETRY_DELAY_S = PEER_FAILED_FOR_S + 0.5
 
 
 @dataclass
@@ -70,6 +79,7 @@ class _Request:
     de_kv_tokens: int = 0  # what _dispatch reserved on the DE; _release frees exactly that
     first_cached_tokens: int | None = None
     attempts: int = 0
+    transfer_failures: int = 0
     finished: bool = False
 
     @property
@@ -116,6 +126,7 @@ class LocalCluster(Backend):
         self._scheduler: GlobalScheduler | None = None
         self._counters: dict[int, dict[str, float]] = {}
         self._record = record_scheduler_calls
+        self.transfer_retry_delay_s = TRANSFER_RETRY_DELAY_S
         self.scheduler_calls: list[tuple[list[RequestInfo], Any, list[tuple[Any, ...]]]] = []
 
     # ---- Backend properties --------------------------------------------------------------
@@ -428,6 +439,8 @@ class LocalCluster(Backend):
         elif isinstance(msg, proto.EngineStats):
             self._counters[msg.engine_id] = msg.counters
             self.state.record_counters(msg.engine_id, msg.counters)
+        elif isinstance(msg, proto.TransferFailed):
+            self._transfer_failed(msg)
 
     async def _supervise_loop(self) -> None:
         assert self._procs is not None
@@ -446,25 +459,55 @@ class LocalCluster(Backend):
         affected = [r for r in self._requests.values() if engine_id in (r.pe, r.de) or (
             r.de is not None and r.prefill_engine == engine_id
             and len(r.generated) == r.attempt_generated)]
-        requeued = []
-        for req in affected:
-            self._cancel(req)
-            if self._stopped(req):  # the DE died between its last token and Finished
-                self._finish(req, "stop")
-                continue
-            if req.remaining_tokens <= 0:
-                self._finish(req, "length")
-                continue
-            # Resume: the streamed tokens become part of the prompt of the next attempt.
-            req.prompt = [*req.request.prompt_token_ids, *req.generated]
-            req.hashes, req.cached_tokens = self._lookup(req.prompt)
-            requeued.append(req)
+        requeued = [req for req in affected if self._drop_attempt(req)]
         self._waiting[:0] = requeued  # ahead of newer requests, in their arrival order
         if not self.state.has_role("prefill") or not self.state.has_role("decode"):
             for req in list(self._requests.values()):
                 self._cancel(req)
                 self._finish(req, "error", error="no live prefill or decode engine left")
         self._wake.set()
+
+    def _drop_attempt(self, req: _Request) -> bool:
+        """Cancel the current attempt; True when the request needs another one (its prompt
+        then carries the tokens already streamed), False when it was finished here."""
+        self._cancel(req)
+        if self._stopped(req):  # the DE died between its last token and Finished
+            self._finish(req, "stop")
+            return False
+        if req.remaining_tokens <= 0:
+            self._finish(req, "length")
+            return False
+        # Resume: the streamed tokens become part of the prompt of the next attempt.
+        req.prompt = [*req.request.prompt_token_ids, *req.generated]
+        req.hashes, req.cached_tokens = self._lookup(req.prompt)
+        return True
+
+    def _transfer_failed(self, msg: proto.TransferFailed) -> None:
+        """An engine lost a live attempt's KV path to its peer: re-run the request (after the
+        fast-fail window), or end it once it has failed `TRANSFER_FAILURE_LIMIT` times. Reports
+        about attempts already gone (finished, aborted, re-run after an engine death) are
+        ignored."""
+        req = self._attempt(msg.request_id)
+        if req is None or req.de is None or msg.engine_id not in (req.prefill_engine, req.de):
+            return
+        req.transfer_failures += 1
+        logger.warning("request %s: engine %d's transfer with %s failed (%d of %d): %s",
+                       msg.request_id, msg.engine_id, msg.peer_address, req.transfer_failures,
+                       TRANSFER_FAILURE_LIMIT, msg.error)
+        if not self._drop_attempt(req):
+            return
+        if req.transfer_failures >= TRANSFER_FAILURE_LIMIT:
+            self._finish(req, "error", error=(
+                f"KV transfer failed {req.transfer_failures} times; last: engine "
+                f"{msg.engine_id} <-> {msg.peer_address}: {msg.error}"))
+            return
+
+        def retry() -> None:
+            if not req.finished and req not in self._waiting:
+                self._waiting.insert(0, req)
+                self._wake.set()
+
+        asyncio.get_running_loop().call_later(self.transfer_retry_delay_s, retry)
 
     def _stopped(self, req: _Request) -> bool:
         """Whether the last streamed token ended the request on the DE (stop rule of decode.py)."""

@@ -44,6 +44,11 @@ class ClusterConfig:
     collective_bytes_per_token: int = 0
     # A prefill waiting for KV from a peer gives up after this long (peer presumed dead).
     peer_timeout_s: float = 60.0
+    # An engine that has waited this long for a request's KV from its peer (PE: the DE's
+    # hit-KV notice; DE: the PE's KV, since the last message of it) reports the transfer as
+    # failed, so the scheduler re-runs the request. Generous: a busy peer's queue of earlier
+    # requests delays the KV legitimately.
+    kv_wait_timeout_s: float = 600.0
     # Host DRAM buffers per engine (bytes).
     pe_buffer_bytes: int = 1 << 30
     de_buffer_bytes: int = 1 << 30

@@ -9,6 +9,7 @@ Journey of a request (DESIGN.md section 2):
   PE/DE read hit blocks from the store (path chosen by the scheduler), PE prefills,
   KV flows PE -> DE layer by layer; PE --PrefillDone--> scheduler (tok_e bookkeeping);
   DE --Tokens--> scheduler (streamed to the client) ... --Finished--> scheduler.
+  Either engine --TransferFailed--> scheduler when the KV between them did not get through.
 """
 
 from __future__ import annotations
@@ -113,9 +114,20 @@ class Finished(msgspec.Struct, tag=True):
     error: str | None = None
 
 
+class TransferFailed(msgspec.Struct, tag=True):
+    """An engine could not move a request attempt's data to or from its peer (a send failed, or
+    the peer's KV never came). The engine has dropped the attempt; the scheduler re-runs the
+    request or, past its retry budget, ends it with an error."""
+
+    engine_id: int
+    request_id: str
+    peer_address: str
+    error: str
+
+
 ControlMessage = (
     Hello | EngineStats | AssignPrefill | AssignDecode | Abort | Shutdown | PrefillDone | ReadDone
-    | Tokens | Finished
+    | Tokens | Finished | TransferFailed
 )
 
 _encoder = msgspec.msgpack.Encoder()
