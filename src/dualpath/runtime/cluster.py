@@ -5,12 +5,8 @@ each request on a prefill engine, a decode engine and a read path, and relays to
 It keeps the scheduler's view of the cluster (seq_e, tok_e, free KV, read_q) from its own
 assignments and the engines' completion messages, so a decision never waits for a poll.
 
-Failure handling: an engine that exits is detected within `SUPERVISE_INTERVAL_S`; every
-request it was part of is re-queued with its prompt extended by the tokens already streamed
-(so the client sees one uninterrupted answer; exact for greedy decoding), and the cluster
-keeps serving on the remaining engines. An engine that could not move a request's KV to or
-from its live peer reports TransferFailed: the attempt is dropped and the request re-run the
-same way after a short pause, at most `TRANSFER_FAILURE_LIMIT` times, then ended with an error.
+Failure handling (engine deaths, failed KV transfers) lives in `runtime/failover.py`; the
+request record in `runtime/tracked.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -33,13 +28,14 @@ from dualpath.core.backend import AdmissionLimits, Backend, BackendMetrics
 from dualpath.core.errors import EngineError
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, TokenEvent
 from dualpath.core.systems import system_spec
-from dualpath.engine.kv_messages import PEER_FAILED_FOR_S
 from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.layout import BlockGeometry
 from dualpath.runtime import protocol as proto
 from dualpath.runtime.config import ClusterConfig
+from dualpath.runtime.failover import TRANSFER_RETRY_DELAY_S, FailoverMixin, log_tail
 from dualpath.runtime.launcher import EngineProcesses, EngineSpec, engine_specs
+from dualpath.runtime.tracked import TrackedRequest
 from dualpath.runtime.view import ClusterState
 from dualpath.scheduler import (
     GlobalScheduler,
@@ -51,54 +47,9 @@ from dualpath.scheduler import (
 
 logger = logging.getLogger(__name__)
 
-SUPERVISE_INTERVAL_S = 0.25
-# The third failed transfer of one request ends it with an error (a pair that keeps failing
-# must not retry forever); a dead engine is the supervisor's business and never counts here.
-TRANSFER_FAILURE_LIMIT = 3
-# A transfer retry waits until the engines' fast-fail window for the peer has passed, so the
-# next attempt really tries the peer again (and a dead peer has been noticed meanwhile).
-TRANSFER_RETRY_DELAY_S = PEER_FAILED_FOR_S + 0.5
 
 
-@dataclass
-class _Request:
-    """A request as the scheduler process tracks it (one attempt at a time)."""
-
-    request: GenerateRequest
-    prompt: list[int]  # grows on fail-over by the tokens already streamed
-    hashes: list[str]
-    cached_tokens: int
-    events: asyncio.Queue[GenerateEvent] = field(default_factory=asyncio.Queue)
-    generated: list[int] = field(default_factory=list)
-    attempt_generated: int = 0
-    pe: int | None = None  # None once the PE reported PrefillDone
-    de: int | None = None
-    prefill_engine: int | None = None  # the PE of the current attempt (kept after PrefillDone)
-    read_node: int | None = None
-    read_tokens: int = 0
-    de_kv_tokens: int = 0  # what _dispatch reserved on the DE; _release frees exactly that
-    first_cached_tokens: int | None = None
-    attempts: int = 0
-    transfer_failures: int = 0
-    finished: bool = False
-
-    @property
-    def rid(self) -> str:
-        return self.request.request_id
-
-    @property
-    def wire_id(self) -> str:
-        """The id the engines know this attempt by. Each attempt gets its own, so messages of
-        an aborted attempt can never be taken for the next one's, and an engine that saw the
-        abort (and drops that id's stragglers for good) can serve the retry."""
-        return f"{self.request.request_id}#{self.attempts}"
-
-    @property
-    def remaining_tokens(self) -> int:
-        return self.request.sampling.max_tokens - len(self.generated)
-
-
-class LocalCluster(Backend):
+class LocalCluster(FailoverMixin, Backend):
     """Scheduler process + engine processes on this machine (see module doc)."""
 
     def __init__(self, config: ClusterConfig, *, record_scheduler_calls: bool = False) -> None:
@@ -116,8 +67,8 @@ class LocalCluster(Backend):
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
         self.store = FileKVStore(config.store_path, self.geometry) if config.use_kv_store else None
         self.state = ClusterState()
-        self._requests: dict[str, _Request] = {}
-        self._waiting: list[_Request] = []
+        self._requests: dict[str, TrackedRequest] = {}
+        self._waiting: list[TrackedRequest] = []
         self._wake = asyncio.Event()
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -187,7 +138,7 @@ class LocalCluster(Backend):
             dead = self._procs.poll_dead()
             if dead:
                 log = os.path.join(self._run_dir, f"engine-{dead[0]}.log")
-                tail = _tail(log)
+                tail = log_tail(log)
                 await self.shutdown()
                 raise EngineError(f"engine {dead[0]} exited during start-up; log tail:\n{tail}")
             if time.monotonic() > deadline:
@@ -245,7 +196,7 @@ class LocalCluster(Backend):
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
         prompt = list(request.prompt_token_ids)
         hashes, cached = self._lookup(prompt)
-        req = _Request(request, prompt, hashes, cached)
+        req = TrackedRequest(request, prompt, hashes, cached)
         room = max((e.kv_capacity_tokens for e in self.state.engines.values()
                     if e.alive and e.role == "decode"), default=0)
         if self._decode_tokens(req) > room:  # the scheduler would wait for room forever
@@ -287,7 +238,7 @@ class LocalCluster(Backend):
         hits = self.store.longest_prefix(hashes)
         return hashes[:hits], hits * bs
 
-    def _cancel(self, req: _Request) -> None:
+    def _cancel(self, req: TrackedRequest) -> None:
         """Tell the engines to drop the request and return its resources to the view."""
         for engine_id in (req.pe, req.de):
             if engine_id is not None and self.state.alive(engine_id):
@@ -297,7 +248,7 @@ class LocalCluster(Backend):
             self._waiting.remove(req)
         self._wake.set()  # the freed room may let waiting requests go
 
-    def _release(self, req: _Request) -> None:
+    def _release(self, req: TrackedRequest) -> None:
         if req.pe is not None:
             self.state.prefill_done(req.pe, len(req.prompt))
         if req.de is not None:
@@ -307,13 +258,13 @@ class LocalCluster(Backend):
         req.pe = req.de = req.read_node = None
         req.read_tokens = 0
 
-    def _decode_tokens(self, req: _Request) -> int:
+    def _decode_tokens(self, req: TrackedRequest) -> int:
         """KV room on the DE, in whole blocks (the DE allocates whole blocks)."""
         bs = self.config.block_size
         need = len(req.prompt) + max(1, req.remaining_tokens)
         return -(-need // bs) * bs
 
-    def _finish(self, req: _Request, reason: str, error: str | None = None) -> None:
+    def _finish(self, req: TrackedRequest, reason: str, error: str | None = None) -> None:
         if req.finished:
             return
         req.finished = True
@@ -348,7 +299,7 @@ class LocalCluster(Backend):
                 self.scheduler_calls.append((infos, view, dispatched))
             self._waiting = [r for r in self._waiting if r.rid not in placed]
 
-    def _dispatch(self, req: _Request, p: Any) -> None:
+    def _dispatch(self, req: TrackedRequest, p: Any) -> None:
         side = p.read.side
         if side == "split":  # the runtime reads from one side: the larger share
             side = "pe" if p.read.pe_tokens >= p.read.de_tokens else "de"
@@ -398,7 +349,7 @@ class LocalCluster(Backend):
             except Exception:
                 logger.exception("bad control message")
 
-    def _attempt(self, wire_id: str) -> _Request | None:
+    def _attempt(self, wire_id: str) -> TrackedRequest | None:
         """The request whose *current* attempt is `wire_id` (None for stale attempts)."""
         rid, sep, _ = wire_id.rpartition("#")
         req = self._requests.get(rid) if sep else None
@@ -442,81 +393,6 @@ class LocalCluster(Backend):
         elif isinstance(msg, proto.TransferFailed):
             self._transfer_failed(msg)
 
-    async def _supervise_loop(self) -> None:
-        assert self._procs is not None
-        while True:
-            await asyncio.sleep(SUPERVISE_INTERVAL_S)
-            for engine_id in self._procs.poll_dead():
-                self._engine_died(engine_id)
-
-    def _engine_died(self, engine_id: int) -> None:
-        log = os.path.join(self._run_dir, f"engine-{engine_id}.log")
-        logger.error("engine %d died; re-running its requests elsewhere. Log tail:\n%s",
-                     engine_id, _tail(log, 15))
-        self.state.mark_dead(engine_id)
-        # A PE reports PrefillDone as soon as its KV is queued to the DE; until the DE's first
-        # token arrives, the KV may have died with the PE and the DE would wait forever.
-        affected = [r for r in self._requests.values() if engine_id in (r.pe, r.de) or (
-            r.de is not None and r.prefill_engine == engine_id
-            and len(r.generated) == r.attempt_generated)]
-        requeued = [req for req in affected if self._drop_attempt(req)]
-        self._waiting[:0] = requeued  # ahead of newer requests, in their arrival order
-        if not self.state.has_role("prefill") or not self.state.has_role("decode"):
-            for req in list(self._requests.values()):
-                self._cancel(req)
-                self._finish(req, "error", error="no live prefill or decode engine left")
-        self._wake.set()
-
-    def _drop_attempt(self, req: _Request) -> bool:
-        """Cancel the current attempt; True when the request needs another one (its prompt
-        then carries the tokens already streamed), False when it was finished here."""
-        self._cancel(req)
-        if self._stopped(req):  # the DE died between its last token and Finished
-            self._finish(req, "stop")
-            return False
-        if req.remaining_tokens <= 0:
-            self._finish(req, "length")
-            return False
-        # Resume: the streamed tokens become part of the prompt of the next attempt.
-        req.prompt = [*req.request.prompt_token_ids, *req.generated]
-        req.hashes, req.cached_tokens = self._lookup(req.prompt)
-        return True
-
-    def _transfer_failed(self, msg: proto.TransferFailed) -> None:
-        """An engine lost a live attempt's KV path to its peer: re-run the request (after the
-        fast-fail window), or end it once it has failed `TRANSFER_FAILURE_LIMIT` times. Reports
-        about attempts already gone (finished, aborted, re-run after an engine death) are
-        ignored."""
-        req = self._attempt(msg.request_id)
-        if req is None or req.de is None or msg.engine_id not in (req.prefill_engine, req.de):
-            return
-        req.transfer_failures += 1
-        logger.warning("request %s: engine %d's transfer with %s failed (%d of %d): %s",
-                       msg.request_id, msg.engine_id, msg.peer_address, req.transfer_failures,
-                       TRANSFER_FAILURE_LIMIT, msg.error)
-        if not self._drop_attempt(req):
-            return
-        if req.transfer_failures >= TRANSFER_FAILURE_LIMIT:
-            self._finish(req, "error", error=(
-                f"KV transfer failed {req.transfer_failures} times; last: engine "
-                f"{msg.engine_id} <-> {msg.peer_address}: {msg.error}"))
-            return
-
-        def retry() -> None:
-            if not req.finished and req not in self._waiting:
-                self._waiting.insert(0, req)
-                self._wake.set()
-
-        asyncio.get_running_loop().call_later(self.transfer_retry_delay_s, retry)
-
-    def _stopped(self, req: _Request) -> bool:
-        """Whether the last streamed token ended the request on the DE (stop rule of decode.py)."""
-        s = req.request.sampling
-        stop = set(s.stop_token_ids) | (set() if s.ignore_eos else
-                                        set(self._tokenizer.eos_token_ids))
-        return (bool(req.generated) and len(req.generated) >= s.min_tokens
-                and req.generated[-1] in stop)
-
     # ---- metrics ---------------------------------------------------------------------------
 
     def metrics_snapshot(self) -> BackendMetrics:
@@ -526,11 +402,3 @@ class LocalCluster(Backend):
     def counters(self) -> dict[int, dict[str, float]]:
         """Latest raw counters per engine (bytes per path, NIC stats, store stats)."""
         return dict(self._counters)
-
-
-def _tail(path: str, lines: int = 30) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
