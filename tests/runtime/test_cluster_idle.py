@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cluster_helpers import assert_idle, kv_capacity, run_request
@@ -37,31 +38,39 @@ async def _stream_then_leave(cluster: LocalCluster, rid: str, prompt: list[int],
     return got
 
 
+def _config(tmp_path: Path, **shape: object) -> ClusterConfig:
+    """Small buffers and KV, and slow storage (a 64-token block of the tiny model is 48 KiB),
+    so an engine is still reading the victim's prefix when it is killed."""
+    return ClusterConfig(
+        model="tiny", store_path=str(tmp_path / "store"), decode_kv_bytes=32 << 20,
+        pe_buffer_bytes=32 << 20, de_buffer_bytes=32 << 20, engine_start_timeout_s=120,
+        snic_bytes_s=100e3, **shape,  # type: ignore[arg-type]
+    )
+
+
+async def _start_victim(cluster: LocalCluster, side: str) -> tuple[asyncio.Task[Any], int, list[int]]:
+    """Store a 128-token prefix, then start a request that reads it; returns (its task, the
+    engine reading it — `side` "pe" or "de" — and its prompt) once that engine has it."""
+    warm_prompt = [(11 * i + 5) % 256 for i in range(150)]
+    warm = await run_request(cluster, "warm", warm_prompt)
+    await asyncio.sleep(2.0)  # the DE persists blocks 0 and 1 through the slow SNIC
+    victim_prompt = warm_prompt + warm.tokens + [(7 * i) % 256 for i in range(40)]
+    victim = asyncio.create_task(run_request(cluster, "victim", victim_prompt))
+    while (req := cluster._requests.get("victim")) is None or getattr(req, side) is None:
+        await asyncio.sleep(0.005)
+    reader = getattr(req, side)
+    assert req.cached_tokens == 128 and req.read_node == cluster.state.engines[reader].node_id
+    return victim, reader, victim_prompt
+
+
 def test_cluster_is_idle_after_aborts_one_token_answers_and_a_killed_engine(
         tmp_path: Path) -> None:
     async def main() -> None:
-        config = ClusterConfig(
-            model="tiny", store_path=str(tmp_path / "store"), decode_kv_bytes=32 << 20,
-            pe_buffer_bytes=32 << 20, de_buffer_bytes=32 << 20, engine_start_timeout_s=120,
-            prefill_nodes=1, decode_nodes=2, read_path="de",
-            # Slow storage (a 64-token block of the tiny model is 48 KiB): the DE is still
-            # reading the victim's prefix when it is killed.
-            snic_bytes_s=100e3,
-        )
-        cluster = LocalCluster(config)
+        cluster = LocalCluster(_config(tmp_path, prefill_nodes=1, decode_nodes=2, read_path="de"))
         await cluster.start()
         try:
             capacity = kv_capacity(cluster)
-            warm_prompt = [(11 * i + 5) % 256 for i in range(150)]
-            warm = await run_request(cluster, "warm", warm_prompt)
-            await asyncio.sleep(2.0)  # the DE persists blocks 0 and 1 through the slow SNIC
-            victim_prompt = warm_prompt + warm.tokens + [(7 * i) % 256 for i in range(40)]
-            victim = asyncio.create_task(run_request(cluster, "victim", victim_prompt))
-            while (req := cluster._requests.get("victim")) is None or req.de is None:
-                await asyncio.sleep(0.005)
-            assert req.cached_tokens == 128 and req.read_node == cluster.state.engines[
-                req.de].node_id
-            killed = req.de
+            victim, killed, _ = await _start_victim(cluster, "de")
             cluster.kill_engine(killed)
             others = await asyncio.wait_for(asyncio.gather(
                 run_request(cluster, "one", [(3 * i) % 256 for i in range(70)], max_tokens=1),
@@ -89,25 +98,11 @@ def test_cluster_is_idle_after_a_prefill_engine_is_killed_mid_read(tmp_path: Pat
     re-run on the other PE, gives the same answer, and nothing is left behind."""
 
     async def main() -> None:
-        config = ClusterConfig(
-            model="tiny", store_path=str(tmp_path / "store"), decode_kv_bytes=32 << 20,
-            pe_buffer_bytes=32 << 20, de_buffer_bytes=32 << 20, engine_start_timeout_s=120,
-            prefill_nodes=2, decode_nodes=1, read_path="pe", snic_bytes_s=100e3,
-        )
-        cluster = LocalCluster(config)
+        cluster = LocalCluster(_config(tmp_path, prefill_nodes=2, decode_nodes=1, read_path="pe"))
         await cluster.start()
         try:
             capacity = kv_capacity(cluster)
-            warm_prompt = [(11 * i + 5) % 256 for i in range(150)]
-            warm = await run_request(cluster, "warm", warm_prompt)
-            await asyncio.sleep(2.0)
-            victim_prompt = warm_prompt + warm.tokens + [(7 * i) % 256 for i in range(40)]
-            victim = asyncio.create_task(run_request(cluster, "victim", victim_prompt))
-            while (req := cluster._requests.get("victim")) is None or req.pe is None:
-                await asyncio.sleep(0.005)
-            assert req.cached_tokens == 128 and req.read_node == cluster.state.engines[
-                req.pe].node_id
-            killed = req.pe
+            victim, killed, victim_prompt = await _start_victim(cluster, "pe")
             cluster.kill_engine(killed)
             result = await asyncio.wait_for(victim, 30)
             assert not cluster.state.alive(killed)

@@ -90,8 +90,7 @@ class LocalCluster(FailoverMixin, Backend):
     def max_model_len(self) -> int:
         """The model's context, capped by the largest decode engine's KV room (whole blocks),
         so the server refuses (400) what no decode engine could ever hold."""
-        room = max((e.kv_capacity_tokens for e in self.state.engines.values()
-                    if e.alive and e.role == "decode"), default=0)
+        room = self.state.largest_decode_kv_tokens()
         limit = self.model_config.max_position_embeddings
         bs = self.config.block_size
         return min(limit, room // bs * bs) if room >= bs else limit
@@ -197,8 +196,7 @@ class LocalCluster(FailoverMixin, Backend):
         prompt = list(request.prompt_token_ids)
         hashes, cached = self._lookup(prompt)
         req = TrackedRequest(request, prompt, hashes, cached)
-        room = max((e.kv_capacity_tokens for e in self.state.engines.values()
-                    if e.alive and e.role == "decode"), default=0)
+        room = self.state.largest_decode_kv_tokens()
         if self._decode_tokens(req) > room:  # the scheduler would wait for room forever
             yield FinishEvent(req.rid, "error", len(prompt), 0, 0, error=(
                 f"prompt + max_tokens needs {self._decode_tokens(req)} tokens of KV; the "

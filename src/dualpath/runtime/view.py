@@ -87,6 +87,11 @@ class ClusterState:
     def read_done(self, node_id: int, tokens: int) -> None:
         self.read_queue[node_id] = max(0, self.read_queue.get(node_id, 0) - tokens)
 
+    def largest_decode_kv_tokens(self) -> int:
+        """KV room of the largest live decode engine, in tokens (0 if none is alive)."""
+        return max((e.kv_capacity_tokens for e in self.engines.values()
+                    if e.alive and e.role == "decode"), default=0)
+
     # ---- views ----------------------------------------------------------------------------
 
     def view(self) -> ClusterView:
