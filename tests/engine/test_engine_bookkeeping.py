@@ -91,7 +91,7 @@ def test_sender_remembers_a_bounded_number_of_dropped_requests() -> None:
 
 def _failing_engine(engine: Any, timeout_s: float) -> list[Any]:
     """Wire what `report_transfer_failed` needs; returns the control messages sent."""
-    from dualpath.runtime.config import ClusterConfig
+    from dualpath.core.config import ClusterConfig
 
     engine.engine_id = 5
     engine.config = ClusterConfig(model="tiny", store_path="unused", kv_wait_timeout_s=timeout_s)

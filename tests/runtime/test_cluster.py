@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from cluster_helpers import assert_idle, kv_capacity, run_conversation, run_request
 
+from dualpath.core.config import ClusterConfig
 from dualpath.runtime.cluster import LocalCluster
-from dualpath.runtime.config import ClusterConfig
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from dualpath.core.config import ClusterConfig
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, SamplingParams
 from dualpath.runtime import protocol as proto
 from dualpath.runtime.cluster import LocalCluster
-from dualpath.runtime.config import ClusterConfig
 from dualpath.scheduler import GlobalScheduler
 
 PE, DE1, DE2, PE2 = 0, 1, 2, 3

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from cluster_helpers import assert_idle, kv_capacity, run_request
 
+from dualpath.core.config import ClusterConfig
 from dualpath.core.requests import GenerateRequest, SamplingParams, TokenEvent
 from dualpath.runtime.cluster import LocalCluster
-from dualpath.runtime.config import ClusterConfig
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from cluster_helpers import assert_idle, kv_capacity, run_request
 
+from dualpath.core.config import ClusterConfig
 from dualpath.engine.base import INJECT_SEND_FAILURES_ENV
 from dualpath.runtime import protocol as proto
 from dualpath.runtime.cluster import LocalCluster
-from dualpath.runtime.config import ClusterConfig
 
 pytestmark = pytest.mark.timeout(180)
 

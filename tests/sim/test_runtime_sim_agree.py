@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from dualpath.core.config import ClusterConfig
 from dualpath.core.requests import FinishEvent, GenerateRequest, SamplingParams, TokenEvent
 from dualpath.kv.hashing import block_hashes
 from dualpath.runtime.cluster import LocalCluster
-from dualpath.runtime.config import ClusterConfig
 from dualpath.scheduler import ClusterView, RequestInfo
 from dualpath.sim.config import SimConfig
 from dualpath.sim.hardware import load_hardware

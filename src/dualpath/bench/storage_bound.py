@@ -107,8 +107,8 @@ def _snic_bytes(counters: dict[int, dict[str, float]], engine_nodes: dict[int, i
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from dualpath.bench.metrics import build_report
-    from dualpath.runtime.config import ClusterConfig
+    from dualpath.core.config import ClusterConfig
+    from dualpath.workload.metrics import build_report
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:

@@ -22,6 +22,7 @@ from dataclasses import asdict
 import numpy as np
 import zmq
 
+from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import TransferError
 from dualpath.core.systems import system_spec
 from dualpath.engine.kv_messages import DataSender
@@ -29,7 +30,6 @@ from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.layout import BlockGeometry
 from dualpath.model.loader import load_model
 from dualpath.runtime import protocol as proto
-from dualpath.runtime.config import ClusterConfig
 from dualpath.runtime.nics import cnic_spec, snic_spec
 from dualpath.transfer.base import Message
 from dualpath.transfer.buffer_pool import BufferPool

@@ -25,6 +25,7 @@ import zmq
 import zmq.asyncio
 
 from dualpath.core.backend import AdmissionLimits, Backend, BackendMetrics
+from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import EngineError
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, TokenEvent
 from dualpath.core.systems import system_spec
@@ -32,7 +33,6 @@ from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.layout import BlockGeometry
 from dualpath.runtime import protocol as proto
-from dualpath.runtime.config import ClusterConfig
 from dualpath.runtime.failover import TRANSFER_RETRY_DELAY_S, FailoverMixin, log_tail
 from dualpath.runtime.launcher import EngineProcesses, EngineSpec, engine_specs
 from dualpath.runtime.tracked import TrackedRequest

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from dualpath.runtime.config import ClusterConfig
+from dualpath.core.config import ClusterConfig
 
 logger = logging.getLogger(__name__)
 
