@@ -25,6 +25,20 @@ def register(sub: Any) -> None:
                    help="requests that may wait before new ones get HTTP 429 (default 1024)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0,
                    help="on SIGTERM/Ctrl-C, wait this long for in-flight requests")
+    g = p.add_argument_group("internal plane and remote nodes")
+    g.add_argument("--internal-host", default=None,
+                   help="address the engine control/KV plane binds (default 127.0.0.1; never "
+                        "the public --host)")
+    g.add_argument("--control-port", type=int, default=None,
+                   help="port nodes join (default: any free port)")
+    g.add_argument("--cluster-secret", default=None, metavar="FILE",
+                   help="cluster secret file (created 0600 if missing; default: a fresh one "
+                        "per run, or ./dualpath-cluster.secret with --accept-nodes)")
+    g.add_argument("--accept-nodes", action="store_true",
+                   help="let `dualpath node --join` agents add nodes while serving")
+    g.add_argument("--remote-nodes", action="store_true",
+                   help="start no local engines: wait for --prefill-nodes/--decode-nodes "
+                        "nodes to join (implies --accept-nodes)")
     p.set_defaults(func=run)
 
 
@@ -73,8 +87,13 @@ def run(args: argparse.Namespace) -> int:
     from dualpath.runtime.cluster import LocalCluster
     from dualpath.server.run import run_server
 
+    remote = args.accept_nodes or args.remote_nodes
+    secret = args.cluster_secret or ("dualpath-cluster.secret" if remote else None)
     config = cluster_config(args, host=args.host, port=args.port, api_key=args.api_key,
-                            served_model_name=args.served_model_name)
+                            served_model_name=args.served_model_name,
+                            internal_host=args.internal_host, control_port=args.control_port,
+                            cluster_secret_path=secret, accept_nodes=True if remote else None,
+                            local_engines=False if args.remote_nodes else None)
     print(f"starting DualPath cluster: {config.prefill_nodes}P{config.decode_nodes}D x "
           f"{config.engines_per_node} engine(s), model {config.model}, system {config.system}, "
           f"store {config.store_path if config.use_kv_store else '(disabled)'} ...", flush=True)

@@ -63,8 +63,24 @@ class ClusterConfig:
     max_decode_batch: int = 64
     # Admission: requests queued in the scheduler beyond this are refused (HTTP 429).
     max_waiting_requests: int = 1024
-    host: str = "127.0.0.1"
+    host: str = "127.0.0.1"  # the public HTTP API
     port: int = 8000
+    # The internal plane (engine control and KV data) binds here, never on the public host.
+    internal_host: str = "127.0.0.1"
+    # The scheduler's control port that engines and `dualpath node` agents connect to
+    # (0 = any free port; remote nodes need a fixed one).
+    control_port: int = 0
+    # File holding the cluster secret every internal key derives from (mode 0600); None = a
+    # fresh one in the run directory (a purely local cluster).
+    cluster_secret_path: str | None = None
+    # Start the configured nodes as local engine processes (False: remote nodes join).
+    local_engines: bool = True
+    # Accept `dualpath node --join` agents while running.
+    accept_nodes: bool = False
+    # An engine silent for this long (no report at all; stats go out every 0.5 s) is dead.
+    engine_heartbeat_timeout_s: float = 10.0
+    # Engine ids are < this bound (it bounds the key table of the internal plane).
+    max_engines: int = 1024
     api_key: str | None = None
     served_model_name: str | None = None
     engine_start_timeout_s: float = 300.0
@@ -85,8 +101,15 @@ class ClusterConfig:
                 raise ConfigError(f"{name} must be positive (or omitted for unlimited)")
         if not 0.0 < self.cnic_high_weight < 1.0:
             raise ConfigError("cnic_high_weight must be in (0, 1)")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("port", "control_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be in [0, 65535], got {getattr(self, name)}")
+        if self.engine_heartbeat_timeout_s <= 0:
+            raise ConfigError("engine_heartbeat_timeout_s must be positive")
+        if not self.local_engines and not self.accept_nodes:
+            raise ConfigError("a cluster without local engines must accept remote nodes")
+        if self.num_engines > self.max_engines:
+            raise ConfigError(f"{self.num_engines} engines exceed max_engines={self.max_engines}")
         if self.prefill_quota_s <= 0:
             raise ConfigError("prefill_quota_s must be positive")
 

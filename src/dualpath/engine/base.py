@@ -29,6 +29,7 @@ import zmq
 from dualpath import wire
 from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import TransferError
+from dualpath.core.secret import ClusterSecret
 from dualpath.core.systems import system_spec
 from dualpath.engine.data_sender import DataSender
 from dualpath.engine.nics import cnic_spec, snic_spec
@@ -38,8 +39,9 @@ from dualpath.kv.layout import BlockGeometry
 from dualpath.model.loader import load_model
 from dualpath.transfer.base import Message
 from dualpath.transfer.buffer_pool import BufferPool
+from dualpath.transfer.curve import ClusterKeys, engine_of, make_client
 from dualpath.transfer.nic import EmulatedNic
-from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.transfer.zmq_transport import DataSecurity, ZmqTransport
 from dualpath.wire import control as ctl
 from dualpath.wire.types import AttemptId
 
@@ -56,7 +58,7 @@ class EngineBase:
     role = "engine"
 
     def __init__(self, config: ClusterConfig, engine_id: int, node_id: int,
-                 control_address: str, run_dir: str) -> None:
+                 control_address: str, run_dir: str, secret: ClusterSecret) -> None:
         self.config = config
         self.engine_id = engine_id
         self.node_id = node_id
@@ -69,7 +71,11 @@ class EngineBase:
         self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
         self.store = ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
-        self.transport = ZmqTransport(f"tcp://{config.host}:0", cnic=self.cnic)
+        keys = ClusterKeys(secret, config.max_engines - 1)
+        me = keys.engine(engine_id)
+        # Data: only other engines may send here (never a node agent or a stranger).
+        self.transport = ZmqTransport(f"tcp://{config.internal_host}:0", cnic=self.cnic,
+                                      security=DataSecurity(keys, me, _is_engine))
         self.sender = DataSender(self.transport, on_failure=self._send_failed,
                                  failed_for_s=config.peer_retry_after_s,
                                  inject_failures=_injected_failures())
@@ -80,6 +86,7 @@ class EngineBase:
         self._ctrl = self._ctx.socket(zmq.DEALER)
         self._ctrl.setsockopt(zmq.LINGER, 0)
         self._ctrl.setsockopt(zmq.IDENTITY, str(engine_id).encode())
+        make_client(self._ctrl, me, keys.control_server.public)
         self._ctrl.connect(control_address)
         self._ctrl_lock = threading.Lock()
         self._stop = threading.Event()
@@ -289,6 +296,10 @@ class EngineBase:
         self._ctx.term()
         self.snic.close()
         self.cnic.close()
+
+
+def _is_engine(user: str) -> bool:
+    return engine_of(user) is not None
 
 
 def _injected_failures() -> dict[str, int]:

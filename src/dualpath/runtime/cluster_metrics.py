@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from dualpath.core.backend import BackendMetrics
 from dualpath.runtime.ledger import Ledger
+from dualpath.wire import Rejections
 
 
 class ClusterMetrics:
@@ -20,10 +21,10 @@ class ClusterMetrics:
         self.counters: dict[int, dict[str, float]] = {}
         self._util: dict[tuple[int, str], float] = {}
         self._last_s: dict[int, float] = {}
-        self.rejected: dict[str, int] = {}  # frames the scheduler process itself dropped
-
-    def count_rejected(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        # frames and connections the scheduler process itself refused (ZAP counts from its
+        # own thread)
+        self.rejected = Rejections()
+        self.engine_restarts = 0
 
     def record(self, engine_id: int, counters: Mapping[str, float], now_s: float) -> None:
         """Keep the report; NIC utilization is the busy fraction since the previous one."""
@@ -49,7 +50,7 @@ class ClusterMetrics:
     def snapshot(self, ledger: Ledger, *, num_waiting: int, num_running: int) -> BackendMetrics:
         read = {"pe": 0, "de": 0}
         buffers: dict[str, int] = {}
-        rejected = dict(self.rejected)
+        rejected = self.rejected.snapshot()
         for engine_id, c in self.counters.items():
             read["pe"] += int(c.get("bytes_read_pe_path", 0))
             read["de"] += int(c.get("bytes_read_de_path", 0))

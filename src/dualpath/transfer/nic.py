@@ -46,6 +46,12 @@ class TrafficClass(enum.IntEnum):
     KV = 1  # low priority: KV blocks, storage I/O
 
 
+# IP TOS byte a socket of each class marks its packets with, so a kernel-shaped compute
+# interface (the netns testbed, a real switch) can queue the classes apart: DSCP EF (46) for
+# model-execution traffic, DSCP CS1 (8, "lower effort") for KV.
+TOS_BY_CLASS: dict[TrafficClass, int] = {TrafficClass.MODEL: 0xB8, TrafficClass.KV: 0x20}
+
+
 class Direction(enum.IntEnum):
     TX = 0  # bytes leaving this NIC (sends, storage writes)
     RX = 1  # bytes arriving at this NIC (receives, storage reads)
