@@ -32,6 +32,7 @@ from dualpath.kv.hashing import block_hashes
 from dualpath.model.kv_bytes import kv_from_bytes
 from dualpath.model.kv_cache import PagedKVCache
 from dualpath.transfer.base import Message
+from dualpath.transfer.curve import engine_of
 from dualpath.wire import FrameRejected
 from dualpath.wire import control as ctl
 from dualpath.wire.data import HitLayer, HitReady, KvLayer, PrefillFailed, PrefillResult
@@ -210,6 +211,9 @@ class DecodeEngine(EngineBase):
         if task is None:
             self._early.keep(h.attempt, msg)
             return
+        if msg.peer is not None and engine_of(msg.peer) != task.assign.prefill_engine:
+            raise FrameRejected("identity", f"{h.attempt}: KV from {msg.peer}, not from "
+                                            f"engine {task.assign.prefill_engine}")
         if task.state != TaskState.WAITING:
             raise FrameRejected("invalid", f"{h.attempt}: {type(h).__name__} after the prefill")
         if task.waiting_since_s is not None:

@@ -30,9 +30,11 @@ class ControlPlane:
         self._zap = ZapHandler(self._sync_ctx, keys, allow, rejections)
         self._router = self._ctx.socket(zmq.ROUTER)
         self._router.setsockopt(zmq.LINGER, 0)
-        # A restarted engine reconnects under its id before the old connection is noticed
-        # gone; ZAP already proved it holds that id's key.
-        self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: a second connection under a live engine's routing id is refused,
+        # so no member can take over another's route. zmq heartbeats drop the connection of an
+        # engine whose host vanished, so its restarted process can reconnect under its id.
+        self._router.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self._router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         make_server(self._router, keys.control_server)
         self._zap.watch(self._router)
         self.address = ""
