@@ -1,0 +1,180 @@
+"""Does the kernel isolate the MODEL class from a saturating KV stream? Measured on a testbed.
+
+The receiver runs a bulk sink and an echo server; the sender runs a bulk blaster on an on/off
+schedule (`rounds` x [idle `phase_s`, load `phase_s`]: adjacent idle and loaded phases see the
+same machine load) and, all along, request/response probes in three classes, one connection
+each: MODEL (TOS EF), KV (TOS CS1) and unmarked. A probe counts for a phase when it starts
+`settle_s` after the phase began (the bulk stream has filled its queue, or drained it). The
+probes and the echo server ask for SCHED_FIFO, so that on a loaded machine the figures are
+the network's, not the CPU run queue's (`realtime` in the result says whether they got it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from dataclasses import dataclass
+
+from dualpath.core.errors import ConfigError
+from dualpath.testbed.commands import TestbedError
+from dualpath.testbed.host import Direction, Host
+from dualpath.testbed.rate import TRAFFIC
+from dualpath.testbed.shaping import TOS_KV, TOS_MODEL
+from dualpath.testbed.spec import Network
+
+PROBE_CLASSES = {"model": TOS_MODEL, "kv": TOS_KV, "unmarked": 0}
+_PROBE_ORDER = (TOS_MODEL, TOS_KV, TOS_MODEL, 0)  # MODEL probed twice as often
+
+
+@dataclass(frozen=True)
+class IsolationConfig:
+    rounds: int = 3
+    phase_s: float = 2.0
+    settle_s: float = 0.3
+    interval_s: float = 0.005
+    probe_bytes: int = 64
+    load_tos: int = TOS_KV
+    realtime: bool = True
+    sndbuf_bytes: int = 256 * 1024  # bounds what drains after a loaded phase (Linux doubles it)
+    sink_port: int = 5201
+    echo_port: int = 5202
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.phase_s <= self.settle_s or self.interval_s < 0:
+            raise ConfigError("need rounds >= 1, phase_s > settle_s and interval_s >= 0")
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    count: int
+    lost: int  # no reply within the probe timeout
+    p50_s: float
+    p99_s: float
+    max_s: float
+
+
+@dataclass(frozen=True)
+class ClassLatency:
+    idle: LatencyStats
+    loaded: LatencyStats
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.loaded.p99_s / self.idle.p99_s if self.idle.p99_s > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class IsolationResult:
+    link_rate_bytes_s: float
+    load_wire_bytes_s: float  # what the bottleneck shaper passed, per loaded second
+    realtime: bool
+    classes: dict[str, ClassLatency]  # "model", "kv", "unmarked"
+
+    @property
+    def load_utilisation(self) -> float:
+        return self.load_wire_bytes_s / self.link_rate_bytes_s
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name, cls in self.classes.items():
+            prefix = "" if name == "model" else f"{name}_"
+            for phase, stats in (("idle", cls.idle), ("loaded", cls.loaded)):
+                out[f"{prefix}{phase}_p50_s"] = stats.p50_s
+                out[f"{prefix}{phase}_p99_s"] = stats.p99_s
+                out[f"{prefix}{phase}_max_s"] = stats.max_s
+                out[f"{prefix}{phase}_samples"] = stats.count
+                out[f"{prefix}{phase}_lost"] = stats.lost
+            out[f"{prefix}p99_ratio"] = cls.p99_ratio
+        out.update(link_rate_bytes_s=self.link_rate_bytes_s,
+                   load_wire_bytes_s=self.load_wire_bytes_s,
+                   load_utilisation=self.load_utilisation, realtime_probes=self.realtime)
+        return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in [0, 1]) of `values`; NaN when empty."""
+    if not values:
+        return math.nan
+    xs = sorted(values)
+    k = (len(xs) - 1) * q
+    lo = math.floor(k)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def _stats(rtts: list[float]) -> LatencyStats:
+    ok = [r for r in rtts if r >= 0]
+    return LatencyStats(count=len(ok), lost=len(rtts) - len(ok), p50_s=percentile(ok, 0.5),
+                        p99_s=percentile(ok, 0.99), max_s=max(ok) if ok else math.nan)
+
+
+def _json_line(proc: subprocess.Popen[str], what: str, timeout_s: float) -> dict[str, object]:
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        proc.kill()
+        raise TestbedError(f"{what} did not finish in {timeout_s:.0f} s") from exc
+    if proc.returncode != 0 or not out.strip():
+        raise TestbedError(f"{what} failed (exit {proc.returncode})")
+    result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _bottleneck(sender: Host, receiver: Host) -> tuple[float, Host, Direction]:
+    """The tighter of the sender's TX and the receiver's RX shaper: (rate, host, direction)."""
+    tx, rx = sender.spec.cnic_bytes_s, receiver.spec.cnic_bytes_s
+    if tx is not None and (rx is None or tx <= rx):
+        return tx, sender, Direction.TX
+    if rx is not None:
+        return rx, receiver, Direction.RX
+    raise ConfigError(f"neither {sender.name}'s nor {receiver.name}'s CNIC is shaped")
+
+
+def measure_isolation(sender: Host, receiver: Host,
+                      config: IsolationConfig = IsolationConfig()) -> IsolationResult:
+    """Saturate the compute path `sender` -> `receiver` with bulk traffic of
+    `config.load_tos` and probe all three classes over it. The bottleneck is the tighter of
+    the sender's TX and the receiver's RX shaper (either must be shaped)."""
+    rate, shaped_host, direction = _bottleneck(sender, receiver)
+    addr = receiver.address(Network.COMPUTE)
+    rt = ["--realtime"] if config.realtime else []
+    sink = receiver.popen([*TRAFFIC, "sink", "--port", str(config.sink_port)],
+                          stdout=subprocess.DEVNULL)
+    echo = receiver.popen([*TRAFFIC, "echo", "--port", str(config.echo_port),
+                           "--size", str(config.probe_bytes), *rt])
+    total_s = 2 * config.rounds * config.phase_s
+    lead_s = 1.0  # the probe process starts up meanwhile
+    before = shaped_host.shaper_counters(Network.COMPUTE, direction).link.sent_bytes
+    try:
+        blaster = sender.popen(
+            [*TRAFFIC, "blast", "--to", f"{addr}:{config.sink_port}", "--tos", str(config.load_tos),
+             "--lead-s", str(lead_s), "--idle-s", str(config.phase_s), "--load-s",
+             str(config.phase_s), "--rounds", str(config.rounds), "--sndbuf",
+             str(config.sndbuf_bytes)],
+            stdout=subprocess.PIPE, text=True)
+        prober = sender.popen(
+            [*TRAFFIC, "probe", "--to", f"{addr}:{config.echo_port}",
+             "--tos", ",".join(str(t) for t in _PROBE_ORDER), "--seconds", str(lead_s + total_s + 1),
+             "--interval-s", str(config.interval_s), "--size", str(config.probe_bytes), *rt],
+            stdout=subprocess.PIPE, text=True)
+        load = _json_line(blaster, "bulk sender", total_s + 60)
+        probes = _json_line(prober, "prober", total_s + 60)
+    finally:
+        for proc in (sink, echo):
+            proc.terminate()
+            proc.wait(timeout=10)
+    wire = shaped_host.shaper_counters(Network.COMPUTE, direction).link.sent_bytes - before
+    windows = [(float(w[0]), float(w[1]), str(w[2])) for w in load["windows"]]  # type: ignore[attr-defined]
+    loaded_s = sum(end - start for start, end, kind in windows if kind == "load")
+    samples: dict[str, list[list[float]]] = probes["samples"]  # type: ignore[assignment]
+    classes = {}
+    for name, tos in PROBE_CLASSES.items():
+        phase: dict[str, list[float]] = {"idle": [], "load": []}
+        for t, rtt in samples.get(str(tos), []):
+            for start, end, kind in windows:
+                if start + config.settle_s <= t <= end:
+                    phase[kind].append(rtt)
+        classes[name] = ClassLatency(_stats(phase["idle"]), _stats(phase["load"]))
+    return IsolationResult(link_rate_bytes_s=rate, load_wire_bytes_s=wire / loaded_s,
+                           realtime=bool(probes["realtime"]), classes=classes)
