@@ -2,11 +2,13 @@
 
 The receiver runs a bulk sink and an echo server; the sender runs a bulk blaster on an on/off
 schedule (`rounds` x [idle `phase_s`, load `phase_s`]: adjacent idle and loaded phases see the
-same machine load) and, all along, request/response probes in three classes, one connection
-each: MODEL (TOS EF), KV (TOS CS1) and unmarked. A probe counts for a phase when it starts
-`settle_s` after the phase began (the bulk stream has filled its queue, or drained it). The
-probes and the echo server ask for SCHED_FIFO, so that on a loaded machine the figures are
-the network's, not the CPU run queue's (`realtime` in the result says whether they got it).
+same machine load; a load phase lasts until its last byte is acknowledged) and, all along,
+request/response probes in three classes, one connection each: MODEL (TOS EF) in one process,
+KV (TOS CS1) and unmarked taking turns in another (so that the slow ones do not thin out the
+MODEL samples). A probe counts for a phase when it starts `settle_s` after the phase began
+(the bulk stream has filled its queue). Probes, echo server and blaster ask for SCHED_FIFO,
+so that on a loaded machine the figures are the network's, not the CPU run queue's, and the
+blaster keeps the link full (`realtime` in the result says whether they got it).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from dataclasses import dataclass
 from dualpath.core.errors import ConfigError
 from dualpath.testbed.commands import TestbedError
 from dualpath.testbed.host import Direction, Host
-from dualpath.testbed.rate import TRAFFIC
+from dualpath.testbed.rate import traffic_argv
 from dualpath.testbed.shaping import TOS_KV, TOS_MODEL
 from dualpath.testbed.spec import Network
 
 PROBE_CLASSES = {"model": TOS_MODEL, "kv": TOS_KV, "unmarked": 0}
-_PROBE_ORDER = (TOS_MODEL, TOS_KV, TOS_MODEL, 0)  # MODEL probed twice as often
+_PROBERS = ((TOS_MODEL,), (TOS_KV, 0))  # one process each
 
 
 @dataclass(frozen=True)
@@ -32,11 +34,10 @@ class IsolationConfig:
     rounds: int = 3
     phase_s: float = 2.0
     settle_s: float = 0.3
-    interval_s: float = 0.005
+    interval_s: float = 0.003
     probe_bytes: int = 64
     load_tos: int = TOS_KV
     realtime: bool = True
-    sndbuf_bytes: int = 256 * 1024  # bounds what drains after a loaded phase (Linux doubles it)
     sink_port: int = 5201
     echo_port: int = 5202
 
@@ -138,36 +139,45 @@ def measure_isolation(sender: Host, receiver: Host,
     the sender's TX and the receiver's RX shaper (either must be shaped)."""
     rate, shaped_host, direction = _bottleneck(sender, receiver)
     addr = receiver.address(Network.COMPUTE)
-    rt = ["--realtime"] if config.realtime else []
-    sink = receiver.popen([*TRAFFIC, "sink", "--port", str(config.sink_port)],
-                          stdout=subprocess.DEVNULL)
-    echo = receiver.popen([*TRAFFIC, "echo", "--port", str(config.echo_port),
-                           "--size", str(config.probe_bytes), *rt])
+    rt = config.realtime
     total_s = 2 * config.rounds * config.phase_s
-    lead_s = 1.0  # the probe process starts up meanwhile
+    lead_s = 0.5  # the probers connect meanwhile
+    limit_s = lead_s + 3 * total_s + 30  # a drain cannot take more than a phase
+    servers = [receiver.popen(traffic_argv("sink", "--port", str(config.sink_port), realtime=rt),
+                              stdout=subprocess.DEVNULL),
+               receiver.popen(traffic_argv("echo", "--port", str(config.echo_port),
+                                           "--size", str(config.probe_bytes), realtime=rt))]
     before = shaped_host.shaper_counters(Network.COMPUTE, direction).link.sent_bytes
+    probers: list[subprocess.Popen[str]] = []
     try:
+        for tos_values in _PROBERS:
+            probers.append(sender.popen(
+                traffic_argv("probe", "--to", f"{addr}:{config.echo_port}",
+                             "--tos", ",".join(str(t) for t in tos_values), "--seconds",
+                             str(limit_s), "--interval-s", str(config.interval_s), "--size",
+                             str(config.probe_bytes), realtime=rt),
+                stdout=subprocess.PIPE, text=True))
         blaster = sender.popen(
-            [*TRAFFIC, "blast", "--to", f"{addr}:{config.sink_port}", "--tos", str(config.load_tos),
-             "--lead-s", str(lead_s), "--idle-s", str(config.phase_s), "--load-s",
-             str(config.phase_s), "--rounds", str(config.rounds), "--sndbuf",
-             str(config.sndbuf_bytes)],
+            traffic_argv("blast", "--to", f"{addr}:{config.sink_port}", "--tos",
+                         str(config.load_tos), "--lead-s", str(lead_s), "--idle-s",
+                         str(config.phase_s), "--load-s", str(config.phase_s), "--rounds",
+                         str(config.rounds), realtime=rt),
             stdout=subprocess.PIPE, text=True)
-        prober = sender.popen(
-            [*TRAFFIC, "probe", "--to", f"{addr}:{config.echo_port}",
-             "--tos", ",".join(str(t) for t in _PROBE_ORDER), "--seconds", str(lead_s + total_s + 1),
-             "--interval-s", str(config.interval_s), "--size", str(config.probe_bytes), *rt],
-            stdout=subprocess.PIPE, text=True)
-        load = _json_line(blaster, "bulk sender", total_s + 60)
-        probes = _json_line(prober, "prober", total_s + 60)
+        load = _json_line(blaster, "bulk sender", limit_s)
+        for proc in probers:
+            proc.terminate()  # a prober prints its samples and exits on SIGTERM
+        results = [_json_line(proc, "prober", 30) for proc in probers]
     finally:
-        for proc in (sink, echo):
-            proc.terminate()
+        for proc in [*servers, *probers]:
+            if proc.poll() is None:
+                proc.kill()
             proc.wait(timeout=10)
     wire = shaped_host.shaper_counters(Network.COMPUTE, direction).link.sent_bytes - before
     windows = [(float(w[0]), float(w[1]), str(w[2])) for w in load["windows"]]  # type: ignore[attr-defined]
     loaded_s = sum(end - start for start, end, kind in windows if kind == "load")
-    samples: dict[str, list[list[float]]] = probes["samples"]  # type: ignore[assignment]
+    samples: dict[str, list[list[float]]] = {}
+    for result in results:
+        samples.update(result["samples"])  # type: ignore[call-overload]
     classes = {}
     for name, tos in PROBE_CLASSES.items():
         phase: dict[str, list[float]] = {"idle": [], "load": []}
@@ -177,4 +187,4 @@ def measure_isolation(sender: Host, receiver: Host,
                     phase[kind].append(rtt)
         classes[name] = ClassLatency(_stats(phase["idle"]), _stats(phase["load"]))
     return IsolationResult(link_rate_bytes_s=rate, load_wire_bytes_s=wire / loaded_s,
-                           realtime=bool(probes["realtime"]), classes=classes)
+                           realtime=all(bool(r["realtime"]) for r in results), classes=classes)

@@ -1,13 +1,14 @@
-"""Tiny TCP programs that run inside testbed hosts (`python -m dualpath.testbed.traffic CMD`):
+"""Tiny TCP programs that run inside testbed hosts (`python -S traffic.py CMD`, stdlib only):
 what the tests and `dualpath bench isolation` use to load and probe the shaped links.
 
 - `sink`  receives bulk streams and prints, per stream, one JSON line: bytes, and the
   monotonic times of the first byte, of byte `--warmup-bytes` and of the last byte.
 - `blast` sends a bulk stream with a TOS byte: `--bytes N`, or an on/off schedule
-  (`--idle-s`, `--load-s`, `--rounds`), and prints the windows it was sending in.
+  (`--idle-s`, `--load-s`, `--rounds`), and prints its idle and load windows; a load window
+  ends when its last byte is acknowledged (TIOCOUTQ is 0), so the idle one starts drained.
 - `echo`  echoes fixed-size messages; a connection's first byte is the TOS its replies carry.
 - `probe` request/response round trips over one connection per TOS in `--tos`, visited in
-  that order (repeat a TOS to probe it more often), one every `--interval-s`; prints every
+  that order, one every `--interval-s`, for `--seconds` or until SIGTERM; then prints every
   sample `[t, rtt_s]` (rtt -1: no reply within `--timeout-s`, the connection is replaced).
 - `ping`  one connect + round trip; exit status 0 on success, 1 on failure or timeout.
 
@@ -19,10 +20,13 @@ measures is the network's and not the CPU run queue's.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
+import signal
 import socket
 import sys
+import termios
 import threading
 import time
 from typing import Any
@@ -34,6 +38,8 @@ _CONNECT_S = 20.0  # servers start in parallel with their clients: retry connect
 def _realtime(enabled: bool) -> bool:
     if not enabled:
         return False
+    if os.sched_getscheduler(0) == os.SCHED_FIFO:  # started under chrt
+        return True
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     except (OSError, AttributeError):
@@ -71,6 +77,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 def sink(args: argparse.Namespace) -> int:
+    _realtime(args.realtime)
     srv = _listen(args.bind, args.port)
     for _ in range(args.streams):
         conn, _addr = srv.accept()
@@ -90,6 +97,7 @@ def sink(args: argparse.Namespace) -> int:
 
 
 def blast(args: argparse.Namespace) -> int:
+    _realtime(args.realtime)
     sock = _connect(args.to, args.tos)
     if args.sndbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, args.sndbuf)
@@ -112,11 +120,23 @@ def blast(args: argparse.Namespace) -> int:
             while time.monotonic() - start < args.load_s:
                 sock.sendall(payload)
                 sent += len(payload)
+            _drain(sock)  # the load lasts until the last byte is acknowledged
             windows.append([start, time.monotonic(), "load"])
     sock.shutdown(socket.SHUT_WR)
     sock.close()
     _emit({"bytes": sent, "windows": windows})
     return 0
+
+
+def _drain(sock: socket.socket, timeout_s: float = 10.0) -> None:
+    """Wait until the kernel holds no unacknowledged byte of `sock` (TIOCOUTQ == 0)."""
+    deadline = time.monotonic() + timeout_s
+    buf = bytearray(4)
+    while time.monotonic() < deadline:
+        fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, buf)
+        if int.from_bytes(buf, sys.byteorder) == 0:
+            return
+        time.sleep(0.001)
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
@@ -173,8 +193,10 @@ def probe(args: argparse.Namespace) -> int:
     samples: dict[int, list[list[float]]] = {tos: [] for tos in socks}
     msg = bytes(args.size)
     end = time.monotonic() + args.seconds
+    stop = threading.Event()  # SIGTERM ends the run early, results still printed
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     i = 0
-    while time.monotonic() < end:
+    while time.monotonic() < end and not stop.is_set():
         tos = order[i % len(order)]
         i += 1
         t = time.monotonic()
@@ -210,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--warmup-bytes", type=int, default=0)
+    p.add_argument("--realtime", action="store_true")
     p.set_defaults(func=sink)
     p = sub.add_parser("blast")
     p.add_argument("--to", required=True, help="HOST:PORT")
@@ -220,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--load-s", type=float, default=1.0)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--sndbuf", type=int, default=0)
+    p.add_argument("--realtime", action="store_true")
     p.set_defaults(func=blast)
     for name, func in (("echo", echo), ("probe", probe), ("ping", ping)):
         p = sub.add_parser(name)
