@@ -81,6 +81,18 @@ def test_an_exception_in_the_block_removes_namespaces_and_processes() -> None:
     assert not tb.is_up
 
 
+def test_a_forked_child_never_takes_its_parents_testbed_down() -> None:
+    with Testbed(TestbedSpec.cluster(prefill_nodes=0, decode_nodes=1)) as tb:
+        pid = os.fork()
+        if pid == 0:  # the child: what its atexit or SIGTERM handler would do
+            try:
+                tb.down()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        assert set(tb.namespaces()) <= set(list_netns())
+
+
 def _zombie(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "Z"

@@ -82,8 +82,9 @@ class Testbed:
         return self
 
     def down(self) -> None:
-        """Remove everything `up()` made; idempotent, never raises for a missing piece."""
-        if self._tag is None:
+        """Remove everything `up()` made; idempotent, never raises for a missing piece. In a
+        forked child it does nothing: only the process that made the testbed removes it."""
+        if self._tag is None or os.getpid() != self._tag.pid:
             return
         for host in self._hosts.values():
             try:
