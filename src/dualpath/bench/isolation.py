@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CNIC rate of both hosts, each direction (default 100Mbps)")
     parser.add_argument("--rounds", type=int, default=4, help="idle/loaded phase pairs (4)")
     parser.add_argument("--phase-s", type=float, default=2.5, help="seconds per phase (2.5)")
-    parser.add_argument("--interval-s", type=float, default=0.005,
-                        help="pause between probes (0.005)")
+    parser.add_argument("--interval-s", type=float, default=0.003,
+                        help="pause between probes of one prober (0.003)")
     parser.add_argument("--load-class", choices=["kv", "unmarked"], default="kv",
                         help="the bulk stream's class (default kv)")
     parser.add_argument("--rate-bytes", default="25MB",
