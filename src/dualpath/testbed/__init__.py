@@ -12,7 +12,7 @@ from Linux network namespaces, veth pairs, two bridges and `tc` HTB shaping (roo
 Imports only `dualpath.core` and the standard library.
 """
 
-from dualpath.testbed.commands import TestbedError, check_environment, environment_problem
+from dualpath.testbed.commands import TestbedError, check_environment
 from dualpath.testbed.host import Direction, Host, IfCounters, ShaperCounters
 from dualpath.testbed.naming import PREFIX, cleanup_stale
 from dualpath.testbed.shaping import (
@@ -31,7 +31,7 @@ from dualpath.testbed.spec import (
     Network,
     TestbedSpec,
 )
-from dualpath.testbed.testbed import Testbed, down_all
+from dualpath.testbed.testbed import Testbed, down_all, environment_problem
 
 __all__ = [
     "COMPUTE_SUBNET",

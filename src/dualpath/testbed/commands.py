@@ -37,15 +37,6 @@ def check_environment() -> None:
         raise ConfigError("the netns testbed needs root (network namespaces, veth, tc)")
 
 
-def environment_problem() -> str | None:
-    """Why the testbed cannot run here, or None (for skip reasons)."""
-    try:
-        check_environment()
-    except ConfigError as exc:
-        return str(exc)
-    return None
-
-
 def run(argv: Sequence[str], *, input_text: str | None = None, check: bool = True,
         timeout_s: float = _TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run one command; with `check`, a non-zero exit raises TestbedError."""

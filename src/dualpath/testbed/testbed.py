@@ -27,7 +27,7 @@ import threading
 from types import FrameType, TracebackType
 from typing import Any
 
-from dualpath.core.errors import ConfigError
+from dualpath.core.errors import ConfigError, DualPathError
 from dualpath.testbed import commands, naming
 from dualpath.testbed.host import Host
 from dualpath.testbed.shaping import tc_lines
@@ -179,6 +179,27 @@ class Testbed:
         host = Host(spec, netns, bridges, addresses)
         self._hosts[spec.name] = host
         return host
+
+
+def environment_problem() -> str | None:
+    """Why no testbed can be built here (not root, no iproute2, no namespaces, veth or HTB in
+    this kernel/container), or None; for skip reasons. Builds and removes a one-namespace
+    probe (~50 ms)."""
+    try:
+        commands.check_environment()
+    except ConfigError as exc:
+        return str(exc)
+    netns = naming.RunTag.new().netns("probe")
+    try:
+        commands.run(["ip", "netns", "add", netns])
+        commands.batch("ip", netns, ["link add probe0 type veth peer name probe1",
+                                     "link set probe0 up"])
+        commands.batch("tc", netns, tc_lines("probe0", 1e6, two_classes=True))
+    except DualPathError as exc:
+        return f"cannot build a testbed here: {exc}"
+    finally:
+        naming.remove_netns(netns)
+    return None
 
 
 # -- cleanup on exit and SIGTERM --------------------------------------------------------------
