@@ -18,12 +18,12 @@ from dualpath.testbed.isolation import IsolationConfig, measure_isolation
 RATE = 12.5e6
 SPEC = TestbedSpec((HostSpec("p0", HostRole.PREFILL, cnic_bytes_s=2 * RATE),
                     HostSpec("d0", HostRole.DECODE, cnic_bytes_s=RATE)))
-# MODEL p99 loaded / idle. The goal is 1.2, and most runs meet it (see the README), but on a
-# shared 2-core machine a run's p99 (~500 samples per condition) moves by a few tenths, and a
-# CPU stall of a few ms now and then lands in one condition only; so the test allows 1.5 and
-# measures a second time when the first run misses it. Without isolation the ratio is ~30-50
-# (MODEL probes then queue behind the KV backlog like the KV probes do), in both runs.
-P99_RATIO_BOUND = 1.5
+# MODEL p99 loaded / idle: the goal, 1.2. Short runs on a shared 2-core machine met it in 14
+# of 14 (0.64-1.12, probes pinned to one CPU and the bulk stream to the other, all under
+# SCHED_FIFO); a CPU stall of a few ms can still land in one condition only, so a run that
+# misses is measured once more. Without isolation the ratio is ~40 in both runs (MODEL
+# probes then queue behind the KV backlog like the KV probes do).
+P99_RATIO_BOUND = 1.2
 ATTEMPTS = 2
 CONFIG = IsolationConfig(rounds=2, phase_s=1.0, settle_s=0.25)
 

@@ -8,13 +8,16 @@ KV (TOS CS1) and unmarked taking turns in another (so that the slow ones do not 
 MODEL samples). A probe counts for a phase when it starts `settle_s` after the phase began
 (the bulk stream has filled its queue). Probes, echo server and blaster ask for SCHED_FIFO,
 so that on a loaded machine the figures are the network's, not the CPU run queue's, and the
-blaster keeps the link full (`realtime` in the result says whether they got it).
+blaster keeps the link full (`realtime` in the result says whether they got it); probes and
+echo server run on the first CPU, the bulk stream's ends on the last (`pin_cpus`), so the
+kernel's work on the bulk packets is not charged to the probes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 from dataclasses import dataclass
 
@@ -38,6 +41,7 @@ class IsolationConfig:
     probe_bytes: int = 64
     load_tos: int = TOS_KV
     realtime: bool = True
+    pin_cpus: bool = True  # probes on one CPU, the bulk stream on another (when there are 2)
     sink_port: int = 5201
     echo_port: int = 5202
 
@@ -122,6 +126,16 @@ def _json_line(proc: subprocess.Popen[str], what: str, timeout_s: float) -> dict
     return result
 
 
+def _cpus(pin: bool) -> tuple[int | None, int | None]:
+    """(probe CPU, load CPU): the first and the last CPU this process may use, or no pinning.
+    The bulk stream's packets are processed (softirq) mostly on the CPU that sends or
+    receives them; keeping them off the probes' CPU keeps that work out of the latencies."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[-1]
+
+
 def _bottleneck(sender: Host, receiver: Host) -> tuple[float, Host, Direction]:
     """The tighter of the sender's TX and the receiver's RX shaper: (rate, host, direction)."""
     tx, rx = sender.spec.cnic_bytes_s, receiver.spec.cnic_bytes_s
@@ -143,10 +157,12 @@ def measure_isolation(sender: Host, receiver: Host,
     total_s = 2 * config.rounds * config.phase_s
     lead_s = 0.5  # the probers connect meanwhile
     limit_s = lead_s + 3 * total_s + 30  # a drain cannot take more than a phase
-    servers = [receiver.popen(traffic_argv("sink", "--port", str(config.sink_port), realtime=rt),
-                              stdout=subprocess.DEVNULL),
+    probe_cpu, load_cpu = _cpus(config.pin_cpus)
+    servers = [receiver.popen(traffic_argv("sink", "--port", str(config.sink_port), realtime=rt,
+                                           cpu=load_cpu), stdout=subprocess.DEVNULL),
                receiver.popen(traffic_argv("echo", "--port", str(config.echo_port),
-                                           "--size", str(config.probe_bytes), realtime=rt))]
+                                           "--size", str(config.probe_bytes), realtime=rt,
+                                           cpu=probe_cpu))]
     before = shaped_host.shaper_counters(Network.COMPUTE, direction).link.sent_bytes
     probers: list[subprocess.Popen[str]] = []
     try:
@@ -155,13 +171,13 @@ def measure_isolation(sender: Host, receiver: Host,
                 traffic_argv("probe", "--to", f"{addr}:{config.echo_port}",
                              "--tos", ",".join(str(t) for t in tos_values), "--seconds",
                              str(limit_s), "--interval-s", str(config.interval_s), "--size",
-                             str(config.probe_bytes), realtime=rt),
+                             str(config.probe_bytes), realtime=rt, cpu=probe_cpu),
                 stdout=subprocess.PIPE, text=True))
         blaster = sender.popen(
             traffic_argv("blast", "--to", f"{addr}:{config.sink_port}", "--tos",
                          str(config.load_tos), "--lead-s", str(lead_s), "--idle-s",
                          str(config.phase_s), "--load-s", str(config.phase_s), "--rounds",
-                         str(config.rounds), realtime=rt),
+                         str(config.rounds), realtime=rt, cpu=load_cpu),
             stdout=subprocess.PIPE, text=True)
         load = _json_line(blaster, "bulk sender", limit_s)
         for proc in probers:

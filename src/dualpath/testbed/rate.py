@@ -30,14 +30,15 @@ from dualpath.testbed.spec import Network
 TRAFFIC = [sys.executable, "-S", str(Path(__file__).with_name("traffic.py"))]
 
 
-def traffic_argv(*args: str, realtime: bool = False) -> list[str]:
+def traffic_argv(*args: str, realtime: bool = False, cpu: int | None = None) -> list[str]:
     """argv of a traffic.py program; `realtime` starts it under SCHED_FIFO already (with
     util-linux `chrt` when installed; the program asks for it itself too), so that on a loaded
     machine it does not spend seconds in the run queue before it even starts."""
+    pin = [] if cpu is None else ["--cpu", str(cpu)]
     if not realtime:
-        return [*TRAFFIC, *args]
+        return [*TRAFFIC, *args, *pin]
     prefix = ["chrt", "-f", "10"] if shutil.which("chrt") else []
-    return [*prefix, *TRAFFIC, *args, "--realtime"]
+    return [*prefix, *TRAFFIC, *args, *pin, "--realtime"]
 
 
 @dataclass(frozen=True)

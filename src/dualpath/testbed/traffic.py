@@ -35,7 +35,9 @@ _CHUNK = 64 * 1024
 _CONNECT_S = 20.0  # servers start in parallel with their clients: retry connects this long
 
 
-def _realtime(enabled: bool) -> bool:
+def _realtime(enabled: bool, cpu: int | None = None) -> bool:
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     if not enabled:
         return False
     if os.sched_getscheduler(0) == os.SCHED_FIFO:  # started under chrt
@@ -77,7 +79,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 
 def sink(args: argparse.Namespace) -> int:
-    _realtime(args.realtime)
+    _realtime(args.realtime, args.cpu)
     srv = _listen(args.bind, args.port)
     for _ in range(args.streams):
         conn, _addr = srv.accept()
@@ -97,7 +99,7 @@ def sink(args: argparse.Namespace) -> int:
 
 
 def blast(args: argparse.Namespace) -> int:
-    _realtime(args.realtime)
+    _realtime(args.realtime, args.cpu)
     sock = _connect(args.to, args.tos)
     if args.sndbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, args.sndbuf)
@@ -161,7 +163,7 @@ def _echo_one(conn: socket.socket, size: int) -> None:
 
 
 def echo(args: argparse.Namespace) -> int:
-    _realtime(args.realtime)
+    _realtime(args.realtime, args.cpu)
     srv = _listen(args.bind, args.port)
     while True:
         conn, _addr = srv.accept()
@@ -187,7 +189,7 @@ def _round_trip(sock: socket.socket, msg: bytes) -> float | None:
 
 
 def probe(args: argparse.Namespace) -> int:
-    realtime = _realtime(args.realtime)
+    realtime = _realtime(args.realtime, args.cpu)
     order = [int(t, 0) for t in args.tos.split(",")]
     socks = {tos: _open_probe(args.to, tos, args.timeout_s) for tos in dict.fromkeys(order)}
     samples: dict[int, list[list[float]]] = {tos: [] for tos in socks}
@@ -233,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--streams", type=int, default=1)
     p.add_argument("--warmup-bytes", type=int, default=0)
     p.add_argument("--realtime", action="store_true")
+    p.add_argument("--cpu", type=int, default=None)
     p.set_defaults(func=sink)
     p = sub.add_parser("blast")
     p.add_argument("--to", required=True, help="HOST:PORT")
@@ -244,11 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--sndbuf", type=int, default=0)
     p.add_argument("--realtime", action="store_true")
+    p.add_argument("--cpu", type=int, default=None)
     p.set_defaults(func=blast)
     for name, func in (("echo", echo), ("probe", probe), ("ping", ping)):
         p = sub.add_parser(name)
         p.add_argument("--size", type=int, default=64)
         p.add_argument("--realtime", action="store_true")
+        p.add_argument("--cpu", type=int, default=None)
         if name == "echo":
             p.add_argument("--bind", default="0.0.0.0")
             p.add_argument("--port", type=int, required=True)
