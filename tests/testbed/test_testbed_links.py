@@ -9,6 +9,7 @@ twice the rate, or as unshaped speed."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -17,6 +18,7 @@ import pytest
 from dualpath.testbed import (
     TOS_KV,
     TOS_MODEL,
+    Direction,
     HostRole,
     HostSpec,
     KernelClass,
@@ -24,7 +26,7 @@ from dualpath.testbed import (
     Testbed,
     TestbedSpec,
 )
-from dualpath.testbed.rate import TRAFFIC, measure_rate
+from dualpath.testbed.rate import TRAFFIC, measure_rate, traffic_argv
 
 RATE = 12.5e6  # 100 Mbit/s: one Python stream fills it with little CPU
 SPEC = TestbedSpec((
@@ -96,3 +98,43 @@ def test_a_link_taken_down_cuts_the_host_off_until_it_is_up_again(tb) -> None:
     finally:
         echo.kill()
         echo.wait()
+
+
+def test_two_saturating_streams_share_a_cnic_99_to_1_and_kv_alone_gets_it_all(tb) -> None:
+    """The weighted arbitration: a MODEL and a KV bulk stream at once get their HTB rates
+    (99 % and 1 % of d0's CNIC TX); KV is throttled, not starved. (KV alone getting the whole
+    link, the work-conserving half, is the rate test above: it runs in the KV class.)"""
+    p0, d0 = tb["p0"], tb["d0"]
+    sink = p0.popen(traffic_argv("sink", "--port", "5601", "--streams", "2", realtime=True),
+                    stdout=subprocess.DEVNULL)
+    blasters = [d0.popen(traffic_argv("blast", "--to", f"{p0.compute_addr}:5601", "--tos", str(tos),
+                                      "--idle-s", "0", "--load-s", "4", realtime=True),
+                         stdout=subprocess.DEVNULL) for tos in (TOS_MODEL, TOS_KV)]
+    try:
+        def classes() -> tuple[int, int]:
+            c = d0.shaper_counters(Network.COMPUTE, Direction.TX)
+            return c.of(KernelClass.MODEL).sent_bytes, c.of(KernelClass.KV).sent_bytes
+
+        start = classes()
+        deadline = time.monotonic() + 10
+        while True:  # both streams under way
+            time.sleep(0.1)
+            now = classes()
+            if now[0] - start[0] > 500_000 and now[1] - start[1] > 0:
+                break
+            assert time.monotonic() < deadline, "the streams did not start"
+        time.sleep(0.3)
+        m0, k0 = classes()
+        t0 = time.monotonic()
+        time.sleep(1.0)
+        m1, k1 = classes()
+        elapsed = time.monotonic() - t0
+    finally:
+        for proc in [*blasters, sink]:
+            proc.kill()
+            proc.wait()
+    model, kv = m1 - m0, k1 - k0
+    assert 0.85 * RATE <= (model + kv) / elapsed <= 1.15 * RATE  # together they fill the link
+    print(f"MODEL share {model / (model + kv):.4f}, total {(model + kv) / elapsed / RATE:.3f} of the rate")
+    assert 0.95 <= model / (model + kv) <= 0.995, (model, kv)  # ~99:1
+    assert kv > 0  # throttled to its 1 %, never starved

@@ -1,8 +1,8 @@
 """Tiny TCP programs that run inside testbed hosts (`python -S traffic.py CMD`, stdlib only):
 what the tests and `dualpath bench isolation` use to load and probe the shaped links.
 
-- `sink`  receives bulk streams and prints, per stream, one JSON line: bytes, and the
-  monotonic times of the first byte, of byte `--warmup-bytes` and of the last byte.
+- `sink`  receives `--streams` concurrent bulk streams and prints, per stream, one JSON line:
+  bytes, and the monotonic times of the first byte, of byte `--warmup-bytes` and of the last.
 - `blast` sends a bulk stream with a TOS byte: `--bytes N`, or an on/off schedule
   (`--idle-s`, `--load-s`, `--rounds`), and prints its idle and load windows; a load window
   ends when its last byte is acknowledged (TIOCOUTQ is 0), so the idle one starts drained.
@@ -73,28 +73,40 @@ def _connect(target: str, tos: int, timeout_s: float = _CONNECT_S) -> socket.soc
             time.sleep(0.05)
 
 
+_emit_lock = threading.Lock()
+
+
 def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
+    with _emit_lock:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
 
 
-def sink(args: argparse.Namespace) -> int:
-    _realtime(args.realtime, args.cpu)
-    srv = _listen(args.bind, args.port)
-    for _ in range(args.streams):
-        conn, _addr = srv.accept()
-        buf = bytearray(_CHUNK)
-        total, first, warm, last = 0, None, None, None
+def _drink(conn: socket.socket, warmup_bytes: int) -> None:
+    buf = bytearray(_CHUNK)
+    total, first, warm, last, warm_bytes = 0, None, None, None, None
+    with conn:
         while n := conn.recv_into(buf):
             last = time.monotonic()
             if first is None:
                 first = last
             total += n
-            if warm is None and total >= args.warmup_bytes:
+            if warm is None and total >= warmup_bytes:
                 warm, warm_bytes = last, total
-        conn.close()
-        _emit({"bytes": total, "first_s": first, "last_s": last, "warm_s": warm,
-               "warm_bytes": warm_bytes if warm is not None else None})
+    _emit({"bytes": total, "first_s": first, "last_s": last, "warm_s": warm,
+           "warm_bytes": warm_bytes})
+
+
+def sink(args: argparse.Namespace) -> int:
+    _realtime(args.realtime, args.cpu)
+    srv = _listen(args.bind, args.port)
+    streams = []
+    for _ in range(args.streams):  # concurrent streams, one thread each
+        conn, _addr = srv.accept()
+        streams.append(threading.Thread(target=_drink, args=(conn, args.warmup_bytes)))
+        streams[-1].start()
+    for thread in streams:
+        thread.join()
     return 0
 
 
