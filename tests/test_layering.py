@@ -32,9 +32,10 @@ ALLOWED: dict[str, set[str]] = {
     "sim": {"core", "scheduler", "workload"},
     "runtime": {"core", "wire", "kv", "model", "scheduler"},
     "server": {"core"},
+    "testbed": {"core"},
     "bench": {"core", "wire", "kv", "model", "transfer", "scheduler", "workload", "sim",
-              "runtime", "server"},
-    "cli": {"core", "kv", "model", "workload", "sim", "runtime", "server", "bench"},
+              "runtime", "server", "testbed"},
+    "cli": {"core", "kv", "model", "workload", "sim", "runtime", "server", "bench", "testbed"},
 }
 PURE = ("scheduler", "sim")
 FORBIDDEN_IN_PURE = ("torch", "numpy", "zmq", "asyncio", "socket")
