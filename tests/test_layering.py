@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "transfer": {"core", "wire"},
     "engine": {"core", "wire", "kv", "model", "transfer", "scheduler"},
     "sim": {"core", "scheduler", "workload"},
-    "runtime": {"core", "wire", "kv", "model", "scheduler"},
+    "runtime": {"core", "wire", "kv", "model", "scheduler", "transfer"},
     "server": {"core"},
     "testbed": {"core"},
     "bench": {"core", "wire", "kv", "model", "transfer", "scheduler", "workload", "sim",

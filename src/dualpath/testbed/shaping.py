@@ -22,8 +22,8 @@ import enum
 import re
 from dataclasses import dataclass
 
-TOS_MODEL = 0xB8  # DSCP EF (46) << 2: model-execution traffic, high priority
-TOS_KV = 0x20  # DSCP CS1 (8) << 2: KV-cache traffic, low priority (also: anything unmarked)
+from dualpath.core.tos import TOS_KV, TOS_MODEL
+
 MODEL_SHARE = 0.99  # the MODEL:KV weights, as the paper's 99:1 virtual-lane arbitration
 _DSCP_MASK = 0xFC
 _QUANTUM_BYTES = 60_000  # explicit: the r2q default makes tc warn at these rates
