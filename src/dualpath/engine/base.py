@@ -70,7 +70,9 @@ class EngineBase:
         free_io = self.spec.free_io
         self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
-        self.store = ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
+        # --no-kv-store: nothing is read from or written to the store (it is not even opened).
+        self.store = (ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
+                      if config.use_kv_store else None)
         keys = ClusterKeys(secret, config.max_engines - 1)
         me = keys.engine(engine_id)
         # Data: only other engines may send here (never a node agent or a stranger).
@@ -238,7 +240,7 @@ class EngineBase:
                 except TransferError:
                     time.sleep(0.01)
             for block_hash in usable:
-                if not alive():
+                if not alive() or self.store is None:
                     break
                 block = self.store.get(block_hash)
                 if block is None:
@@ -275,8 +277,9 @@ class EngineBase:
         for prefix, nic in (("snic", self.snic), ("cnic", self.cnic)):
             for key, value in nic.stats().flat().items():
                 counters[f"{prefix}.{key}"] = value
-        for key, value in asdict(self.store.stats()).items():
-            counters[f"store.{key}"] = float(value)
+        if self.store is not None:
+            for key, value in asdict(self.store.stats()).items():
+                counters[f"store.{key}"] = float(value)
         counters["buffer.used_bytes"] = float(self.buffer.stats().reserved_bytes)
         counters["load.seq"], counters["load.tok"] = float(seq), float(tok)
         rejected = self.rejections.snapshot()

@@ -291,7 +291,7 @@ class DecodeEngine(EngineBase):
     def _persist_full_blocks(self, task: DecodeTask) -> None:
         """Persist every block that became full and is not in the store yet."""
         fresh = [i for i in self.cache.take_full_blocks(task.key) if i >= task.persisted_blocks]
-        if not fresh:
+        if not fresh or self.store is None:
             return
         tokens = [*task.assign.prompt_token_ids, *task.generated]
         while len(task.hashes) <= fresh[-1]:
@@ -308,6 +308,7 @@ class DecodeEngine(EngineBase):
         self.buffer.release(attempt)
 
     def _put(self, block_hash: str, block: np.ndarray) -> None:
+        assert self.store is not None  # only queued when there is a store
         try:
             self.store.put(block_hash, block)
             self.blocks_persisted += 1
