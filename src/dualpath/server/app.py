@@ -2,13 +2,16 @@
 
 `create_app(backend, ...)` builds a self-contained app (its own metrics registry and admission
 queue) around any `Backend`. Endpoints: POST /v1/completions, POST /v1/chat/completions,
-GET /v1/models, GET /health, GET /metrics. Everything under /v1 needs the API key when one is
-set; /health and /metrics never do (probes and scrapers carry no key).
+GET /v1/models, GET /health (liveness: the process answers), GET /ready (readiness: 503 with
+reasons unless the backend says it can serve and the server is not draining), GET /metrics.
+Everything under /v1 needs the API key when one is set; /health, /ready and /metrics never do
+(probes and scrapers carry no key).
 """
 
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,11 +32,12 @@ from dualpath.core.errors import UserInputError
 from dualpath.server import responses
 from dualpath.server.admission import Admission
 from dualpath.server.api_errors import APIError, error_body, error_bytes
-from dualpath.server.backend import Backend
+from dualpath.server.backend import Backend, Readiness
 from dualpath.server.metrics import ServerMetrics
 from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest
 from dualpath.server.serving import OpenAIServing
 
+logger = logging.getLogger(__name__)
 _JSON = "application/json"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -54,8 +58,18 @@ class ServerState:
         return self.admission.running + self.admission.waiting
 
     def start_draining(self) -> None:
-        """Refuse new generation requests (503) and report unhealthy; in-flight ones go on."""
+        """Refuse new generation requests (503) and report not ready; in-flight ones go on."""
         self.admission.draining = True
+
+    def readiness(self) -> Readiness:
+        """The backend's readiness, plus the server's own reason (draining). Never raises."""
+        try:
+            backend = self.backend.readiness()
+        except Exception as exc:  # a broken probe must say so, not take the endpoint down
+            logger.warning("backend readiness check failed: %s: %s", type(exc).__name__, exc)
+            backend = Readiness(False, (f"readiness check failed: {type(exc).__name__}",))
+        reasons = (("draining",) if self.admission.draining else ()) + tuple(backend.reasons)
+        return Readiness(backend.ready and not self.admission.draining, reasons)
 
 
 def create_app(
@@ -123,10 +137,18 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        """200 when ready to serve; 503 while starting or draining."""
-        if admission.draining or not backend.is_ready():
-            return Response(status_code=503, headers={"Retry-After": "1"})
-        return Response(status_code=200)
+        """Liveness: 200 whenever the server process answers (also while draining)."""
+        return Response(b'{"status":"ok"}', media_type=_JSON)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        """Readiness: 200 when requests can be served; 503 with the reasons otherwise."""
+        r = state.readiness()
+        if r.ready:
+            return Response(b'{"status":"ready"}', media_type=_JSON)
+        body = {"status": "not ready", "reasons": list(r.reasons)}
+        return Response(responses.dumps(body), status_code=503, media_type=_JSON,
+                        headers={"Retry-After": str(limits.retry_after_s)})
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -236,6 +258,8 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
                            dict(exc.headers or {}))
 
     async def internal_error(_: Request, exc: Exception) -> Response:
+        # Fails this request only; Starlette re-raises afterwards, so uvicorn logs the
+        # traceback and closes this one connection, and the server goes on serving.
         return _json_error(500, error_body(500, f"internal error: {type(exc).__name__}"))
 
     app.add_exception_handler(APIError, api_error)
