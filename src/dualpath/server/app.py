@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -117,12 +118,18 @@ def create_app(
     # per-request dependency machinery, which was a third of the request cost. Their OpenAPI
     # entries are added in `_openapi` from the same models.
     async def completions(request: Request) -> Response:
-        body = _parse(CompletionRequest, await _read_body(request, max_body_bytes))
-        return await serving.completions(body, request)
+        try:
+            raw = await _read_body(request, max_body_bytes)
+        except ClientDisconnect:  # gone (or cut off by the body timeout): nobody to answer
+            return Response(status_code=499)
+        return await serving.completions(_parse(CompletionRequest, raw), request)
 
     async def chat_completions(request: Request) -> Response:
-        body = _parse(ChatCompletionRequest, await _read_body(request, max_body_bytes))
-        return await serving.chat(body, request)
+        try:
+            raw = await _read_body(request, max_body_bytes)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        return await serving.chat(_parse(ChatCompletionRequest, raw), request)
 
     app.router.routes.insert(0, Route("/v1/completions", completions, methods=["POST"]))
     app.router.routes.insert(1, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
@@ -192,10 +199,17 @@ def _parse(model: type[_Body], raw: bytes) -> _Body:
         raise APIError(400, message, param=param) from None
 
 
+# pydantic names the members of a union in an error's location ("str", "list[int]",
+# "list[TextContentPart]"); they are not part of the field's path.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
 def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """One readable line (and the offending field) from pydantic's error list."""
+    """One readable line (and the offending field's path, e.g. `messages.0.role`) from
+    pydantic's error list."""
     first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc = [str(part) for part in first.get("loc", ())
+           if part != "body" and not (isinstance(part, str) and _UNION_TAG.match(part))]
     where = ".".join(loc)
     msg = str(first.get("msg", "invalid request"))
     message = f"{where}: {msg}" if where else msg
