@@ -10,6 +10,7 @@ Everything under /v1 needs the API key when one is set; /health, /ready and /met
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -34,6 +35,7 @@ from dualpath.server import responses
 from dualpath.server.admission import Admission
 from dualpath.server.api_errors import APIError, error_body, error_bytes
 from dualpath.server.backend import Backend, Readiness
+from dualpath.server.memory import IdleTrimmer
 from dualpath.server.metrics import ServerMetrics
 from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest
 from dualpath.server.serving import OpenAIServing
@@ -98,12 +100,16 @@ def create_app(
     serving = OpenAIServing(backend, admission, metrics, model_name)
     state = ServerState(backend, admission, metrics, serving, model_name)
 
+    trimmer = IdleTrimmer(lambda: admission.busy, lambda: admission.admitted_total)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backend.start()
+        trimming = asyncio.get_running_loop().create_task(trimmer.run())
         try:
             yield
         finally:
+            trimming.cancel()
             await backend.shutdown()
 
     # FastAPI's built-in OpenTelemetry hooks cost a few environment lookups per request;
@@ -118,6 +124,7 @@ def create_app(
     # per-request dependency machinery, which was a third of the request cost. Their OpenAPI
     # entries are added in `_openapi` from the same models.
     async def completions(request: Request) -> Response:
+        serving.refuse_if_full()
         try:
             raw = await _read_body(request, max_body_bytes)
         except ClientDisconnect:  # gone (or cut off by the body timeout): nobody to answer
@@ -125,6 +132,7 @@ def create_app(
         return await serving.completions(_parse(CompletionRequest, raw), request)
 
     async def chat_completions(request: Request) -> Response:
+        serving.refuse_if_full()
         try:
             raw = await _read_body(request, max_body_bytes)
         except ClientDisconnect:

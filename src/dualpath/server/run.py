@@ -26,6 +26,7 @@ from dualpath.core.errors import UserInputError
 from dualpath.server.app import ServerState, create_app
 from dualpath.server.backend import AdmissionLimits, Backend
 from dualpath.server.http_limits import HttpLimits, add_http_arguments, http_limits_from_args
+from dualpath.server.memory import pin_malloc_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def run_server(
     `announce` receives `banner(...)` once the socket is bound (the CLI passes `print`).
     """
     limits = http_limits or HttpLimits()
+    pin_malloc_thresholds()  # large request buffers go back to the OS when freed (memory.py)
     app = create_app(backend, api_key=api_key, max_queue=max_queue, max_running=max_running,
                      served_model_name=served_model_name, max_body_bytes=limits.max_body_bytes)
     model = app.state.dualpath.model_name

@@ -1,6 +1,7 @@
 """Turning a validated OpenAI request into a backend request and an HTTP response.
 
-Order of checks for both endpoints: model name (404), unsupported options (400), the size of
+Order of checks for both endpoints: admission capacity (429 / 503 at once, before the body is
+read, when the queue is already full or the server drains), model name (404), unsupported options (400), the size of
 the prompt text (400; at most `MAX_CHARS_PER_TOKEN` characters per token of context, so a
 client cannot make the event loop tokenize megabytes for a prompt that could never fit),
 prompt tokenization and range checks (400, with the numbers for context overflow), sampling
@@ -213,17 +214,28 @@ class OpenAIServing:
         finally:
             watcher.cancel()
 
+    def refuse_if_full(self) -> None:
+        """429 / 503 before the body is even read when admission would refuse anyway: under
+        overload a refused request costs no parsing or tokenization."""
+        try:
+            self.admission.check()
+        except (QueueFull, Draining) as exc:
+            raise self._refusal(exc) from None
+
     async def _admit(self, arrival_s: float) -> None:
         try:
             await self.admission.acquire()
-        except QueueFull:
-            self.metrics.reject("queue_full")
-            raise APIError(429, "the server's admission queue is full; retry later",
-                           headers=self._retry_after()) from None
-        except Draining:
-            self.metrics.reject("draining")
-            raise APIError(503, "the server is shutting down", headers=self._retry_after()) from None
+        except (QueueFull, Draining) as exc:
+            raise self._refusal(exc) from None
         self.metrics.queue_s.observe(time.perf_counter() - arrival_s)
+
+    def _refusal(self, exc: Exception) -> APIError:
+        if isinstance(exc, QueueFull):
+            self.metrics.reject("queue_full")
+            return APIError(429, "the server's admission queue is full; retry later",
+                            headers=self._retry_after())
+        self.metrics.reject("draining")
+        return APIError(503, "the server is shutting down", headers=self._retry_after())
 
     async def _collect(self, gen: Generation, rid: str, created: int, chat: bool,
                        return_ids: bool, prompt_ids: tuple[int, ...]) -> Response:
