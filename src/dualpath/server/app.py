@@ -26,7 +26,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -155,7 +155,7 @@ def create_app(
         """Liveness: 200 whenever the server process answers (also while draining)."""
         return Response(b'{"status":"ok"}', media_type=_JSON)
 
-    @app.get("/ready")
+    @app.get("/ready", responses={503: {"description": "not ready: `{status, reasons}`"}})
     async def ready() -> Response:
         """Readiness: 200 when requests can be served; 503 with the reasons otherwise."""
         r = state.readiness()
@@ -165,7 +165,7 @@ def create_app(
         return Response(responses.dumps(body), status_code=503, media_type=_JSON,
                         headers={"Retry-After": str(limits.retry_after_s)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         """Prometheus text format: vllm:* request metrics and dualpath_* cluster state."""
         return Response(metrics.render(), media_type=_PROMETHEUS)
@@ -246,7 +246,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
             "responses": {
                 "200": {"description": "a completion object, or text/event-stream chunks"},
-                "400": error, "401": error, "404": error, "429": error, "503": error,
+                "400": error, "401": error, "404": error, "408": error, "413": error,
+                "429": error, "431": error, "500": error, "503": error,
             },
         }}
     app.openapi_schema = schema
