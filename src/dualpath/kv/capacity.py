@@ -131,12 +131,14 @@ class Listing:
     blocks: dict[str, _Entry]
     quarantined: list[_Entry]
     total_bytes: int
+    inflight_parents: frozenset[str]  # parents of blocks being written (temp file names)
 
 
 def list_root(root: Path, *, exclude: str | None = None) -> Listing:
     """List every geometry directory of `root` (sweeping stale temp files)."""
     blocks: dict[str, _Entry] = {}
     quarantined: list[_Entry] = []
+    inflight: set[str] = set()
     total = 0
     now = time.time()
     for gdir in geometry_dirs(root):
@@ -153,12 +155,15 @@ def list_root(root: Path, *, exclude: str | None = None) -> Listing:
                     except FileNotFoundError:
                         continue
                     if name.endswith(".tmp") and name.startswith("."):
-                        if e.path == exclude:
-                            continue
                         if now - st.st_mtime > STALE_TEMP_S:
                             block_io.unlink_quietly(e.path)
                             continue
-                        key = name[1:].split(".", 1)[0]
+                        key, _, rest = name[1:].partition(".")
+                        parent = rest.partition(".")[0]
+                        if valid_hash_name(parent):
+                            inflight.add(parent)
+                        if e.path == exclude:
+                            continue
                         final = block_file_bytes(geometry, len(key)) if geometry else st.st_size
                         total += max(final, st.st_size)
                     elif name.endswith(SUFFIX):
@@ -169,7 +174,7 @@ def list_root(root: Path, *, exclude: str | None = None) -> Listing:
                             quarantined.append(entry)
                         elif valid_hash_name(stem):
                             blocks[stem] = entry
-    return Listing(blocks, quarantined, total)
+    return Listing(blocks, quarantined, total, frozenset(inflight))
 
 
 @dataclass(frozen=True)
@@ -220,14 +225,18 @@ class Evictor:
         blocks = listing.blocks
         if total > target:
             parent_of = {h: self._parent(h, e) for h, e in blocks.items()}
-            children: dict[str, int] = {}
+            children = dict.fromkeys(listing.inflight_parents, 1)  # never leaves this round
             for p in parent_of.values():
                 if p is not None and p in blocks:
                     children[p] = children.get(p, 0) + 1
             heap = [(e.mtime_ns, h) for h, e in blocks.items() if h not in children]
             heapq.heapify(heap)
+            visited: set[str] = set()
             while total > target and heap:
                 _, h = heapq.heappop(heap)
+                if h in visited:
+                    continue
+                visited.add(h)
                 entry = blocks[h]
                 outcome = _delete_if_idle(entry)
                 if outcome is None:
@@ -241,7 +250,7 @@ class Evictor:
                 p = parent_of.get(h)
                 if p is not None and p in children:
                     children[p] -= 1
-                    if children[p] == 0:
+                    if children[p] == 0 and p in blocks:
                         heapq.heappush(heap, (blocks[p].mtime_ns, p))
         return EvictionRound(len(evicted), freed, tuple(evicted), max(total, 0))
 

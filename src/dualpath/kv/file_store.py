@@ -40,7 +40,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,6 +84,7 @@ class FileKVStore(BatchedStore):
         direct_io: bool = True,
         max_bytes: int | None = None,
         low_watermark: float = 0.9,
+        touch_reads: bool = True,
     ) -> None:
         """Open (creating or migrating if needed) the store at `root` for `geometry`.
 
@@ -92,7 +92,8 @@ class FileKVStore(BatchedStore):
         io_threads: blocks `get_many`/`put_many` keep in flight at once (1 = one at a time).
         direct_io: `get` reads with O_DIRECT into page-aligned buffers where the FS allows.
         max_bytes: cap of the whole root (all geometries, all processes), None = unbounded;
-        eviction frees down to `low_watermark` x max_bytes.
+        eviction frees down to `low_watermark` x max_bytes. touch_reads=False: reads leave
+        recency alone (a verifier or a backup must not keep blocks alive).
         """
         if io_threads < 1:
             raise StoreError(f"io_threads must be >= 1, got {io_threads}")
@@ -106,6 +107,7 @@ class FileKVStore(BatchedStore):
         self.fsync = fsync
         self.direct_io = direct_io
         self.max_bytes = max_bytes
+        self.touch_reads = touch_reads
         self._checksums = block_file.ChecksumCache(_CHECKSUM_CACHE_BLOCKS)
         self._stats = StatsCounter()
         try:
@@ -173,7 +175,8 @@ class FileKVStore(BatchedStore):
             for layer, crc in enumerate(checksums):
                 if block_file.crc32(flat[layer * step : (layer + 1) * step]) != crc:
                     raise CorruptBlockError(f"checksum mismatch in layer {layer}")
-            _touch(fd)
+            if self.touch_reads:
+                _touch(fd)
         except _Evicted:
             self._evicted_under_read(block_hash)
             self._stats.add(gets=1)
@@ -223,7 +226,7 @@ class FileKVStore(BatchedStore):
                 self._reread_buffered(fd, [flat], start)
             if block_file.crc32(flat) != checksums[layer]:
                 raise CorruptBlockError(f"checksum mismatch in layer {layer}")
-            if layer == 0:  # one touch per layerwise walk of the block
+            if layer == 0 and self.touch_reads:  # one touch per layerwise walk of the block
                 _touch(fd)
         except _Evicted:
             self._evicted_under_read(block_hash)
@@ -258,7 +261,10 @@ class FileKVStore(BatchedStore):
             block_hash, self.geometry, block_file.layer_checksums(block, self.geometry), parent)
         need = len(header) + block.nbytes
         parent_dir = os.path.dirname(path)
-        tmp = f"{parent_dir}/.{block_hash}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp"
+        # The temp name carries the parent: an eviction listing this write in flight keeps
+        # the parent, which is about to stop being a leaf.
+        tmp = (f"{parent_dir}/.{block_hash}.{parent or '-'}.{os.getpid()}."
+               f"{threading.get_ident()}.{secrets.token_hex(4)}.tmp")
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, store_root.FILE_MODE)
@@ -366,25 +372,10 @@ class FileKVStore(BatchedStore):
     def _corrupt(self, block_hash: str, fd: int, reason: str) -> None:
         path = self.path_of(block_hash)
         self._forget(block_hash)
-        moved = self._quarantine(block_hash, fd, reason)
+        moved = store_root.quarantine(self.dir, path, fd, block_hash, reason)
         where = f"moved to {moved}" if moved else "left in place (already replaced or moved)"
         logger.warning("corrupt KV block %s at %s: %s; treated as a miss, %s", block_hash, path, reason, where)
         self._stats.add(corrupt_blocks=1, quarantined_blocks=1 if moved else 0)
-
-    def _quarantine(self, block_hash: str, fd: int, reason: str) -> Path | None:
-        """Move the bad file aside, unless another writer already replaced it with a new one."""
-        path = self.path_of(block_hash)
-        try:
-            if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                return None
-            qdir = self.dir / QUARANTINE_DIR
-            qdir.mkdir(mode=store_root.DIR_MODE, exist_ok=True)
-            slug = re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")[:40]
-            target = qdir / f"{block_hash}.{os.getpid()}.{time.time_ns()}.{slug}{SUFFIX}"
-            os.replace(path, target)
-        except OSError:
-            return None
-        return target
 
 
 def _touch(fd: int) -> None:

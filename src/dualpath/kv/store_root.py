@@ -31,6 +31,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import time
@@ -199,6 +200,22 @@ def block_names(gdir: Path, stale_temp_s: float) -> list[str]:
                 elif e.name.endswith(".tmp") and e.name.startswith("."):
                     block_io.sweep_if_stale(e.path, now, stale_temp_s)
     return found
+
+
+def quarantine(gdir: Path, path: str, fd: int, block_hash: str, reason: str) -> Path | None:
+    """Move a corrupt block file (open as `fd`) aside to `gdir/.quarantine/`, unless another
+    writer already replaced it with a new one. Returns where it went, or None."""
+    try:
+        if os.stat(path).st_ino != os.fstat(fd).st_ino:
+            return None
+        qdir = gdir / QUARANTINE_DIR
+        qdir.mkdir(mode=DIR_MODE, exist_ok=True)
+        slug = re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")[:40]
+        target = qdir / f"{block_hash}.{os.getpid()}.{time.time_ns()}.{slug}.kvb"
+        os.replace(path, target)
+    except OSError:
+        return None
+    return target
 
 
 def valid_hash_name(name: str) -> bool:
