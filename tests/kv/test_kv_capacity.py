@@ -156,3 +156,16 @@ def test_unbounded_store_keeps_the_ledger(tmp_path: Path) -> None:
     put_chain(store, chain(1, 5))
     assert store.stored_bytes() == disk_bytes(root) == 5 * FILE
     assert FileKVStore(root, SMALL).stored_bytes() == 5 * FILE  # shared, persistent
+
+
+def test_the_index_is_bounded_and_forgetting_costs_only_a_stat(tmp_path: Path) -> None:
+    from dualpath.kv import PrefixIndex
+
+    index = PrefixIndex([hex_hash(i) for i in range(5)], max_entries=3)
+    assert len(index) == 3 and hex_hash(0) not in index and hex_hash(4) in index
+    store = FileKVStore(tmp_path / "s", SMALL, max_bytes=4 * FILE)
+    bound = 2 * 4 + 1024
+    for c in range(bound // 3 + 5):  # far more puts than the index may hold
+        put_chain(store, chain(c, 3))
+    assert len(store.index) <= bound
+    assert store.longest_prefix(chain(c, 3)) == 3

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from dualpath.kv import BlockGeometry, FileKVStore
+from dualpath.kv.capacity import SizeLedger
 from dualpath.kv.store_root import block_file_bytes
 
 G = BlockGeometry(num_layers=4, block_tokens=16, bytes_per_token_per_layer=64)  # 4 KiB payload
@@ -39,7 +40,7 @@ def content(block_hash: str) -> np.ndarray:
 def disk_bytes(root: Path) -> int:
     """Bytes of every block, temp and quarantined file under the root's geometry directories.
     Counted once per inode: a directory listing can return a file renamed during the listing
-    under both its names."""
+    under both its names. Not a snapshot by itself: see `measure`."""
     sizes: dict[int, int] = {}
     for p in root.glob("kv-*/**/*"):
         try:
@@ -49,6 +50,14 @@ def disk_bytes(root: Path) -> int:
         if p.name != "dualpath-kvstore.json" and not p.is_dir():
             sizes[st.st_ino] = st.st_size
     return sum(sizes.values())
+
+
+def measure(root: Path) -> tuple[int, int]:
+    """(bytes on disk, ledger total) at one instant: taken under the root's lock, which every
+    eviction and every reservation holds, so no block is deleted or admitted while we list
+    (a listing without it can count a block evicted mid-listing and its replacement)."""
+    with SizeLedger(root).locked() as view:
+        return disk_bytes(root), view.get() or 0
 
 
 def _writer(root: str, worker: int, cap: int, budget_bytes: int, out: str) -> None:
@@ -76,7 +85,9 @@ def _writer(root: str, worker: int, cap: int, budget_bytes: int, out: str) -> No
             written += FILE
             puts += 1
             if puts % 5 == 0:
-                worst = max(worst, disk_bytes(Path(root)))
+                on_disk, ledger = measure(Path(root))
+                assert on_disk <= ledger <= cap, (on_disk, ledger, cap)
+                worst = max(worst, on_disk)
         if len(conv) == 1 + TURNS * TURN_BLOCKS:
             convs.remove(conv)
             finished.append(conv)
@@ -134,12 +145,17 @@ def _soak(tmp_path: Path, *, writers: int, readers: int, cap_blocks: int) -> dic
     cap = cap_blocks * FILE
     budget = 3 * cap // writers  # 3x the cap in all
     FileKVStore(root, G)  # create the root before the processes race for it
-    worst = [0]
+    worst = [0, 0]  # bytes on disk, ledger
+    over: list[tuple[int, int]] = []  # instants with more on disk than the ledger says
     done = threading.Event()
 
     def monitor() -> None:
         while not done.is_set():
-            worst[0] = max(worst[0], disk_bytes(root))
+            on_disk, ledger = measure(root)
+            worst[0] = max(worst[0], on_disk)
+            worst[1] = max(worst[1], ledger)
+            if on_disk > ledger:
+                over.append((on_disk, ledger))
             time.sleep(0.02)
 
     ctx = mp.get_context("spawn")
@@ -186,7 +202,7 @@ def _soak(tmp_path: Path, *, writers: int, readers: int, cap_blocks: int) -> dic
         assert store.longest_prefix(chain) == len(chain), chain
         checked += 1
     assert checked >= writers
-    assert worst[0] <= cap, (worst[0], cap)
+    assert worst[0] <= cap and worst[1] <= cap and not over, (worst, cap, over[:3])
     assert disk_bytes(root) <= cap and store.stored_bytes() <= cap
     totals = {"hits": 0, "misses": 0, "wrong": 0, "corrupt": 0, "evicted_reads": 0}
     for r in range(readers):

@@ -37,6 +37,7 @@ class ServerProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        self.close_log()
 
     def log(self) -> str:
         self._log.seek(0)
@@ -52,6 +53,9 @@ class ServerProcess:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+    def close_log(self) -> None:
+        self._log.close()
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -252,6 +252,10 @@ class Evictor:
                     children[p] -= 1
                     if children[p] == 0 and p in blocks:
                         heapq.heappush(heap, (blocks[p].mtime_ns, p))
+        # Keep parent links of blocks that still exist only (a long run must not remember
+        # every block it ever saw); links of puts in flight are added again by their writer.
+        gone = set(evicted)
+        self._parents = {h: p for h, p in self._parents.items() if h in blocks and h not in gone}
         return EvictionRound(len(evicted), freed, tuple(evicted), max(total, 0))
 
 

@@ -114,7 +114,10 @@ class FileKVStore(BatchedStore):
             self.dir = store_root.prepare(self.root, geometry)
             self._dir_str = os.fspath(self.dir)
             self.capacity = Capacity(self.root, max_bytes, low_watermark)
-            self.index = PrefixIndex(store_root.block_names(self.dir, STALE_TEMP_S))
+            # Sized for the blocks the cap can hold, with room for other geometries' share
+            # of the cap (unbounded without a cap, like the store).
+            bound = None if max_bytes is None else 2 * max_bytes // store_root.block_file_bytes(geometry) + 1024
+            self.index = PrefixIndex(store_root.block_names(self.dir, STALE_TEMP_S), bound)
         except OSError as exc:
             raise StoreError(f"cannot open KV store at {self.root}: {exc}") from exc
 
