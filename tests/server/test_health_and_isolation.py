@@ -149,3 +149,13 @@ def test_a_detokenizer_failure_is_a_500_or_an_in_band_stream_error(serve: Serve)
     assert json.loads(events[-2][6:])["error"]["type"] == "server_error"
     assert len(backend.aborted_ids) == 2  # the engine side was stopped both times
     _survives(srv)
+
+
+def test_a_large_valid_body_is_served(serve: Serve) -> None:
+    """Bodies over 1 MiB are parsed on a worker thread; the answer is the same."""
+    srv = serve(EchoBackend(max_model_len=2_000_000, buffer_bytes_per_token=1))
+    status, body = srv.post_json("/v1/completions", {"prompt": "y" * 1_500_000, "max_tokens": 2})
+    assert status == 200 and body["usage"]["prompt_tokens"] == 1_500_000
+    status, body = srv.post_json("/v1/completions", {"prompt": "y" * 1_500_000, "max_tokens": 0})
+    assert status == 400 and body["error"]["param"] == "max_tokens"
+    _survives(srv)

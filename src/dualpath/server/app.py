@@ -129,7 +129,7 @@ def create_app(
             raw = await _read_body(request, max_body_bytes)
         except ClientDisconnect:  # gone (or cut off by the body timeout): nobody to answer
             return Response(status_code=499)
-        return await serving.completions(_parse(CompletionRequest, raw), request)
+        return await serving.completions(await _parse_async(CompletionRequest, raw), request)
 
     async def chat_completions(request: Request) -> Response:
         serving.refuse_if_full()
@@ -137,7 +137,7 @@ def create_app(
             raw = await _read_body(request, max_body_bytes)
         except ClientDisconnect:
             return Response(status_code=499)
-        return await serving.chat(_parse(ChatCompletionRequest, raw), request)
+        return await serving.chat(await _parse_async(ChatCompletionRequest, raw), request)
 
     app.router.routes.insert(0, Route("/v1/completions", completions, methods=["POST"]))
     app.router.routes.insert(1, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
@@ -197,6 +197,18 @@ async def _read_body(request: Request, limit_bytes: int) -> bytes:
             raise APIError(413, f"request body over {limit_bytes} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+# Bodies above this are parsed on a worker thread: parsing tens of MB takes a good part of a
+# second, and the event loop then still gets the GIL every switch interval, so one huge
+# request cannot stall every other connection for that long.
+_THREAD_PARSE_BYTES = 1 << 20
+
+
+async def _parse_async(model: type[_Body], raw: bytes) -> _Body:
+    if len(raw) < _THREAD_PARSE_BYTES:
+        return _parse(model, raw)
+    return await asyncio.to_thread(_parse, model, raw)
 
 
 def _parse(model: type[_Body], raw: bytes) -> _Body:
