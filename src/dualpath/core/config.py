@@ -18,6 +18,7 @@ from typing import Any
 
 from dualpath.core.errors import ConfigError
 from dualpath.core.systems import READ_PATH_MODES, system_spec
+from dualpath.core.units import parse_bytes
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class ClusterConfig:
     block_size: int = 64
     store_path: str = "./kvstore"
     use_kv_store: bool = True
+    # Capacity of the KV store root in bytes (None = unbounded): least recently used leaf
+    # blocks are evicted to stay under it (`FileKVStore(max_bytes=...)`).
+    store_max_bytes: int | None = None
     system: str = "dualpath"
     read_path: str = "auto"
     # Emulated NICs (bytes/s; None = unlimited). SNIC: one per node, shared by its engines.
@@ -63,6 +67,9 @@ class ClusterConfig:
     max_decode_batch: int = 64
     # Admission: requests queued in the scheduler beyond this are refused (HTTP 429).
     max_waiting_requests: int = 1024
+    # Admission: requests handed to the cluster at once (vLLM's --max-num-seqs); the rest
+    # wait in the server's queue (at most max_waiting_requests of them).
+    max_running_requests: int = 256
     host: str = "127.0.0.1"  # the public HTTP API
     port: int = 8000
     # The internal plane (engine control and KV data) binds here, never on the public host.
@@ -87,7 +94,8 @@ class ClusterConfig:
 
     def __post_init__(self) -> None:
         for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size",
-                     "decode_kv_bytes", "max_decode_batch", "max_waiting_requests"):
+                     "decode_kv_bytes", "max_decode_batch", "max_waiting_requests",
+                     "max_running_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         system_spec(self.system)  # raises with the list of valid names
@@ -110,6 +118,10 @@ class ClusterConfig:
             raise ConfigError("a cluster without local engines must accept remote nodes")
         if self.num_engines > self.max_engines:
             raise ConfigError(f"{self.num_engines} engines exceed max_engines={self.max_engines}")
+        if isinstance(self.store_max_bytes, str):  # "2GB" in a config file
+            object.__setattr__(self, "store_max_bytes", parse_bytes(self.store_max_bytes))
+        if self.store_max_bytes is not None and self.store_max_bytes < 1:
+            raise ConfigError(f"store_max_bytes must be positive, got {self.store_max_bytes}")
         if self.prefill_quota_s <= 0:
             raise ConfigError("prefill_quota_s must be positive")
 

@@ -71,7 +71,8 @@ class EngineBase:
         self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
         # --no-kv-store: nothing is read from or written to the store (it is not even opened).
-        self.store = (ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
+        self.store = (ShapedStore(FileKVStore(config.store_path, self.geometry,
+                                              max_bytes=config.store_max_bytes), self.snic)
                       if config.use_kv_store else None)
         keys = ClusterKeys(secret, config.max_engines - 1)
         me = keys.engine(engine_id)

@@ -302,15 +302,16 @@ class DecodeEngine(EngineBase):
                                             parent=parent))
         for index in fresh:
             block = self.cache.export_block(task.key, index)  # a copy: safe after free
-            self._writer.submit(self._put, task.hashes[index], block)
+            parent = task.hashes[index - 1] if index else None
+            self._writer.submit(self._put, task.hashes[index], block, parent)
 
     def _release_buffer(self, attempt: AttemptId) -> None:
         self.buffer.release(attempt)
 
-    def _put(self, block_hash: str, block: np.ndarray) -> None:
+    def _put(self, block_hash: str, block: np.ndarray, parent: str | None) -> None:
         assert self.store is not None  # only queued when there is a store
         try:
-            self.store.put(block_hash, block)
+            self.store.put(block_hash, block, parent)
             self.blocks_persisted += 1
         except Exception:
             logger.exception("persisting block %s failed", block_hash[:16])

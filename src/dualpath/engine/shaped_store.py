@@ -48,9 +48,9 @@ class ShapedStore(KVStore):
             self.snic.transmit(block.nbytes, TrafficClass.KV, Direction.RX, earliest_start_s=started)
         return block
 
-    def put(self, block_hash: str, block: np.ndarray) -> None:
+    def put(self, block_hash: str, block: np.ndarray, parent: str | None = None) -> None:
         started = time.monotonic()
-        self.inner.put(block_hash, block)
+        self.inner.put(block_hash, block, parent)
         self.snic.transmit(block.nbytes, TrafficClass.KV, Direction.TX, earliest_start_s=started)
 
     def stats(self) -> StoreStats:

@@ -26,7 +26,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from dualpath import wire
-from dualpath.core.backend import AdmissionLimits, Backend, BackendMetrics, Tokenizer
+from dualpath.core.backend import (
+    AdmissionLimits,
+    Backend,
+    BackendMetrics,
+    Readiness,
+    Tokenizer,
+)
 from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import EngineError
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest
@@ -76,7 +82,9 @@ class LocalCluster(Backend):
         self._tokenizer = tok
         del model
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
-        self.store = FileKVStore(config.store_path, self.geometry) if config.use_kv_store else None
+        self.store = (FileKVStore(config.store_path, self.geometry,
+                                  max_bytes=config.store_max_bytes)
+                      if config.use_kv_store else None)
         self.books = RequestBooks(BooksConfig(
             block_size=config.block_size, layerwise=self.spec.layerwise,
             eos_token_ids=tuple(tok.eos_token_ids or self.model_config.eos_token_ids),
@@ -115,7 +123,7 @@ class LocalCluster(Backend):
 
     @property
     def admission(self) -> AdmissionLimits:
-        return AdmissionLimits(max_running=self.config.max_waiting_requests,
+        return AdmissionLimits(max_running=self.config.max_running_requests,
                                max_waiting=self.config.max_waiting_requests)
 
     @property
@@ -126,11 +134,11 @@ class LocalCluster(Backend):
     def control_address(self) -> str:
         return self._control.address if self._control is not None else ""
 
-    def readiness(self) -> tuple[bool, list[str]]:
+    def readiness(self) -> Readiness:
         """Ready when started, every loop ticks, and a prefill and a decode engine answered
         a heartbeat recently; otherwise the reasons it is not."""
         if not self._started:
-            return False, ["starting or stopping"]
+            return Readiness(False, ("starting or stopping",))
         reasons = self.supervisor.problems(time.monotonic())
         now = time.monotonic()
         for role in ("prefill", "decode"):
@@ -138,10 +146,10 @@ class LocalCluster(Backend):
             if not self.membership.recently_heard(live, now):
                 reasons.append(f"no {role} engine answered within "
                                f"{self.config.engine_heartbeat_timeout_s:g} s")
-        return not reasons, reasons
+        return Readiness(not reasons, tuple(reasons))
 
     def is_ready(self) -> bool:
-        return self.readiness()[0]
+        return self.readiness().ready
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -378,8 +386,9 @@ class LocalCluster(Backend):
 
     def metrics_snapshot(self) -> BackendMetrics:
         waiting = self.books.num_waiting
-        return self.metrics.snapshot(self.books.ledger, num_waiting=waiting,
-                                     num_running=self.books.num_live - waiting)
+        return self.metrics.snapshot(
+            self.books.ledger, num_waiting=waiting, num_running=self.books.num_live - waiting,
+            kv_store_bytes=self.store.stored_bytes() if self.store is not None else None)
 
     def counters(self) -> dict[int, dict[str, float]]:
         """Latest raw counters per engine (bytes per path, NIC stats, store stats)."""
