@@ -13,7 +13,9 @@ Two calls, both under `torch.inference_mode()`:
   KV can be streamed on. Chunked prefill is repeated calls. `prefill_batch` does the same for
   several sequences in one pass (a prefill engine's batch).
 - `decode(last_token_ids, caches)` runs one step for a batch of sequences of any lengths,
-  writing each step's KV into their `KVSequence`s.
+  writing each step's KV into their `KVSequence`s. Matmuls run over the batch; attention runs
+  per sequence over views of where its KV lives (`paged_attention.py`): nothing is padded or
+  gathered.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dualpath.core.errors import UserInputError
 from dualpath.core.model_config import ModelConfig
 from dualpath.model.kv_bytes import torch_dtype
 from dualpath.model.kv_sequence import KVSequence
+from dualpath.model.paged_attention import decode_attention
 from dualpath.model.rope import RotaryEmbedding, apply_rope
 
 LayerSource = Callable[[int], torch.Tensor]
@@ -280,34 +283,18 @@ class Transformer(nn.Module):
         batch = ids.shape[0]
         if batch != len(caches):
             raise UserInputError(f"{batch} tokens but {len(caches)} caches")
-        lengths = [c.num_tokens + 1 for c in caches]
-        max_len = max(lengths)
-        positions = torch.tensor([n - 1 for n in lengths])
-        cos, sin = self.rope.cos_sin(positions)
-        mask = torch.arange(max_len)[None, :] < torch.tensor(lengths)[:, None]  # [B, L]
-        mask = mask[:, None, None, :]
+        positions = [c.num_tokens for c in caches]
+        cos, sin = self.rope.cos_sin(torch.tensor(positions))
         x = self.embed_tokens(ids)
-        c = self.config
         for i, layer in enumerate(self.decoder_layers):
             h = layer.input_layernorm(x)
             q, kv = layer.self_attn.qkv(h, cos, sin)
-            if batch == 1:
-                # one sequence: attend over its cache directly, no padding copy, no mask
-                caches[0].write(i, lengths[0] - 1, kv)
-                kv_all = caches[0].read(i, lengths[0]).unsqueeze(0)
-                attn_mask = None
-            else:
-                kv_all = torch.zeros((batch, max_len, 2, c.num_kv_heads, c.head_dim),
-                                     dtype=kv.dtype)
-                for b, cache in enumerate(caches):
-                    cache.write(i, lengths[b] - 1, kv[b : b + 1])
-                    kv_all[b, : lengths[b]] = cache.read(i, lengths[b])
-                attn_mask = mask
-            qh = q.unsqueeze(2)  # [B, Hq, 1, D]
-            k = kv_all[:, :, 0].transpose(1, 2)  # [B, Hkv, L, D]
-            v = kv_all[:, :, 1].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=attn_mask, enable_gqa=True)
-            x = x + layer.self_attn.o_proj(o.reshape(batch, -1))
+            attn = []
+            for b, cache in enumerate(caches):
+                cache.write(i, positions[b], kv[b : b + 1])
+                attn.append(decode_attention(q[b], cache.segments(i, positions[b] + 1)))
+            o = attn[0].unsqueeze(0) if batch == 1 else torch.stack(attn)
+            x = x + layer.self_attn.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         for cache in caches:
             cache.commit(1)
