@@ -20,7 +20,7 @@ Run = tuple[int, int]  # (first block id, number of blocks)
 
 
 def runs_of(blocks: Sequence[int]) -> list[Run]:
-    """Maximal runs of consecutive ids, in the order given: [3, 4, 5, 9, 1] -> [(3, 3), (9, 1), (1, 1)]."""
+    """Maximal runs of consecutive ids, in order: [3, 4, 5, 9, 1] -> [(3, 3), (9, 1), (1, 1)]."""
     runs: list[Run] = []
     for b in blocks:
         if runs and runs[-1][0] + runs[-1][1] == b:
