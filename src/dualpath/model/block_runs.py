@@ -46,10 +46,11 @@ class FreeBlocks:
         return sorted(self._free)
 
     def give_back(self, blocks: Iterable[int]) -> None:
-        for b in blocks:
-            if b in self._free:
-                raise SchedulingError(f"block {b} freed twice")
-            self._free.add(b)
+        """Return ids to the free set (mutates; changes nothing if one is already free)."""
+        ids = list(blocks)
+        if len(set(ids)) != len(ids) or not self._free.isdisjoint(ids):
+            raise SchedulingError(f"blocks freed twice: {sorted(self._free.intersection(ids))}")
+        self._free.update(ids)
 
     def take(self, n: int, after: int | None = None) -> list[int]:
         """`n` free ids in as few consecutive runs as possible (see module doc; mutates).
