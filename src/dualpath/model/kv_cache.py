@@ -46,7 +46,10 @@ class PagedKVCache:
         self.config = config
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.pool = torch.zeros(
+        # empty, not zeros: a position is only ever read after it was written (attention reads
+        # up to the sequence's length, exports only full blocks), and untouched pages cost no
+        # memory, so an idle pool of any size stays out of the RSS until blocks are used
+        self.pool = torch.empty(
             (config.num_layers, num_blocks, block_size, 2, config.num_kv_heads, config.head_dim),
             dtype=torch_dtype(config.kv_dtype),
         )
