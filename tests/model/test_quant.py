@@ -161,3 +161,21 @@ def test_config_without_weights_equals_the_loaded_models(dtype: str, mode: str,
     assert len(ids) == 3
     with pytest.raises(UserInputError, match="quantization"):
         load_model("tiny", quantization="int3")
+
+
+@pytest.mark.parametrize("n", [16, 48, 112, 192, 320])
+def test_dense_weight_is_exactly_what_the_kernel_uses(n: int) -> None:
+    """Prefill-sized inputs run a dense bf16 matmul on the weight unpacked on the fly; the
+    unpacked weight must be bit for bit the kernel's (read out with the identity matrix, in
+    row counts the kernel itself handles)."""
+    w = torch.from_numpy(_weights(n, 64, seed=n))
+    for layer in (Int8Linear.from_float(w), Int4Linear.from_float(w)):
+        dense = layer.dense_weight()
+        assert dense is not None and dense.dtype == torch.bfloat16
+        eye = torch.eye(64, dtype=torch.bfloat16)
+        kernel_w = torch.cat([layer._matmul(eye[i : i + 16]) for i in range(0, 64, 16)]).t()
+        assert torch.equal(dense, kernel_w)
+        x = torch.randn(layer.dense_from_rows + 5, 64)
+        via_dense = layer(x)  # enough rows: the dense path
+        via_kernel = torch.cat([layer(x[i : i + 16]) for i in range(0, x.shape[0], 16)])
+        assert float((via_dense - via_kernel).abs().max()) <= 2e-2 * float(via_kernel.abs().max())

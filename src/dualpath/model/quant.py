@@ -18,11 +18,13 @@ float32 and only the matmul inputs are rounded.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dualpath.core.errors import ModelLoadError, UserInputError
 from dualpath.model.execution import Quantization
 from dualpath.model.gguf_blocks import BLOCK, BlockQuantized
+from dualpath.model.int4_layout import unpack as unpack_int4
 
 INT4_GROUP = BLOCK  # the GGUF block size, so Q4 files map one to one
 _ACT = torch.bfloat16
@@ -34,8 +36,14 @@ def int4_supported(n: int, k: int, group: int = INT4_GROUP) -> bool:
 
 
 class _QuantLinear(nn.Module):
+    """Shared forward: the quantized kernel for few rows (decode), and from `dense_from_rows`
+    rows on (prefill) the weight dequantized on the fly into a dense bfloat16 matmul, which
+    the CPU's bf16 GEMM runs several times faster than the kernels (measured crossovers in
+    docs/decisions/cpu-weight-quantization.md). Nothing dequantized is kept."""
+
     in_features: int
     out_features: int
+    dense_from_rows: int = 1 << 62
 
     def __init__(self, out_features: int, in_features: int, bias: nn.Parameter | None) -> None:
         super().__init__()
@@ -45,9 +53,15 @@ class _QuantLinear(nn.Module):
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def dense_weight(self) -> torch.Tensor | None:
+        """The weight `[N, K]` in bfloat16 exactly as the kernel sees it, or None."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = self._matmul(x.reshape(-1, self.in_features).to(_ACT).contiguous()).to(x.dtype)
+        x2d = x.reshape(-1, self.in_features).to(_ACT).contiguous()
+        dense = self.dense_weight() if x2d.shape[0] >= self.dense_from_rows else None
+        y = (self._matmul(x2d) if dense is None else F.linear(x2d, dense)).to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)
@@ -61,6 +75,7 @@ class Int8Linear(_QuantLinear):
 
     qweight: torch.Tensor
     scales: torch.Tensor
+    dense_from_rows = 48  # int8 -> bf16 is one cheap pass; the kernel loses from ~32-64 rows
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor,
                  bias: nn.Parameter | None = None) -> None:
@@ -80,6 +95,9 @@ class Int8Linear(_QuantLinear):
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         return torch._weight_int8pack_mm(x2d, self.qweight, self.scales)
 
+    def dense_weight(self) -> torch.Tensor:
+        return self.qweight.to(_ACT) * self.scales[:, None]
+
     def rows(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Dequantized rows `ids` (an embedding lookup), float32 math, then `dtype`."""
         return (self.qweight[ids].float() * self.scales[ids].float()[..., None]).to(dtype)
@@ -93,6 +111,7 @@ class Int4Linear(_QuantLinear):
 
     packed: torch.Tensor
     scales_zeros: torch.Tensor
+    dense_from_rows = 192  # unpacking costs ~2-5 ms per 1M weights; the kernel ~45 us per row
 
     def __init__(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int = INT4_GROUP, bias: nn.Parameter | None = None) -> None:
@@ -134,6 +153,17 @@ class Int4Linear(_QuantLinear):
     def _matmul(self, x2d: torch.Tensor) -> torch.Tensor:
         return torch._weight_int4pack_mm_for_cpu(x2d, self.packed, self.group_size,
                                                  self.scales_zeros)
+
+    def dense_weight(self) -> torch.Tensor | None:
+        codes = unpack_int4(self.packed, self.out_features, self.in_features)
+        if codes is None:
+            return None
+        n, k, g = self.out_features, self.in_features, self.group_size
+        scales = self.scales_zeros[..., 0].t().float()[..., None]  # [N, K/g, 1]
+        # the kernel computes (q - 8) * scale + zero in float32: the same here, then bf16
+        offsets = self.scales_zeros[..., 1].t().float()[..., None] - 8.0 * scales
+        w = torch.addcmul(offsets, codes.reshape(n, k // g, g).float(), scales)
+        return w.reshape(n, k).to(_ACT)
 
 
 class QuantEmbedding(nn.Module):
