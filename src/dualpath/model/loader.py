@@ -8,6 +8,8 @@ For the config and tokenizer alone use `source.load_config_and_tokenizer` (no to
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import time
 from collections.abc import Iterator
@@ -34,6 +36,17 @@ from dualpath.model.transformer import Transformer
 log = logging.getLogger(__name__)
 
 
+def release_freed_memory() -> None:
+    """Give the heap pages freed by loading back to the OS.
+
+    Dequantizing and quantizing tensor by tensor frees every float temporary, but glibc keeps
+    freed heap pages mapped (measured: ~250 MB after an int8 SmolLM2 load); `malloc_trim`
+    returns them. A no-op where there is no glibc.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def load_model(spec: str, *, dtype: str = "float32", seed: int = 0,
                quantization: Quantization | str = "none") -> tuple[Transformer, Tokenizer]:
     """Load a model and its tokenizer.
@@ -51,6 +64,7 @@ def load_model(spec: str, *, dtype: str = "float32", seed: int = 0,
         model = Transformer(with_quantization(config, mode))
         model.init_random(seed)
         model.quantize(mode)
+        release_freed_memory()
         return model, ByteTokenizer(config.vocab_size)
     kind, path = model_source(spec)
     tensors: Iterator[tuple[str, WeightValue]]
@@ -65,6 +79,7 @@ def load_model(spec: str, *, dtype: str = "float32", seed: int = 0,
         config, tensors, tokenizer = read_gguf(path, dtype, keep_quantized=mode != "none")
     model = Transformer(with_quantization(checked_config(spec, config, tokenizer), mode))
     model.load_weights(tensors, quantization=mode)
+    release_freed_memory()
     log.info("loaded %s (%s, %s, %s) in %.1f s", spec, config.weights_id, dtype, mode,
              time.perf_counter() - start_s)
     return model, tokenizer
