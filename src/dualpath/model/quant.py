@@ -58,13 +58,18 @@ class _QuantLinear(nn.Module):
         return None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features).to(_ACT).contiguous()
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        if x2d.dtype != _ACT:
+            x2d = x2d.to(_ACT)
+        if not x2d.is_contiguous():
+            x2d = x2d.contiguous()
         dense = self.dense_weight() if x2d.shape[0] >= self.dense_from_rows else None
-        y = (self._matmul(x2d) if dense is None else F.linear(x2d, dense)).to(x.dtype)
+        y = self._matmul(x2d) if dense is None else F.linear(x2d, dense)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias
-        return y.reshape(*lead, self.out_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

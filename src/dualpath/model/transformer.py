@@ -96,9 +96,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        return q, torch.stack((k, v), dim=1)
+        # one elementwise RoPE pass over q and k together (same math, fewer small ops)
+        qk = apply_rope(torch.cat((q, k), dim=1), cos, sin)
+        return qk[:, : self.num_heads], torch.stack((qk[:, self.num_heads :], v), dim=1)
 
 
 class MLP(nn.Module):
