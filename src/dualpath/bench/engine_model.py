@@ -108,7 +108,7 @@ def _run_worker(cmd: list[str], spec: dict[str, Any], timeout_s: float) -> dict[
         proc = subprocess.run([*cmd, str(spec_path), str(out_path)], capture_output=True,
                               text=True, timeout=timeout_s, check=False)
         if proc.returncode != 0 or not out_path.exists():
-            return {"error": (proc.stderr or proc.stdout)[-2000:]}
+            return {"error": f"exit {proc.returncode}: {(proc.stderr or proc.stdout)[-2000:]}"}
         result: dict[str, Any] = json.loads(out_path.read_text())
         return result
 
@@ -185,8 +185,8 @@ def table(result: dict[str, Any]) -> str:
                          sum(r["prefill_s_per_turn"]) / len(r["prefill_s_per_turn"]),
                          s["load_s"], s["weight_bytes"] / 2**20, s["rss_bytes"] / 2**20])
         if "error" in s:
-            rows.append([s["label"], "-", "error", s["error"].splitlines()[-1][:60], "", "", "",
-                         ""])
+            rows.append([s["label"], "-", "error", s["error"].strip().splitlines()[-1][:60], "",
+                         "", "", ""])
     return format_table(["system", "batch", "tpot_ms_p50", "out_tok_s", "prefill_s_mean",
                          "load_s", "weights_MiB", "rss_MiB"], rows)
 

@@ -4,7 +4,9 @@ whichever Python has llama-cpp-python installed: `PYTHON llama_cpp_peer.py SPEC 
 
 Batch 1 only (llama-cpp-python's `Llama` runs one sequence); each turn resets the context and
 evaluates the whole prompt (as the other systems prefill from scratch), then decodes
-`output_tokens` greedily, one `eval` per token.
+`output_tokens` greedily, one `eval` per token. llama.cpp's "extra buffer types" (weight
+repacking for AMX) are turned off: on this VM the AMX matmul dies with a general protection
+fault (the CPU flags list AMX, the hypervisor does not let it run); the AVX-512 kernels remain.
 """
 
 from __future__ import annotations
@@ -25,8 +27,18 @@ def _rss_bytes() -> int:
 
 
 def main(argv: list[str]) -> int:
+    import llama_cpp.llama_cpp as low_level
     import numpy as np
     from llama_cpp import Llama
+
+    defaults = low_level.llama_model_default_params
+
+    def without_repack() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = without_repack
 
     spec: dict[str, Any] = json.loads(Path(argv[0]).read_text())
     chunks = spec["chunks"]
