@@ -45,7 +45,8 @@ def main(argv: list[str]) -> int:
     n_out = int(spec["output_tokens"])
     longest = sum(len(c) for c in chunks[0]) + len(chunks[0]) * n_out
     start = time.perf_counter()
-    llm = Llama(model_path=spec["gguf_path"], n_ctx=longest + 64, n_batch=512,
+    # logits_all: `scores` then has a row per context position (without it, only n_batch rows)
+    llm = Llama(model_path=spec["gguf_path"], n_ctx=longest + 64, n_batch=512, logits_all=True,
                 n_threads=int(spec["threads"]), n_threads_batch=int(spec["threads"]),
                 verbose=False)
     out: dict[str, Any] = {"load_s": time.perf_counter() - start,
