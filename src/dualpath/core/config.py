@@ -27,6 +27,11 @@ class ClusterConfig:
 
     model: str = "smollm2"
     model_seed: int = 0
+    # How the engines run the model: activations/KV dtype, weight-only quantization, and
+    # torch intra-op threads per engine process (an engine stands for one GPU).
+    dtype: str = "float32"
+    quantization: str = "none"
+    threads: int = 1
     prefill_nodes: int = 1
     decode_nodes: int = 2
     engines_per_node: int = 1
@@ -93,7 +98,12 @@ class ClusterConfig:
     engine_start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size",
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise ConfigError(f"quantization must be none, int8 or int4, got "
+                              f"{self.quantization!r}")
+        for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size", "threads",
                      "decode_kv_bytes", "max_decode_batch", "max_waiting_requests",
                      "max_running_requests"):
             if getattr(self, name) < 1:

@@ -63,7 +63,9 @@ class EngineBase:
         self.engine_id = engine_id
         self.node_id = node_id
         self.spec = system_spec(config.system)
-        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed)
+        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed,
+                                                dtype=config.dtype,
+                                                quantization=config.quantization)
         self.model_config = self.model.config
         self.block_size = config.block_size
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)

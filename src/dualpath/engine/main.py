@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("DUALPATH_ENGINE_LOG", "INFO"),
         format=f"%(asctime)s engine{args.engine_id} %(levelname)s %(name)s: %(message)s",
     )
-    import torch
+    from dualpath.model.threads import set_torch_threads
 
-    torch.set_num_threads(int(os.environ.get("DUALPATH_TORCH_THREADS", "1")))
     config = ClusterConfig.from_json(args.config_json)
+    set_torch_threads(config.threads)
     stop_watch = threading.Event()
     if args.parent_pid:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop_watch),

@@ -73,14 +73,16 @@ class LocalCluster(Backend):
         """`record_scheduler_calls` keeps every scheduler call's inputs and the placements
         actually dispatched (`scheduler_calls`), so tests can replay them (as the simulator's
         `record_scheduler_inputs` does)."""
-        from dualpath.model.loader import load_model
+        from dualpath.model.source import load_config_and_tokenizer
 
         self.config = config
         self.spec = system_spec(config.system)
-        model, tok = load_model(config.model, seed=config.model_seed)
-        self.model_config = model.config
+        # Only the config and tokenizer: the weights live in the engines (same identity, so
+        # the block hashes of both sides agree).
+        self.model_config, tok = load_config_and_tokenizer(
+            config.model, dtype=config.dtype, seed=config.model_seed,
+            quantization=config.quantization)
         self._tokenizer = tok
-        del model
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
         self.store = (FileKVStore(config.store_path, self.geometry,
                                   max_bytes=config.store_max_bytes)

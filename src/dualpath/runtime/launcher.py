@@ -73,10 +73,9 @@ class EngineProcesses:
             "--cluster-secret", self._secret_path,
         ]
         env = dict(os.environ)
-        # One intra-op thread per engine: engines stand for separate GPUs, and a 2-core
-        # machine must not be oversubscribed by every engine spawning a thread per core.
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("DUALPATH_TORCH_THREADS", "1")
+        # Engines stand for separate GPUs: each runs `threads` intra-op threads (1 by default),
+        # so a small machine is not oversubscribed by every engine spawning a thread per core.
+        env["OMP_NUM_THREADS"] = str(self._config.threads)
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
