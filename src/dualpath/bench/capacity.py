@@ -1,8 +1,8 @@
 """Capacity search: the highest arrival rate (APS) whose online run holds the SLO.
 
 A probe runs a bounded online workload at one APS and passes when its SLO attainment is at
-least `slo_target`. The search doubles (or halves) the rate from a start value until it has
-a passing and a failing rate, then bisects between them; it stops after `max_probes` probes
+least `slo_target`. The search multiplies (or divides) the rate by `step` (2: doubles or
+halves) from a start value until it has a passing and a failing rate, then bisects between them; it stops after `max_probes` probes
 or when the bracket is narrower than `rel_tol` of the passing rate. The answer is the
 highest passing rate (0 when none passed). Attainment need not be monotone in APS under
 noise; the search assumes it is and reports every probe so a reader can check.
@@ -36,6 +36,7 @@ def find_capacity(
     slo_target: float,
     max_probes: int = 8,
     rel_tol: float = 0.02,
+    step: float = 2.0,
 ) -> tuple[float, list[Probe]]:
     """(capacity_aps, probes in the order run). `probe(aps)` returns a report dict with
     `slo_attainment`."""
@@ -45,6 +46,8 @@ def find_capacity(
         raise UserInputError(f"--slo-target must be in (0, 1], got {slo_target}")
     if max_probes < 1:
         raise UserInputError(f"--probes must be >= 1, got {max_probes}")
+    if not step > 1:
+        raise UserInputError(f"the search step must be > 1, got {step}")
     lo: float | None = None  # highest passing rate
     hi: float | None = None  # lowest failing rate
     probes: list[Probe] = []
@@ -64,7 +67,7 @@ def find_capacity(
                 break
             aps = (lo + hi) / 2
         elif lo is not None:
-            aps = lo * 2
+            aps = lo * step
         else:
-            aps = (hi or aps) / 2
+            aps = (hi or aps) / step
     return (lo or 0.0), probes
