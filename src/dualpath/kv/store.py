@@ -47,6 +47,10 @@ class StoreStats:
     bytes_read: int = 0
     bytes_written: int = 0
     direct_reads: int = 0  # Full Block reads done with O_DIRECT (FileKVStore)
+    puts_dropped: int = 0  # puts refused because the capacity could not be freed
+    evictions: int = 0  # blocks this instance deleted to stay under the capacity
+    evicted_bytes: int = 0
+    evicted_reads: int = 0  # reads that found their block evicted under them (misses)
 
     @property
     def get_misses(self) -> int:
