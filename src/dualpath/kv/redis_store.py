@@ -16,10 +16,7 @@ Full Block. Every read verifies what it returns.
 - `contains_many` / `longest_prefix`: pipelined `EXISTS` (one round trip per 64 blocks),
   answered by the server, so every process on every host sees every other's puts.
 - Batches (`get_many`, `get_layer_many`, `put_many`) send `pipeline_blocks` blocks per round
-  trip on up to `io_threads` connections. Inside a batch the server sees the blocks last to
-  first, so under `maxmemory-policy allkeys-lru` a prompt's first blocks are the most recently
-  used ones and a chain is evicted from its tail, which is what prefix reuse needs (an inner
-  block evicted first would strand every block after it).
+  trip on up to `io_threads` connections.
 
 A value that fails a check (wrong length, header, key, geometry, layer CRC, or not a string at
 all) is logged, counted in `stats().corrupt_blocks`, treated as a miss and renamed to
@@ -36,10 +33,8 @@ Durability and capacity are the server's: see `redis_server` for the configurati
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -53,15 +48,14 @@ from redis.retry import Retry
 from dualpath.core.errors import CorruptBlockError, StoreError
 from dualpath.kv import block_file, block_value
 from dualpath.kv.layout import BlockGeometry, check_full_block, check_layer_block, check_layer_index
+from dualpath.kv.redis_url import check_hash, redacted, split_url
 from dualpath.kv.store import KVStore, StatsCounter, StoreStats
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PREFIX = "dualpath:kv"
 QUARANTINE_TTL_S = 7 * 24 * 3600
 _EXISTS_CHUNK = 64
 _CHECKSUM_CACHE_BLOCKS = 8192
-_HASH_RE = re.compile(r"[0-9a-f]{4,128}")  # the file store's rule: names stay portable
 _READ_CHUNK_BYTES = 1 << 20  # hiredis reads 1 MiB per recv: ~2x the default 64 KiB on MB values
 _T = TypeVar("_T")
 
@@ -91,8 +85,8 @@ class RedisKVStore(KVStore):
         self.geometry = geometry
         self.io_threads = io_threads
         self.pipeline_blocks = pipeline_blocks
-        client_url, prefix = _split_url(url)
-        self.url = _redacted(client_url)
+        client_url, prefix = split_url(url)
+        self.url = redacted(client_url)
         self.key_prefix = prefix
         g = geometry
         self._ns = f"{prefix}:{g.num_layers}x{g.block_tokens}x{g.bytes_per_token_per_layer}:"
@@ -169,9 +163,9 @@ class RedisKVStore(KVStore):
         def one_round(idx: list[int]) -> list[np.ndarray | None]:
             with self._errors(f"reading {len(idx)} KV block(s)"):
                 pipe = self._client.pipeline(transaction=False)
-                for i in reversed(idx):  # last to first: see the module docstring (LRU)
+                for i in idx:
                     pipe.get(keys[i])
-                raws = pipe.execute(raise_on_error=False)[::-1]
+                raws = pipe.execute(raise_on_error=False)
             return [self._finish_get(hashes[i], raw, targets[i]) for i, raw in zip(idx, raws, strict=True)]
 
         return self._in_rounds(len(hashes), one_round)
@@ -191,7 +185,7 @@ class RedisKVStore(KVStore):
             known = [self._checksums.get(hashes[i]) for i in idx]
             with self._errors(f"reading layer {layer} of {len(idx)} KV block(s)"):
                 pipe = self._client.pipeline(transaction=True)
-                for i, crcs in zip(reversed(idx), reversed(known), strict=True):
+                for i, crcs in zip(idx, known, strict=True):
                     start, size = block_value.layer_range(g, hashes[i], layer)
                     pipe.exists(keys[i])
                     pipe.strlen(keys[i])
@@ -200,7 +194,7 @@ class RedisKVStore(KVStore):
                     pipe.getrange(keys[i], start, start + size - 1)
                 replies = iter(pipe.execute(raise_on_error=False))
             parts: dict[int, list[Any]] = {}
-            for i, crcs in zip(reversed(idx), reversed(known), strict=True):
+            for i, crcs in zip(idx, known, strict=True):
                 parts[i] = [next(replies) for _ in range(3 if crcs is not None else 4)]
             return [self._finish_layer(hashes[i], layer, parts[i], crcs, targets[i])
                     for i, crcs in zip(idx, known, strict=True)]
@@ -216,16 +210,16 @@ class RedisKVStore(KVStore):
 
     def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
         for h, block in items:
-            _check_hash(h)
+            check_hash(h)
             check_full_block(block, self.geometry)
 
         def one_round(idx: list[int]) -> list[None]:
             values = {i: block_value.encode_value(items[i][0], self.geometry, items[i][1]) for i in idx}
             with self._errors(f"writing {len(idx)} KV block(s)"):
                 pipe = self._client.pipeline(transaction=False)
-                for i in reversed(idx):  # last block first: the chain's head ends most recent
+                for i in idx:
                     pipe.set(self._key(items[i][0]), values[i], nx=True)
-                results = pipe.execute(raise_on_error=False)[::-1]
+                results = pipe.execute(raise_on_error=False)
             for i, res in zip(idx, results, strict=True):
                 self._count_put(items[i][0], res, len(values[i]))
             return [None] * len(idx)
@@ -245,7 +239,7 @@ class RedisKVStore(KVStore):
     # -- internals -------------------------------------------------------------------------
 
     def _key(self, block_hash: str) -> str:
-        _check_hash(block_hash)
+        check_hash(block_hash)
         return self._ns + block_hash
 
     def _exists(self, keys: list[str]) -> list[bool]:
@@ -346,7 +340,7 @@ class RedisKVStore(KVStore):
         if len(targets) != len(hashes):
             raise StoreError(f"{what}: {len(hashes)} hashes but {len(targets)} output buffers")
         for h in hashes:
-            _check_hash(h)
+            check_hash(h)
         return targets
 
     def _in_rounds(self, n: int, one_round: Callable[[list[int]], list[_T]]) -> list[_T]:
@@ -376,38 +370,7 @@ class RedisKVStore(KVStore):
             raise StoreError(f"KV store {self.url}: {what}: {exc}") from exc
 
 
-def _check_hash(block_hash: str) -> None:
-    if not isinstance(block_hash, str) or not _HASH_RE.fullmatch(block_hash):
-        raise StoreError(f"block hash must be 4-128 lowercase hex chars, got {block_hash!r}")
-
-
 def _as_bytes(reply: object) -> bytes:
     if not isinstance(reply, bytes | bytearray):
         raise CorruptBlockError(f"unexpected reply type {type(reply).__name__}")
     return bytes(reply) if isinstance(reply, bytearray) else reply
-
-
-def _split_url(url: str) -> tuple[str, str]:
-    """(the URL for the client library, our key prefix) — `prefix` is ours, not redis-py's."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    prefix = DEFAULT_PREFIX
-    rest = []
-    for k, v in query:
-        if k == "prefix":
-            if not v or any(c.isspace() for c in v):
-                raise StoreError(f"bad key prefix {v!r} in Redis store URL")
-            prefix = v
-        else:
-            rest.append((k, v))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest))), prefix
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password (it goes into logs and error messages)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
