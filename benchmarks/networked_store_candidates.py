@@ -41,6 +41,7 @@ from dualpath.kv.redis_server import RedisServerConfig, RedisServerProcess, free
 
 GEOMETRY = BlockGeometry(30, 64, 1536)  # SmolLM2-135M, float32 KV: 2.95 MB per Full Block
 LAYER = 7
+_READ_SIZE = 1 << 20  # what RedisKVStore uses: 1 MiB per recv instead of redis-py's 64 KiB
 
 
 def _values(n: int) -> tuple[list[str], list[bytes]]:
@@ -74,7 +75,7 @@ def _layer_range(key_len: int) -> tuple[int, int, int]:
 def _redis_reader(url: str, keys: list[str], start: mp.Event, out: mp.Queue) -> None:  # type: ignore[type-arg]
     import redis
 
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_read_size=_READ_SIZE)
     dest = bytearray(len(client.get(keys[0]) or b""))
     start.wait()
     t0 = time.perf_counter()
@@ -97,7 +98,7 @@ def bench_redis(args: argparse.Namespace) -> dict[str, Any]:
         cfg = RedisServerConfig(dir=Path(tmp), port=free_port(), appendonly=args.persist,
                                 appendfsync="everysec")
         with RedisServerProcess(cfg) as server:
-            client = redis.Redis.from_url(server.url)
+            client = redis.Redis.from_url(server.url, socket_read_size=_READ_SIZE)
             dest = bytearray(len(values[0]))
 
             def put_all() -> None:
