@@ -21,6 +21,7 @@ from redis_helpers import isolated_url, start_server
 from dualpath.core.errors import ConfigError, StoreError
 from dualpath.kv import BlockGeometry, FileKVStore, block_hashes, open_store
 from dualpath.kv.block_file import payload_offset
+from dualpath.kv.open_store import store_kind
 from dualpath.kv.redis_server import RedisServerProcess, free_port
 from dualpath.kv.redis_store import RedisKVStore
 
@@ -232,8 +233,11 @@ def test_killed_server_raises_store_error_then_restart_brings_blocks_back(tmp_pa
             got = store.get(h)
             assert got is not None and np.array_equal(got, random_block(i))
         assert store.stats().corrupt_blocks == 0
-        server.stop()  # a clean shutdown also keeps everything
+        server.stop()  # a clean shutdown also keeps everything; idle pooled connections die
         server.start()
+        assert store.longest_prefix(chain) == 5  # first call after the restart: reconnects
+        got = store.get(chain[4])
+        assert got is not None and np.array_equal(got, random_block(4))
         assert RedisKVStore(server.url, SMALL).longest_prefix(chain) == 5
     finally:
         server.stop()
@@ -288,6 +292,23 @@ def test_open_store_picks_the_backend_from_the_spec(url: str, tmp_path: Path) ->
         open_store(str(tmp_path / "c"), SMALL, bogus=1)
     with pytest.raises(StoreError, match="unreachable while opening"):
         open_store(f"redis://127.0.0.1:{free_port()}/0", SMALL)
+
+
+def test_unix_socket_url_and_scheme_names(tmp_path: Path) -> None:
+    assert store_kind("rediss://kv.example:6380/0") == store_kind("unix:///x.sock") == "redis"
+    assert store_kind("relative/dir") == store_kind("file:///abs") == "file"
+    sock = tmp_path / "redis.sock"
+    server = start_server(tmp_path / "unix", extra_args=("--unixsocket", str(sock), "--unixsocketperm", "700"))
+    try:
+        store = open_store(f"unix://{sock}?db=1&prefix=over-unix", SMALL)
+        store.put(hex_hash(3), random_block(3))
+        assert isinstance(store, RedisKVStore) and store.key_prefix == "over-unix"
+        assert _raw(server.url).dbsize() == 0  # db 0 untouched
+        assert redis.Redis.from_url(server.url[: -len("/0")] + "/1").dbsize() == 1
+        got = store.get(hex_hash(3))
+        assert got is not None and np.array_equal(got, random_block(3))
+    finally:
+        server.stop()
 
 
 def test_password_is_required_and_never_logged(tmp_path: Path) -> None:

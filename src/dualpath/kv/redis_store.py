@@ -97,12 +97,14 @@ class RedisKVStore(KVStore):
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=connect_timeout_s,
                 socket_read_size=_READ_CHUNK_BYTES,
-                socket_keepalive=True,
-                # One immediate retry on a new connection: after a server restart the pooled
-                # sockets are dead, and the retry is what makes the next call succeed. No
-                # backoff: a down server must fail fast (a read that fails is recomputed).
+                # The pool already replaces pooled connections the server closed (a restart);
+                # one immediate retry on a new connection covers a server that went away
+                # between checkout and the command. No backoff: a down server must fail fast
+                # (a read that fails is recomputed).
                 retry=Retry(NoBackoff(), 1, (redis.ConnectionError,)),
                 retry_on_error=[redis.ConnectionError],
+                # TCP only (Unix sockets take no keepalive): a half-dead peer is noticed.
+                **({} if client_url.startswith("unix:") else {"socket_keepalive": True}),
             )
         except (ValueError, TypeError) as exc:
             raise StoreError(f"bad Redis store URL {self.url!r}: {exc}") from exc

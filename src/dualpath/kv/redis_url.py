@@ -18,18 +18,17 @@ def check_hash(block_hash: str) -> None:
 
 def split_url(url: str) -> tuple[str, str]:
     """(the URL for the client library, our key prefix) — `prefix` is ours, not redis-py's."""
-    parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    base, _, query_text = url.partition("?")  # kept verbatim: urlunsplit drops unix:'s //
     prefix = DEFAULT_PREFIX
     rest = []
-    for k, v in query:
+    for k, v in urllib.parse.parse_qsl(query_text, keep_blank_values=True):
         if k == "prefix":
             if not v or any(c.isspace() for c in v):
                 raise StoreError(f"bad key prefix {v!r} in Redis store URL")
             prefix = v
         else:
             rest.append((k, v))
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(rest))), prefix
+    return (f"{base}?{urllib.parse.urlencode(rest)}" if rest else base), prefix
 
 
 def redacted(url: str) -> str:
