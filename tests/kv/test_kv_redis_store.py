@@ -106,6 +106,25 @@ def test_prefix_lookup_sees_other_clients_and_processes(url: str) -> None:
     assert reader.longest_prefix(long_chain[:64]) == 64
 
 
+def _read_in_child(store: RedisKVStore, hashes: list[str], ok: mp.Queue) -> None:  # type: ignore[type-arg]
+    got = store.get_many(hashes)
+    ok.put(all(g is not None and np.array_equal(g, random_block(i)) for i, g in enumerate(got)))
+
+
+def test_a_forked_child_can_use_the_parents_store(url: str) -> None:
+    store = RedisKVStore(url, SMALL, io_threads=2, pipeline_blocks=1)
+    hashes = [hex_hash(i) for i in range(4)]
+    store.put_many([(h, random_block(i)) for i, h in enumerate(hashes)])
+    assert all(g is not None for g in store.get_many(hashes))  # threads + connections exist now
+    ctx = mp.get_context("fork")
+    ok = ctx.Queue()
+    child = ctx.Process(target=_read_in_child, args=(store, hashes, ok))
+    child.start()
+    assert ok.get(timeout=60) is True
+    child.join(60)
+    assert child.exitcode == 0 and all(g is not None for g in store.get_many(hashes))
+
+
 def test_models_and_geometries_share_one_server(url: str) -> None:
     wide = BlockGeometry(SMALL.num_layers, SMALL.block_tokens, SMALL.bytes_per_token_per_layer * 2)
     a, b = RedisKVStore(url, SMALL), RedisKVStore(url, wide)
@@ -290,6 +309,8 @@ def test_open_store_picks_the_backend_from_the_spec(url: str, tmp_path: Path) ->
         open_store(url, SMALL, max_bytes=1 << 30)
     with pytest.raises(ConfigError, match="does not take bogus"):
         open_store(str(tmp_path / "c"), SMALL, bogus=1)
+    with pytest.raises(ConfigError, match="bad Redis store URL"):
+        open_store("redis://127.0.0.1:notaport/0", SMALL)
     with pytest.raises(StoreError, match="unreachable while opening"):
         open_store(f"redis://127.0.0.1:{free_port()}/0", SMALL)
 

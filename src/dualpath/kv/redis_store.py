@@ -33,6 +33,7 @@ Durability and capacity are the server's: see `redis_server` for the configurati
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -45,7 +46,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from dualpath.core.errors import CorruptBlockError, StoreError
+from dualpath.core.errors import ConfigError, CorruptBlockError, StoreError
 from dualpath.kv import block_file, block_value
 from dualpath.kv.layout import BlockGeometry, check_full_block, check_layer_block, check_layer_index
 from dualpath.kv.redis_url import check_hash, redacted, split_url
@@ -107,12 +108,13 @@ class RedisKVStore(KVStore):
                 **({} if client_url.startswith("unix:") else {"socket_keepalive": True}),
             )
         except (ValueError, TypeError) as exc:
-            raise StoreError(f"bad Redis store URL {self.url!r}: {exc}") from exc
+            raise ConfigError(f"bad Redis store URL {self.url!r}: {exc}") from exc
         self._client = redis.Redis(connection_pool=pool)
         self._checksums = block_file.ChecksumCache(_CHECKSUM_CACHE_BLOCKS)
         self._stats = StatsCounter()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._pool_pid = os.getpid()
         with self._errors("opening"):
             self._client.ping()
 
@@ -354,6 +356,8 @@ class RedisKVStore(KVStore):
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            if self._pool_pid != os.getpid():  # a forked child: the parent's threads are not here
+                self._pool, self._pool_pid = None, os.getpid()
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="kvstore-redis")
             return self._pool
