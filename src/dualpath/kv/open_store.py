@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import ConfigError
 from dualpath.kv.layout import BlockGeometry
 from dualpath.kv.store import KVStore
@@ -80,3 +81,9 @@ def _check_options(cls: type, options: dict[str, Any], spec: str) -> None:
             hint = ("; a Redis store's capacity is the server's: run redis-server with "
                     "--maxmemory BYTES --maxmemory-policy allkeys-lru")
         raise ConfigError(f"KV store {spec!r} ({cls.__name__}) does not take {', '.join(unknown)}{hint}")
+
+
+def store_options(config: ClusterConfig) -> dict[str, Any]:
+    """The store options a cluster's config sets (`--store-max-bytes`, file stores only: a
+    Redis store's capacity is its server's `maxmemory`)."""
+    return {} if config.store_max_bytes is None else {"max_bytes": config.store_max_bytes}
