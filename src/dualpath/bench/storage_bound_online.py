@@ -5,8 +5,10 @@ Online. Agents of the storage-bound scenario (64K-style trajectories scaled by `
 resumed mid-trajectory from a warm, byte-identical store) arrive as a seeded Poisson process
 and each runs its `--turns` turns back to back. For each system the capacity search of
 `bench.capacity` finds the highest arrival rate (APS) whose SLO attainment (turns meeting
-TTFT and TPOT, late turns counted as misses) is at least `--slo-target`; every probe is a
-fresh cluster (`storage_bound_probes`).
+TTFT and TPOT, late turns counted as misses) is at least `--slo-target`, up to `--max-aps`.
+Every system keeps one cluster for the whole run and the searches advance in lock-step, one
+probe per system per round, so outside load falls on all of them alike; each probe starts on
+an idle cluster and reads exactly what it would on a fresh one (`storage_bound_probes`).
 
 SLOs scaled to this machine: before any probe each system runs `--calibration-agents` agents
 one at a time (an unloaded cluster); SLO = `--slo-factor` x the larger of the systems'
@@ -18,6 +20,7 @@ its objective. `--slo-ttft-s` and `--slo-tpot-s` fix them instead.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import shutil
 import sys
@@ -27,13 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from dualpath.bench import storage_bound
-from dualpath.bench.capacity import find_capacity
+from dualpath.bench.capacity import CapacitySearch
 from dualpath.bench.report import format_table, machine_info
-from dualpath.bench.storage_bound_probes import ProbeRunner, Scenario, load_avg_1m, unloaded_slo
+from dualpath.bench.storage_bound_probes import (
+    LiveSystem,
+    Scenario,
+    load_avg_1m,
+    unloaded_slo,
+    warm_store,
+)
 from dualpath.core.errors import UserInputError
 from dualpath.core.systems import SYSTEM_NAMES
 from dualpath.core.units import parse_bandwidth
-from dualpath.workload.metrics import SLO, TurnRecord
+from dualpath.workload.metrics import SLO
 
 ONLINE_SYSTEMS = ("basic", "dualpath-rr", "dualpath")
 PROBE_FIELDS = ("aps", "passed", "slo_attainment", "num_agents", "num_turns", "unfinished_turns",
@@ -53,23 +62,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--aps", type=float, default=0.5, help="first probe's arrivals/s (0.5)")
     o.add_argument("--aps-step", type=float, default=2.0,
                    help="multiply / divide the rate by this until bracketed (2)")
-    o.add_argument("--probes", type=int, default=6, help="probes per system (6)")
+    o.add_argument("--max-aps", type=float, default=3.0,
+                   help="highest rate probed; the store is warmed for the agents it brings (3)")
+    o.add_argument("--probes", type=int, default=4, help="probes per system (4)")
     o.add_argument("--rel-tol", type=float, default=0.05,
                    help="stop when the bracket is narrower than this fraction (0.05)")
-    o.add_argument("--probe-duration", type=float, default=45.0,
-                   help="arrival window of each probe, s (45)")
-    o.add_argument("--probe-drain", type=float, default=15.0,
-                   help="each probe is cut off this long after its window, s (15)")
+    o.add_argument("--probe-duration", type=float, default=20.0,
+                   help="arrival window of each probe, s (20)")
+    o.add_argument("--probe-drain", type=float, default=10.0,
+                   help="each probe is cut off this long after its window, s (10)")
     o.add_argument("--arrival-seed", type=int, default=0, help="Poisson arrivals' seed (0)")
     o.add_argument("--slo-target", type=float, default=0.9,
                    help="SLO attainment a probe must reach to pass (0.9)")
     o.add_argument("--slo-factor", type=float, default=4.0,
                    help="SLO = this x the unloaded median TTFT / TPOT (4)")
-    o.add_argument("--warm-agents", type=int, default=32,
-                   help="agents whose contexts are persisted before the first run; more are "
-                   "added when a probe needs them (32)")
-    o.add_argument("--calibration-agents", type=int, default=4,
-                   help="agents run one at a time per system to measure unloaded latency (4)")
+    o.add_argument("--calibration-agents", type=int, default=2,
+                   help="agents run one at a time per system to measure unloaded latency (2)")
     o.add_argument("--slo-ttft-s", type=float, default=None,
                    help="fix the TTFT SLO (with --slo-tpot-s; skips the calibration)")
     o.add_argument("--slo-tpot-s", type=float, default=None, help="fix the TPOT SLO")
@@ -108,8 +116,8 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         raise UserInputError("--aps must be > 0, --aps-step > 1 and --probes >= 1")
     if not 0 < args.slo_target <= 1 or not args.slo_factor > 0:
         raise UserInputError("--slo-target must be in (0, 1] and --slo-factor > 0")
-    if args.calibration_agents < 1 or args.warm_agents < 0:
-        raise UserInputError("--calibration-agents must be >= 1 and --warm-agents >= 0")
+    if args.calibration_agents < 1 or not args.max_aps >= args.aps:
+        raise UserInputError("--calibration-agents must be >= 1 and --max-aps >= --aps")
     return Scenario(model=args.model, max_len=args.max_len, scale=args.scale, turns=args.turns,
                     seed=args.seed, snic_bytes_s=snic, cnic_bytes_s=snic * args.cnic_factor,
                     arrival_seed=args.arrival_seed, probe_duration_s=args.probe_duration,
@@ -117,6 +125,8 @@ def _scenario(args: argparse.Namespace) -> Scenario:
 
 
 def run_online(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "testbed", "local") != "local":
+        raise UserInputError("--online runs on the local testbed only (drop --testbed)")
     systems = _systems(args)
     scenario = _scenario(args)
     t0 = time.monotonic()
@@ -124,30 +134,14 @@ def run_online(args: argparse.Namespace) -> dict[str, Any]:
     own_dir = args.work_dir is None
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dualpath-storage-bound-online-"))
     work.mkdir(parents=True, exist_ok=True)
-    runner = ProbeRunner(scenario, work)
     try:
-        runner.warm.ensure(args.warm_agents)
-        slo, derivation = _slo(args, runner, systems)
-        print(f"SLO: TTFT <= {slo.ttft_s:.3g} s, TPOT <= {slo.tpot_s * 1e3:.3g} ms "
-              f"(attainment >= {args.slo_target})", file=sys.stderr)
-        results: dict[str, Any] = {}
-        for system in systems:
-            def probe(aps: float, system: str = system) -> dict[str, Any]:
-                return runner.probe(system, aps, slo)
-
-            capacity, probes = find_capacity(
-                probe, start_aps=args.aps,
-                slo_target=args.slo_target, max_probes=args.probes, rel_tol=args.rel_tol,
-                step=args.aps_step)
-            results[system] = {
-                "capacity_aps": capacity,
-                "capacity_bracketed": any(p.passed for p in probes)
-                and any(not p.passed for p in probes),
-                "probes": [{k: (p.passed if k == "passed" else p.report.get(k))
-                            for k in PROBE_FIELDS} for p in probes],
-            }
+        slo, derivation, searches = asyncio.run(_search(args, scenario, systems, work))
     finally:
-        shutil.rmtree(work if own_dir else work / "warm", ignore_errors=True)
+        shutil.rmtree(work if own_dir else work / "stores", ignore_errors=True)
+    results = {s: {"capacity_aps": search.capacity_aps, "capacity_bracketed": search.bracketed,
+                   "probes": [{k: (p.passed if k == "passed" else p.report.get(k))
+                               for k in PROBE_FIELDS} for p in search.probes]}
+               for s, search in searches.items()}
     out = _result(args, scenario, systems, results, slo, derivation)
     out["wall_s"] = time.monotonic() - t0
     out["machine"] = {**machine_info(), "load_avg_1m_start": load_start,
@@ -160,14 +154,49 @@ def run_online(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _slo(args: argparse.Namespace, runner: ProbeRunner,
-         systems: list[str]) -> tuple[SLO, dict[str, Any]]:
-    if args.slo_ttft_s is not None:
-        return SLO(args.slo_ttft_s, args.slo_tpot_s), {"rule": "given (--slo-ttft-s, --slo-tpot-s)"}
-    calibration: dict[str, list[TurnRecord]] = {}
+async def _search(args: argparse.Namespace, scenario: Scenario, systems: list[str],
+                  work: Path) -> tuple[SLO, dict[str, Any], dict[str, CapacitySearch]]:
+    """Warm the store, start every system's cluster, calibrate, then step the searches in
+    lock-step: each round probes every unfinished system once, in a rotating order, so load
+    from outside the benchmark falls on all systems alike."""
+    stores = work / "stores"
+    n_warm = max(scenario.agents_at(args.max_aps), args.calibration_agents)
+    warm, measured = scenario.trajectories(n_warm)
+    await warm_store(scenario, stores / "warm", warm)
+    lives = []
     for system in systems:
-        calibration[system] = runner.calibrate(system, args.calibration_agents)
-    return unloaded_slo(calibration, args.slo_factor)
+        shutil.copytree(stores / "warm", stores / system)
+        lives.append(LiveSystem(scenario, system, stores / system, measured))
+    print(f"starting {len(lives)} clusters ({', '.join(systems)})", file=sys.stderr)
+    try:
+        await asyncio.gather(*(live.start() for live in lives))
+        if args.slo_ttft_s is not None:
+            slo = SLO(args.slo_ttft_s, args.slo_tpot_s)
+            derivation: dict[str, Any] = {"rule": "given (--slo-ttft-s, --slo-tpot-s)"}
+        else:
+            calibration = {live.system: await live.calibrate(args.calibration_agents)
+                           for live in lives}
+            slo, derivation = unloaded_slo(calibration, args.slo_factor)
+        print(f"SLO: TTFT <= {slo.ttft_s:.3g} s, TPOT <= {slo.tpot_s * 1e3:.3g} ms "
+              f"(attainment >= {args.slo_target})", file=sys.stderr)
+        searches = {s: CapacitySearch(start_aps=args.aps, slo_target=args.slo_target,
+                                      max_probes=args.probes, rel_tol=args.rel_tol,
+                                      step=args.aps_step, max_aps=args.max_aps)
+                    for s in systems}
+        for round_index in range(args.probes):
+            order = lives[round_index % len(lives):] + lives[:round_index % len(lives)]
+            todo = [(live, aps) for live in order
+                    if (aps := searches[live.system].next_aps()) is not None]
+            if not todo:
+                break
+            print(f"round {round_index + 1}/{args.probes}: "
+                  + ", ".join(f"{live.system} {aps:.3g} APS" for live, aps in todo),
+                  file=sys.stderr)
+            for live, aps in todo:
+                searches[live.system].record(aps, await live.probe(aps, slo))
+    finally:
+        await asyncio.gather(*(live.shutdown() for live in lives), return_exceptions=True)
+    return slo, derivation, searches
 
 
 def _ratio(results: dict[str, Any], a: str, b: str) -> float | None:

@@ -1,16 +1,21 @@
 """Live runs of the storage-bound scenario for the online capacity search: the warm store,
-the unloaded calibration, and one online probe per (system, arrival rate).
+one long-lived cluster per system, the unloaded calibration and the online probes.
 
 Agent i always runs trajectory i of the scenario (`storage_bound.build_workload`: 64K-style,
-scaled, resumed mid-trajectory) with its own token contents, whichever run it is part of, so
-its context is in the warm store whatever the arrival rate. The warm store grows on demand:
-a probe whose Poisson window holds more agents than have been warmed first runs the new ones'
-first turns on an unlimited-NIC `dualpath` cluster (not timed), at least doubling the store so
-the doubling capacity search rarely waits for it.
+scaled, resumed mid-trajectory), so its context is in the warm store whatever the arrival
+rate. The warm store is built once, up front, on an unlimited-NIC `dualpath` cluster (not
+timed), for as many agents as the highest rate the search may probe brings; every system's
+cluster then opens its own byte-identical copy.
 
-Every calibration and every probe starts a fresh cluster on its own copy of the warm store,
-so each one begins idle and reads byte-identical KV whatever ran before it (a probe cut off
-while overloaded leaves nothing behind). That costs one cluster start per probe.
+A cluster start costs 20-30 s on a loaded 2-core machine, so each system keeps one cluster
+for its calibration and all its probes instead of one per probe. Two things keep a probe on a
+reused cluster equal to one on a fresh cluster:
+- every run draws its later turns' appends under its own salt (`RunTokens`): turn 0 is the
+  warm context, as in the warm-up, so it reads exactly the warm KV; turns 1.. read only the
+  blocks this same run wrote. Nothing an earlier run stored is ever a hit;
+- a run starts only once the cluster is idle (no live request, empty read queues and
+  buffers), so a probe cut off while overloaded leaves nothing behind.
+Bytes per path are the deltas of the engines' cumulative counters over the run.
 """
 
 from __future__ import annotations
@@ -23,21 +28,22 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Awaitable, Callable
+import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from dualpath.bench import storage_bound
-from dualpath.bench.target import Target
-from dualpath.core.errors import UserInputError
+from dualpath.bench.driver import RunResult
+from dualpath.core.errors import EngineError, UserInputError
 from dualpath.workload.metrics import SLO, TurnRecord, build_report
 from dualpath.workload.tokens import TokenSource
 from dualpath.workload.trajectory import Trajectory
 from dualpath.workload.workload import AgentSpec, Workload, online_workload, poisson_arrivals
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+
+PATH_COUNTERS = ("bytes_read_pe_path", "bytes_read_de_path")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,34 @@ class Scenario:
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layout": "1P2D"}
 
+    def agents_at(self, aps: float) -> int:
+        """Agents arriving in the probe window at `aps` (non-decreasing in aps: the same seed
+        gives the same exponential gaps, scaled by 1/aps)."""
+        return len(poisson_arrivals(aps, random.Random(self.arrival_seed),
+                                    duration_s=self.probe_duration_s))
+
+    def trajectories(self, n: int) -> tuple[list[Trajectory], list[Trajectory]]:
+        """(warm-up, measured) trajectories of agents 0..n-1."""
+        ns = argparse.Namespace(agents=n, turns=self.turns, max_len=self.max_len,
+                                scale=self.scale, seed=self.seed)
+        warm, measured = storage_bound.build_workload(ns)
+        return [a.trajectory for a in warm.agents], [a.trajectory for a in measured.agents]
+
+
+class RunTokens(TokenSource):
+    """Token contents of one run: turn 0 as in the warm-up (the warm context), every later
+    append drawn under the run's `salt`, so no run ever hits blocks another run stored."""
+
+    def __init__(self, vocab_size: int, forbidden_ids: Any, salt: str, seed: int = 0) -> None:
+        super().__init__(vocab_size, forbidden_ids=forbidden_ids, seed=seed)
+        self.salt = salt
+
+    def turn_append(self, trajectory: Trajectory, agent_key: str, turn_index: int) -> list[int]:
+        if turn_index == 0:
+            return super().turn_append(trajectory, agent_key, turn_index)
+        n = trajectory.turns[turn_index].append_tokens
+        return self.append(f"{agent_key}@{self.salt}", turn_index, n)
+
 
 def load_avg_1m() -> float | None:
     try:
@@ -67,163 +101,138 @@ def load_avg_1m() -> float | None:
         return None
 
 
-class WarmStore:
-    """The agents' contexts so far, persisted once; every run copies it (see module doc)."""
-
-    def __init__(self, scenario: Scenario, root: Path) -> None:
-        self.scenario = scenario
-        self.root = root
-        self.warmed = 0
-        self._warm: list[Trajectory] = []
-        self._measured: list[Trajectory] = []
-
-    def trajectories(self, n: int) -> list[Trajectory]:
-        """The measured trajectories of agents 0..n-1 (the first is each one's resumed turn)."""
-        self._build(n)
-        return self._measured[:n]
-
-    def _build(self, n: int) -> None:
-        if n <= len(self._measured):
-            return
-        s = self.scenario
-        ns = argparse.Namespace(agents=n, turns=s.turns, max_len=s.max_len, scale=s.scale,
-                                seed=s.seed)
-        warm, measured = storage_bound.build_workload(ns)
-        self._warm = [a.trajectory for a in warm.agents]
-        self._measured = [a.trajectory for a in measured.agents]
-
-    def ensure(self, n: int) -> None:
-        """Persist the contexts of agents up to n - 1 (at least doubling what is warm)."""
-        if n <= self.warmed:
-            return
-        upto = max(n, 2 * self.warmed)
-        self._build(upto)
-        agents = tuple(AgentSpec(i, self._warm[i], 0.0) for i in range(self.warmed, upto))
-        print(f"warm-up: contexts of agents {self.warmed}..{upto - 1} into {self.root}",
-              file=sys.stderr)
-        cfg = replace(storage_bound.cluster_config(self.scenario.model, self.root),
-                      system="dualpath")
-
-        async def body(target: Target, tokens: TokenSource) -> None:
-            from dualpath.bench.driver import run_workload_async
-
-            await run_workload_async(target, Workload(agents), tokens=tokens, progress=True,
-                                     desc="warm-up")
-
-        asyncio.run(_on_cluster(cfg, body))
-        self.warmed = upto
-
-    def copy(self, dst: Path) -> None:
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(self.root, dst)
+def _config(scenario: Scenario, system: str, store: Path, shaped: bool) -> Any:
+    cfg = replace(storage_bound.cluster_config(scenario.model, store), system=system)
+    if shaped:
+        cfg = replace(cfg, snic_bytes_s=scenario.snic_bytes_s, cnic_bytes_s=scenario.cnic_bytes_s)
+    return cfg
 
 
-class ProbeRunner:
-    """Runs calibrations and probes on fresh clusters, each on its own copy of the store."""
-
-    def __init__(self, scenario: Scenario, work_dir: Path) -> None:
-        self.scenario = scenario
-        self.work_dir = work_dir
-        self.warm = WarmStore(scenario, work_dir / "warm")
-
-    def _config(self, system: str, store: Path) -> Any:
-        s = self.scenario
-        return replace(storage_bound.cluster_config(s.model, store), system=system,
-                       snic_bytes_s=s.snic_bytes_s, cnic_bytes_s=s.cnic_bytes_s)
-
-    def _on_copy(self, system: str, tag: str,
-                 body: Callable[[Target, TokenSource], Awaitable[T]]) -> tuple[T, dict[int, dict[str, float]]]:
-        store = self.work_dir / f"{tag}-{system}"
-        self.warm.copy(store)
-        try:
-            return asyncio.run(_on_cluster(self._config(system, store), body, counters=True))
-        finally:
-            shutil.rmtree(store, ignore_errors=True)
-
-    def calibrate(self, system: str, num_agents: int) -> list[TurnRecord]:
-        """Every turn of agents 0..num_agents-1, run one agent at a time (nothing else in the
-        cluster): the unloaded TTFT and TPOT of this system."""
-        if num_agents < 1:
-            raise UserInputError(f"--calibration-agents must be >= 1, got {num_agents}")
-        self.warm.ensure(num_agents)
-        trajs = self.warm.trajectories(num_agents)
-
-        async def body(target: Target, tokens: TokenSource) -> list[TurnRecord]:
-            from dualpath.bench.driver import run_workload_async
-
-            records: list[TurnRecord] = []
-            for i, traj in enumerate(trajs):
-                result = await run_workload_async(
-                    target, Workload((AgentSpec(i, traj, 0.0),)), tokens=tokens,
-                    progress=True, desc=f"{system} unloaded agent {i}")
-                records.extend(result.records)
-            return records
-
-        records, _ = self._on_copy(system, "calibrate", body)
-        return records
-
-    def agents_at(self, aps: float) -> int:
-        s = self.scenario
-        return len(poisson_arrivals(aps, random.Random(s.arrival_seed),
-                                    duration_s=s.probe_duration_s))
-
-    def probe(self, system: str, aps: float, slo: SLO) -> dict[str, Any]:
-        """One online run: Poisson arrivals at `aps` for the probe window, cut off a drain
-        time later (a turn in flight longer than the TTFT objective then counts as a miss)."""
-        s = self.scenario
-        n = self.agents_at(aps)
-        if n == 0:
-            raise UserInputError(f"no agent arrives within --probe-duration at {aps:.4g} APS; "
-                                 "raise --aps or --probe-duration")
-        self.warm.ensure(n)
-        workload = online_workload(self.warm.trajectories(n), aps=aps, seed=s.arrival_seed,
-                                   duration_s=s.probe_duration_s)
-        cutoff_s = s.probe_duration_s + s.probe_drain_s
-        load_before = load_avg_1m()
-
-        async def body(target: Target, tokens: TokenSource) -> Any:
-            from dualpath.bench.driver import run_workload_async
-
-            return await run_workload_async(target, workload, tokens=tokens, cutoff_s=cutoff_s,
-                                            slo=slo, progress=True,
-                                            desc=f"{system} {aps:.3g} APS")
-
-        result, counters = self._on_copy(system, "probe", body)
-        report = build_report(result.records, mode="online", slo=slo,
-                              unfinished_turns=result.unfinished_turns, num_agents=n)
-        report.update({
-            "aps": aps,
-            "bytes_read_pe_path": sum(c.get("bytes_read_pe_path", 0.0) for c in counters.values()),
-            "bytes_read_de_path": sum(c.get("bytes_read_de_path", 0.0) for c in counters.values()),
-            "length_mismatches": result.length_mismatches,
-            "load_avg_1m": [load_before, load_avg_1m()],
-        })
-        att = report["slo_attainment"]
-        print(f"{system} {aps:.4g} APS: {n} agents, {report['num_turns']} turns "
-              f"(+{result.unfinished_turns} late), attainment {att:.3f}, TTFT p50/p99 "
-              f"{report['ttft_s_p50']:.3g}/{report['ttft_s_p99']:.3g} s, TPOT p50 "
-              f"{report['tpot_s_p50'] * 1e3:.3g} ms, load {load_before}", file=sys.stderr)
-        return report
-
-
-async def _on_cluster(config: Any, body: Callable[[Target, TokenSource], Awaitable[T]], *,
-                      counters: bool = False) -> tuple[T, dict[int, dict[str, float]]]:
-    """Start a cluster, run body(target, tokens), stop it; its engines' counters when asked."""
+async def warm_store(scenario: Scenario, root: Path, warm: list[Trajectory]) -> None:
+    """Persist the contexts of the given agents into `root` (unlimited NICs, not timed)."""
     from dualpath.bench.cluster_target import ClusterTarget
+    from dualpath.bench.driver import run_workload_async
     from dualpath.runtime.cluster import LocalCluster
 
-    cluster = LocalCluster(config)
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"warm-up: contexts of {len(warm)} agents into {root}", file=sys.stderr)
+    cluster = LocalCluster(_config(scenario, "dualpath", root, shaped=False))
     await cluster.start()
     try:
         tokens = TokenSource(cluster.model_config.vocab_size,
                              forbidden_ids=cluster.tokenizer.eos_token_ids, seed=0)
-        out = await body(ClusterTarget(cluster), tokens)
-        if not counters:
-            return out, {}
-        await asyncio.sleep(0.8)  # the engines' last counter reports
-        return out, cluster.counters()
+        agents = tuple(AgentSpec(i, t, 0.0) for i, t in enumerate(warm))
+        await run_workload_async(ClusterTarget(cluster), Workload(agents), tokens=tokens,
+                                 progress=True, desc="warm-up")
     finally:
         await cluster.shutdown()
+
+
+class LiveSystem:
+    """One system's shaped cluster on its own copy of the warm store, for a whole search."""
+
+    def __init__(self, scenario: Scenario, system: str, store: Path,
+                 measured: list[Trajectory]) -> None:
+        self.scenario = scenario
+        self.system = system
+        self.store = store
+        self.measured = measured
+        self._cluster: Any = None
+        self._salts: set[str] = set()
+
+    async def start(self) -> None:
+        from dualpath.runtime.cluster import LocalCluster
+
+        self._cluster = LocalCluster(_config(self.scenario, self.system, self.store, shaped=True))
+        await self._cluster.start()
+
+    async def shutdown(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.shutdown()
+            self._cluster = None
+
+    def _tokens(self, salt: str) -> RunTokens:
+        while salt in self._salts:  # a rate probed twice must still read only its own blocks
+            salt += "'"
+        self._salts.add(salt)
+        c = self._cluster
+        return RunTokens(c.model_config.vocab_size, c.tokenizer.eos_token_ids, salt)
+
+    async def wait_idle(self, timeout_s: float = 120.0) -> None:
+        """Until no request is live and every read queue and buffer is empty (mutates
+        nothing). Engines report every few hundred ms, so the state must hold twice."""
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while quiet < 2:
+            m = self._cluster.metrics_snapshot()
+            idle = (self._cluster.books.num_live == 0
+                    and not any(m.read_queue_tokens.values())
+                    and not any(m.buffer_bytes_in_use.values()))
+            quiet = quiet + 1 if idle else 0
+            if time.monotonic() > deadline:
+                raise EngineError(f"{self.system}: the cluster did not drain in {timeout_s} s")
+            await asyncio.sleep(0.5)
+
+    def _path_bytes(self) -> dict[str, float]:
+        counters = self._cluster.counters().values()
+        return {k: float(sum(c.get(k, 0.0) for c in counters)) for k in PATH_COUNTERS}
+
+    async def run(self, workload: Workload, salt: str, *, desc: str, slo: SLO | None = None,
+                  cutoff_s: float | None = None) -> tuple[RunResult, dict[str, float]]:
+        """One run on the idle cluster; its result and the bytes it read per path."""
+        from dualpath.bench.cluster_target import ClusterTarget
+        from dualpath.bench.driver import run_workload_async
+
+        await self.wait_idle()
+        before = self._path_bytes()
+        kwargs: dict[str, Any] = {} if slo is None else {"slo": slo}
+        result = await run_workload_async(ClusterTarget(self._cluster), workload,
+                                          tokens=self._tokens(salt), cutoff_s=cutoff_s,
+                                          progress=True, desc=desc, **kwargs)
+        await self.wait_idle()
+        await asyncio.sleep(0.8)  # the engines' last counter reports
+        after = self._path_bytes()
+        return result, {k: after[k] - before[k] for k in PATH_COUNTERS}
+
+    async def calibrate(self, num_agents: int) -> list[TurnRecord]:
+        """Every turn of agents 0..num_agents-1, one agent at a time (nothing else in the
+        cluster): this system's unloaded TTFT and TPOT."""
+        if not 1 <= num_agents <= len(self.measured):
+            raise UserInputError(f"--calibration-agents must be in 1..{len(self.measured)}")
+        records: list[TurnRecord] = []
+        for i, traj in enumerate(self.measured[:num_agents]):
+            result, _ = await self.run(Workload((AgentSpec(i, traj, 0.0),)), f"calibrate{i}",
+                                       desc=f"{self.system} unloaded agent {i}")
+            records.extend(result.records)
+        return records
+
+    async def probe(self, aps: float, slo: SLO) -> dict[str, Any]:
+        """One online run: Poisson arrivals at `aps` for the probe window, cut off a drain
+        time later (a turn in flight longer than the TTFT objective then counts as a miss)."""
+        s = self.scenario
+        n = s.agents_at(aps)
+        if n == 0:
+            raise UserInputError(f"no agent arrives within --probe-duration at {aps:.4g} APS; "
+                                 "raise --aps or --probe-duration")
+        if n > len(self.measured):
+            raise UserInputError(f"{aps:.4g} APS brings {n} agents, only {len(self.measured)} "
+                                 "were warmed (raise --max-aps)")
+        workload = online_workload(self.measured[:n], aps=aps, seed=s.arrival_seed,
+                                   duration_s=s.probe_duration_s)
+        load_before = load_avg_1m()
+        result, path_bytes = await self.run(
+            workload, f"aps{aps:.6g}", desc=f"{self.system} {aps:.3g} APS", slo=slo,
+            cutoff_s=s.probe_duration_s + s.probe_drain_s)
+        report = build_report(result.records, mode="online", slo=slo,
+                              unfinished_turns=result.unfinished_turns, num_agents=n)
+        report.update({"aps": aps, **path_bytes, "length_mismatches": result.length_mismatches,
+                       "load_avg_1m": [load_before, load_avg_1m()]})
+        print(f"  {self.system} {aps:.4g} APS: {n} agents, {report['num_turns']} turns "
+              f"(+{result.unfinished_turns} late), attainment {report['slo_attainment']:.3f}, "
+              f"TTFT p50/p99 {report['ttft_s_p50']:.3g}/{report['ttft_s_p99']:.3g} s, "
+              f"TPOT p50 {report['tpot_s_p50'] * 1e3:.3g} ms, load {load_before}",
+              file=sys.stderr)
+        return report
 
 
 def unloaded_slo(calibration: dict[str, list[TurnRecord]], factor: float) -> tuple[SLO, dict[str, Any]]:
