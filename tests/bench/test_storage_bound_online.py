@@ -79,8 +79,11 @@ def test_slo_is_the_factor_times_the_larger_unloaded_median() -> None:
 def test_agents_in_the_window_grow_with_the_rate() -> None:
     s = Scenario(model="tiny", max_len="64k", scale=0.05, turns=2, seed=0, snic_bytes_s=1e6,
                  cnic_bytes_s=8e6, arrival_seed=3, probe_duration_s=20.0, probe_drain_s=5.0)
-    counts = [s.agents_at(aps) for aps in (0.1, 0.25, 0.5, 1.0, 2.0, 4.0)]
+    counts = [s.agents_at(aps) for aps in (0.01, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)]
     assert counts == sorted(counts) and counts[-1] > counts[0]
+    assert counts[0] == s.min_agents == 4  # a window with fewer arrivals takes the first 4
+    times = s.arrival_times_s(0.01)
+    assert len(times) == 4 and times == sorted(times) and times[-1] > s.probe_duration_s
 
 
 def _args(**kw: object) -> argparse.Namespace:
@@ -93,7 +96,7 @@ def _args(**kw: object) -> argparse.Namespace:
 def test_online_rejects_bad_input_before_starting_anything() -> None:
     for kw in ({"online": True, "testbed": "netns"}, {"online": True, "systems": "nope"},
                {"online": True, "slo_ttft_s": 1.0}, {"online": True, "max_aps": 0.1},
-               {"online": True, "aps_step": 1.0}, {"online": True, "snic_bandwidth": "inf"}):
+               {"online": True, "aps_step": 1.0}, {"online": True, "min_agents": 0}, {"online": True, "snic_bandwidth": "inf"}):
         with pytest.raises(UserInputError):
             storage_bound_online.run(_args(**kw))
 
@@ -106,7 +109,7 @@ def test_live_search_finds_a_passing_and_a_failing_rate(tmp_path, capsys) -> Non
     rc = main(["bench", "storage-bound", "--online", "--systems", "basic", "--scale", "0.03",
                "--turns", "2", "--snic-bandwidth", "2MB/s", "--aps", "1", "--aps-step", "10",
                "--max-aps", "10", "--probes", "2", "--probe-duration", "3",
-               "--probe-drain", "6", "--calibration-agents", "1", "--slo-factor", "4",
+               "--probe-drain", "6", "--min-agents", "1", "--calibration-agents", "1", "--slo-factor", "4",
                "--work-dir", str(tmp_path / "work"), "--plot", str(tmp_path),
                "--json", str(out_path)])
     assert rc == 0
@@ -118,5 +121,5 @@ def test_live_search_finds_a_passing_and_a_failing_rate(tmp_path, capsys) -> Non
     assert out["slo_ttft_s"] > 0 and out["slo_derivation"]["factor"] == 4.0
     assert all(p["bytes_read_pe_path"] > 0 and p["bytes_read_de_path"] == 0
                for p in basic["probes"])  # basic reads through the prefill side only
-    assert (tmp_path / "slo_attainment_vs_aps.png").exists()
+    assert (tmp_path / "storage_bound_online_attainment.png").exists()
     assert "capacity basic" in capsys.readouterr().out

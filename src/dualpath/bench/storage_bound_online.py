@@ -62,8 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--aps", type=float, default=0.5, help="first probe's arrivals/s (0.5)")
     o.add_argument("--aps-step", type=float, default=2.0,
                    help="multiply / divide the rate by this until bracketed (2)")
-    o.add_argument("--max-aps", type=float, default=3.0,
-                   help="highest rate probed; the store is warmed for the agents it brings (3)")
+    o.add_argument("--max-aps", type=float, default=4.0,
+                   help="highest rate probed; the store is warmed for the agents it brings (4)")
     o.add_argument("--probes", type=int, default=4, help="probes per system (4)")
     o.add_argument("--rel-tol", type=float, default=0.05,
                    help="stop when the bracket is narrower than this fraction (0.05)")
@@ -71,6 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="arrival window of each probe, s (20)")
     o.add_argument("--probe-drain", type=float, default=10.0,
                    help="each probe is cut off this long after its window, s (10)")
+    o.add_argument("--min-agents", type=int, default=4,
+                   help="a probe whose window holds fewer arrivals takes the first this many (4)")
     o.add_argument("--arrival-seed", type=int, default=0, help="Poisson arrivals' seed (0)")
     o.add_argument("--slo-target", type=float, default=0.9,
                    help="SLO attainment a probe must reach to pass (0.9)")
@@ -116,12 +118,14 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         raise UserInputError("--aps must be > 0, --aps-step > 1 and --probes >= 1")
     if not 0 < args.slo_target <= 1 or not args.slo_factor > 0:
         raise UserInputError("--slo-target must be in (0, 1] and --slo-factor > 0")
+    if args.min_agents < 1:
+        raise UserInputError("--min-agents must be >= 1")
     if args.calibration_agents < 1 or not args.max_aps >= args.aps:
         raise UserInputError("--calibration-agents must be >= 1 and --max-aps >= --aps")
     return Scenario(model=args.model, max_len=args.max_len, scale=args.scale, turns=args.turns,
                     seed=args.seed, snic_bytes_s=snic, cnic_bytes_s=snic * args.cnic_factor,
                     arrival_seed=args.arrival_seed, probe_duration_s=args.probe_duration,
-                    probe_drain_s=args.probe_drain)
+                    probe_drain_s=args.probe_drain, min_agents=args.min_agents)
 
 
 def run_online(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,7 +247,7 @@ def _print(out: dict[str, Any]) -> None:
 
 
 def plot_attainment(out: dict[str, Any], out_dir: Path) -> Path:
-    """slo_attainment_vs_aps.png: every probe's attainment per system, the target, the
+    """storage_bound_online_attainment.png: every probe's attainment per system, the target, the
     capacities."""
     import matplotlib
 
@@ -269,7 +273,7 @@ def plot_attainment(out: dict[str, Any], out_dir: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = out_dir / "slo_attainment_vs_aps.png"
+    path = out_dir / "storage_bound_online_attainment.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

@@ -39,7 +39,7 @@ from dualpath.core.errors import EngineError, UserInputError
 from dualpath.workload.metrics import SLO, TurnRecord, build_report
 from dualpath.workload.tokens import TokenSource
 from dualpath.workload.trajectory import Trajectory
-from dualpath.workload.workload import AgentSpec, Workload, online_workload, poisson_arrivals
+from dualpath.workload.workload import AgentSpec, Workload, poisson_arrivals
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,24 @@ class Scenario:
     arrival_seed: int
     probe_duration_s: float
     probe_drain_s: float
+    min_agents: int = 4
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layout": "1P2D"}
 
+    def arrival_times_s(self, aps: float) -> list[float]:
+        """Poisson arrivals at `aps` within the probe window, or the first `min_agents` of
+        them when the window holds fewer (a low rate's probe still measures something)."""
+        window = poisson_arrivals(aps, random.Random(self.arrival_seed),
+                                  duration_s=self.probe_duration_s)
+        if len(window) >= self.min_agents:
+            return window
+        return poisson_arrivals(aps, random.Random(self.arrival_seed), count=self.min_agents)
+
     def agents_at(self, aps: float) -> int:
-        """Agents arriving in the probe window at `aps` (non-decreasing in aps: the same seed
-        gives the same exponential gaps, scaled by 1/aps)."""
-        return len(poisson_arrivals(aps, random.Random(self.arrival_seed),
-                                    duration_s=self.probe_duration_s))
+        """Agents of a probe at `aps` (non-decreasing in aps: the same seed gives the same
+        exponential gaps, scaled by 1/aps)."""
+        return len(self.arrival_times_s(aps))
 
     def trajectories(self, n: int) -> tuple[list[Trajectory], list[Trajectory]]:
         """(warm-up, measured) trajectories of agents 0..n-1."""
@@ -207,22 +216,21 @@ class LiveSystem:
         return records
 
     async def probe(self, aps: float, slo: SLO) -> dict[str, Any]:
-        """One online run: Poisson arrivals at `aps` for the probe window, cut off a drain
-        time later (a turn in flight longer than the TTFT objective then counts as a miss)."""
+        """One online run: Poisson arrivals at `aps` for the probe window (at least
+        `min_agents` of them), cut off a drain time after the window or the last arrival (a turn in flight longer than the TTFT objective then counts as a miss)."""
         s = self.scenario
-        n = s.agents_at(aps)
-        if n == 0:
-            raise UserInputError(f"no agent arrives within --probe-duration at {aps:.4g} APS; "
-                                 "raise --aps or --probe-duration")
-        if n > len(self.measured):
-            raise UserInputError(f"{aps:.4g} APS brings {n} agents, only {len(self.measured)} "
-                                 "were warmed (raise --max-aps)")
-        workload = online_workload(self.measured[:n], aps=aps, seed=s.arrival_seed,
-                                   duration_s=s.probe_duration_s)
+        times = s.arrival_times_s(aps)
+        n = len(times)
+        if not 1 <= n <= len(self.measured):
+            raise UserInputError(f"{aps:.4g} APS brings {n} agents, {len(self.measured)} "
+                                 "were warmed (the rate must be within --max-aps)")
+        workload = Workload(tuple(AgentSpec(i, t, at) for i, (t, at)
+                                  in enumerate(zip(self.measured, times, strict=False))),
+                            {"mode": "online", "aps": aps, "num_agents": n})
         load_before = load_avg_1m()
         result, path_bytes = await self.run(
             workload, f"aps{aps:.6g}", desc=f"{self.system} {aps:.3g} APS", slo=slo,
-            cutoff_s=s.probe_duration_s + s.probe_drain_s)
+            cutoff_s=max(s.probe_duration_s, times[-1]) + s.probe_drain_s)
         report = build_report(result.records, mode="online", slo=slo,
                               unfinished_turns=result.unfinished_turns, num_agents=n)
         report.update({"aps": aps, **path_bytes, "length_mismatches": result.length_mismatches,
