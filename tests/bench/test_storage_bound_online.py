@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -82,6 +83,9 @@ def test_agents_in_the_window_grow_with_the_rate() -> None:
     counts = [s.agents_at(aps) for aps in (0.01, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)]
     assert counts == sorted(counts) and counts[-1] > counts[0]
     assert counts[0] == s.min_agents == 4  # a window with fewer arrivals takes the first 4
+    assert s.warm_key(10) == s.warm_key(10) != s.warm_key(11)
+    assert s.warm_key(10) == replace(s, snic_bytes_s=2e6, probe_duration_s=5.0).warm_key(10)
+    assert s.warm_key(10) != replace(s, scale=0.1).warm_key(10)
     times = s.arrival_times_s(0.01)
     assert len(times) == 4 and times == sorted(times) and times[-1] > s.probe_duration_s
 

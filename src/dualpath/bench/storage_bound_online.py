@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import shutil
 import sys
@@ -33,6 +34,7 @@ from dualpath.bench import storage_bound
 from dualpath.bench.capacity import CapacitySearch
 from dualpath.bench.report import format_table, machine_info
 from dualpath.bench.storage_bound_probes import (
+    WARM_DONE,
     LiveSystem,
     Scenario,
     load_avg_1m,
@@ -166,10 +168,16 @@ async def _search(args: argparse.Namespace, scenario: Scenario, systems: list[st
     stores = work / "stores"
     n_warm = max(scenario.agents_at(args.max_aps), args.calibration_agents)
     warm, measured = scenario.trajectories(n_warm)
-    await warm_store(scenario, stores / "warm", warm)
+    warm_root = work / f"warm-{scenario.warm_key(n_warm)}"
+    if args.work_dir is not None and (warm_root / WARM_DONE).exists():
+        print(f"warm-up: reusing {warm_root}", file=sys.stderr)
+    else:
+        await warm_store(scenario, warm_root, warm)
+        (warm_root / WARM_DONE).write_text(json.dumps(scenario.as_dict()))
     lives = []
     for system in systems:
-        shutil.copytree(stores / "warm", stores / system)
+        shutil.rmtree(stores / system, ignore_errors=True)
+        shutil.copytree(warm_root, stores / system)
         lives.append(LiveSystem(scenario, system, stores / system, measured))
     print(f"starting {len(lives)} clusters ({', '.join(systems)})", file=sys.stderr)
     try:

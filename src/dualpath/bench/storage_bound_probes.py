@@ -5,7 +5,9 @@ Agent i always runs trajectory i of the scenario (`storage_bound.build_workload`
 scaled, resumed mid-trajectory), so its context is in the warm store whatever the arrival
 rate. The warm store is built once, up front, on an unlimited-NIC `dualpath` cluster (not
 timed), for as many agents as the highest rate the search may probe brings; every system's
-cluster then opens its own byte-identical copy.
+cluster then opens its own byte-identical copy. Under `--work-dir` the warm store is kept
+(`warm-<key>/`, the key naming what its contents depend on) and a later run reuses it: the
+warm-up prefills every context from scratch, minutes on a loaded 2-core machine.
 
 A cluster start costs 20-30 s on a loaded 2-core machine, so each system keeps one cluster
 for its calibration and all its probes instead of one per probe. Two things keep a probe on a
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import math
 import os
@@ -44,6 +47,7 @@ from dualpath.workload.workload import AgentSpec, Workload, poisson_arrivals
 log = logging.getLogger(__name__)
 
 PATH_COUNTERS = ("bytes_read_pe_path", "bytes_read_de_path")
+WARM_DONE = "warm-complete.json"  # written into a warm store once its warm-up finished
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,12 @@ class Scenario:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "layout": "1P2D"}
+
+    def warm_key(self, num_agents: int) -> str:
+        """Names a warm store: what its contents depend on (the agents' trajectories and
+        token contents, the model), not the NIC rates or the probes."""
+        key = f"{self.model}|{self.max_len}|{self.scale}|{self.turns}|{self.seed}|{num_agents}"
+        return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
 
     def arrival_times_s(self, aps: float) -> list[float]:
         """Poisson arrivals at `aps` within the probe window, or the first `min_agents` of
