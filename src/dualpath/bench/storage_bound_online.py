@@ -11,8 +11,8 @@ probe per system per round, so outside load falls on all of them alike; each pro
 an idle cluster and reads exactly what it would on a fresh one (`storage_bound_probes`).
 
 SLOs scaled to this machine: before any probe each system runs `--calibration-agents` agents
-one at a time (an unloaded cluster); SLO = `--slo-factor` x the larger of the systems'
-median unloaded TTFT, and the same factor x the larger median TPOT. One pair of SLOs holds
+one at a time (an unloaded cluster; agent i on every system before agent i + 1); SLO =
+`--slo-factor` x the larger of the systems' median unloaded TTFT, and the same factor x the larger median TPOT. One pair of SLOs holds
 for every system; taking the larger median means no system fails only because another set
 its objective. `--slo-ttft-s` and `--slo-tpot-s` fix them instead.
 """
@@ -44,7 +44,7 @@ from dualpath.bench.storage_bound_probes import (
 from dualpath.core.errors import UserInputError
 from dualpath.core.systems import SYSTEM_NAMES
 from dualpath.core.units import parse_bandwidth
-from dualpath.workload.metrics import SLO
+from dualpath.workload.metrics import SLO, TurnRecord
 
 ONLINE_SYSTEMS = ("basic", "dualpath-rr", "dualpath")
 PROBE_FIELDS = ("aps", "passed", "slo_attainment", "num_agents", "num_turns", "unfinished_turns",
@@ -186,8 +186,10 @@ async def _search(args: argparse.Namespace, scenario: Scenario, systems: list[st
             slo = SLO(args.slo_ttft_s, args.slo_tpot_s)
             derivation: dict[str, Any] = {"rule": "given (--slo-ttft-s, --slo-tpot-s)"}
         else:
-            calibration = {live.system: await live.calibrate(args.calibration_agents)
-                           for live in lives}
+            calibration: dict[str, list[TurnRecord]] = {live.system: [] for live in lives}
+            for agent in range(args.calibration_agents):  # interleaved, as the probes are
+                for live in lives:
+                    calibration[live.system].extend(await live.calibrate(agent))
             slo, derivation = unloaded_slo(calibration, args.slo_factor)
         print(f"SLO: TTFT <= {slo.ttft_s:.3g} s, TPOT <= {slo.tpot_s * 1e3:.3g} ms "
               f"(attainment >= {args.slo_target})", file=sys.stderr)

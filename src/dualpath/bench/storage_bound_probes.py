@@ -213,17 +213,15 @@ class LiveSystem:
         after = self._path_bytes()
         return result, {k: after[k] - before[k] for k in PATH_COUNTERS}
 
-    async def calibrate(self, num_agents: int) -> list[TurnRecord]:
-        """Every turn of agents 0..num_agents-1, one agent at a time (nothing else in the
-        cluster): this system's unloaded TTFT and TPOT."""
-        if not 1 <= num_agents <= len(self.measured):
-            raise UserInputError(f"--calibration-agents must be in 1..{len(self.measured)}")
-        records: list[TurnRecord] = []
-        for i, traj in enumerate(self.measured[:num_agents]):
-            result, _ = await self.run(Workload((AgentSpec(i, traj, 0.0),)), f"calibrate{i}",
-                                       desc=f"{self.system} unloaded agent {i}")
-            records.extend(result.records)
-        return records
+    async def calibrate(self, agent: int) -> list[TurnRecord]:
+        """Every turn of one agent alone in the cluster: this system's unloaded TTFT and
+        TPOT (the caller interleaves agents and systems)."""
+        if not 0 <= agent < len(self.measured):
+            raise UserInputError(f"--calibration-agents must be at most {len(self.measured)}")
+        workload = Workload((AgentSpec(agent, self.measured[agent], 0.0),))
+        result, _ = await self.run(workload, f"calibrate{agent}",
+                                   desc=f"{self.system} unloaded agent {agent}")
+        return list(result.records)
 
     async def probe(self, aps: float, slo: SLO) -> dict[str, Any]:
         """One online run: Poisson arrivals at `aps` for the probe window (at least
