@@ -45,6 +45,7 @@ class NodeOptions:
     secret_path: str
     internal_host: str  # where this node's engines bind their data sockets
     store_path: str | None = None  # this host's path (or URL) of the shared store
+    mooncake_device: str | None = None  # this host's RDMA device (--transfer mooncake)
 
 
 class NodeAgent:
@@ -123,6 +124,8 @@ class NodeAgent:
         changes: dict[str, object] = {"internal_host": self.options.internal_host}
         if self.options.store_path:
             changes["store_path"] = self.options.store_path
+        if self.options.mooncake_device:
+            changes["mooncake_device"] = self.options.mooncake_device
         return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
     def _serve(self, welcome: ctl.NodeWelcome) -> None:
