@@ -140,6 +140,8 @@ class NodeAgent:
             policy.started(engine_id, time.monotonic())
         last_answer = time.monotonic()
         next_ping = 0.0
+        # As patient as the scheduler is with this node's engines (its heartbeat timeout).
+        silent_s = max(SCHEDULER_SILENT_S, config.engine_heartbeat_timeout_s)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -154,9 +156,9 @@ class NodeAgent:
                                        welcome.node_id)
                         return
                     last_answer = time.monotonic()
-                if time.monotonic() - last_answer > SCHEDULER_SILENT_S:
+                if time.monotonic() - last_answer > silent_s:
                     logger.warning("the scheduler has not answered for %g s; joining again",
-                                   SCHEDULER_SILENT_S)
+                                   silent_s)
                     return
                 now = time.monotonic()
                 for engine_id in procs.poll_dead():
