@@ -56,7 +56,7 @@ def _hf_config(cfg: Any) -> dict[str, Any]:
         "tie_word_embeddings": cfg.tie_word_embeddings,
         "torch_dtype": "float32",
         "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": list(cfg.eos_token_ids)[0] if len(cfg.eos_token_ids) == 1
+        "eos_token_id": cfg.eos_token_ids[0] if len(cfg.eos_token_ids) == 1
         else list(cfg.eos_token_ids),
     }
     if cfg.rope_scaling is not None:
