@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dualpath.core.errors import ConfigError, EngineError
+from dualpath.integrations.vllm.router.cluster_spec import ClusterSpec, InstanceInfo
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +234,65 @@ class VllmCluster:
             p.stop()
         self.procs = []
 
+    def cluster_spec(self, kv_bytes_per_token: int | None = None) -> ClusterSpec:
+        """The router's view of these instances (decode KV room from `kv_cache_gib` on CPU)."""
+        room = None
+        if kv_bytes_per_token and self.cfg.device == "cpu":
+            room = int(self.cfg.kv_cache_gib * (1 << 30)) // kv_bytes_per_token
+        return ClusterSpec(
+            served_model_name=self.cfg.served_model_name, model_dir=self.cfg.model_dir,
+            dtype=self.cfg.dtype, block_tokens=self.cfg.block_tokens,
+            store_path=os.path.abspath(self.cfg.store_path), run_dir=self.cfg.run_dir,
+            instances=tuple(InstanceInfo(name=s.name, role=s.role, node_id=s.node_id,
+                                         url=s.url, relay=s.relay,
+                                         kv_capacity_tokens=room if s.role == "decode" else None)
+                            for s in self.specs if s.role != "plain"))
+
     def __enter__(self) -> VllmCluster:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class RouterProcess:
+    """The router (`python -m dualpath.integrations.vllm.router`) as a child process."""
+
+    def __init__(self, spec_path: str | Path, *, port: int | None = None,
+                 args: tuple[str, ...] = (), log_path: str | Path | None = None) -> None:
+        import sys
+
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path or Path(spec_path).with_suffix(f".router{self.port}.log"))
+        self._log = self.log_path.open("wb")
+        cmd = [sys.executable, "-m", "dualpath.integrations.vllm.router", "--cluster",
+               str(spec_path), "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EngineError(f"router exited with {self.proc.returncode}: "
+                                  f"{self.log_path.read_text(errors='replace')[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/metrics", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.2)
+        raise EngineError(f"router not up within {timeout_s:g} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
