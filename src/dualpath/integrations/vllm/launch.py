@@ -32,8 +32,11 @@ log = logging.getLogger(__name__)
 
 InstanceRole = Literal["prefill", "decode", "plain"]
 REPO_ROOT = Path(__file__).resolve().parents[4]
-DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
-DEFAULT_MODEL_DIR = REPO_ROOT / ".vllm-models" / "smollm2"
+# `make vllm-env` puts them here; DUALPATH_VLLM_PYTHON / DUALPATH_VLLM_MODEL point elsewhere.
+DEFAULT_VLLM_PYTHON = Path(os.environ.get("DUALPATH_VLLM_PYTHON",
+                                          REPO_ROOT / ".venv-vllm" / "bin" / "python"))
+DEFAULT_MODEL_DIR = Path(os.environ.get("DUALPATH_VLLM_MODEL",
+                                        REPO_ROOT / ".vllm-models" / "smollm2"))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
