@@ -204,7 +204,8 @@ class PrefillWorker:
         missing = sum(b is None for b in got)
         self.core.stats.add(bytes_read_pe_path=(len(hashes) - missing) * g.full_block_bytes)
         with self._cond:
-            if load.status != "preparing":
+            if load.status != "preparing":  # failed or forgotten meanwhile
+                self.core.buffers.release(load.spec.key)
                 return
             if missing:
                 self._fail_locked(load, f"{missing} of {len(hashes)} hit blocks missing or "
@@ -248,6 +249,7 @@ class PrefillWorker:
         load.status = "failed"
         load.buffer = None
         load.layers.clear()
+        self.core.buffers.release(load.spec.key)
         if was_loading:
             self._invalid.update(load.block_ids)
         log.warning("request %s: relay given up, vLLM recomputes it: %s", load.spec.key, reason)
