@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the unlimited-storage dualpath-vs-oracle scenario")
     p.add_argument("--work-dir", default=None, help="where the stores go (a temp dir)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write jct_per_system.png here")
+    p.add_argument("--engine", choices=("runtime", "vllm"), default="runtime",
+                   help="runtime: our own engines [default]; vllm: vLLM instances with the "
+                        "DualPath connector (= `dualpath bench vllm-storage-bound`)")
+    from dualpath.integrations.vllm.bench import add_vllm_arguments
+
+    add_vllm_arguments(p)
 
 
 def build_workload(args: argparse.Namespace) -> tuple[Workload, Workload]:
@@ -107,6 +113,10 @@ def _snic_bytes(counters: dict[int, dict[str, float]], engine_nodes: dict[int, i
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "engine", "runtime") == "vllm":
+        from dualpath.integrations.vllm.bench import from_storage_bound
+
+        return from_storage_bound(args)
     from dualpath.bench.metrics import build_report
     from dualpath.runtime.config import ClusterConfig
 
