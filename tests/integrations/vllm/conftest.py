@@ -28,6 +28,7 @@ from dualpath.integrations.vllm.launch import (
 
 ENABLED = os.environ.get("DUALPATH_VLLM_TESTS") == "1"
 DEVICE = os.environ.get("DUALPATH_VLLM_DEVICE", "cpu")
+DTYPE = os.environ.get("DUALPATH_VLLM_DTYPE", "float32")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -48,7 +49,8 @@ def vllm_cluster() -> Iterator[VllmTestCluster]:
     work = Path(tempfile.mkdtemp(prefix="dualpath-vllm-test-"))
     run_dir = f"/dev/shm/dualpath-vllm-test-{os.getpid()}"
     cfg = LaunchConfig(store_path=str(work / "store"), run_dir=run_dir, max_model_len=4096,
-                       kv_cache_gib=1.0, device=DEVICE)
+                       kv_cache_gib=1, device=DEVICE,
+                       dtype=DTYPE)
     cluster = VllmCluster.build(cfg, prefill=1, decode=1, plain=1)
     routers: dict[str, RouterProcess] = {}
     cluster.start()

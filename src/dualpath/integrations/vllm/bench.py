@@ -43,6 +43,10 @@ _RUNTIME_DEFAULTS: dict[str, Any] = {"agents": 16, "turns": 4, "scale": 0.125,
 SEEDS = {"basic": 101, "dualpath": 202, "unbound": 303}
 
 
+def _seed(system: str, repeat: int) -> int:
+    return SEEDS[system] + 1000 * repeat
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agents", type=int, default=VLLM_DEFAULTS["agents"])
     p.add_argument("--turns", type=int, default=VLLM_DEFAULTS["turns"])
@@ -52,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snic-bandwidth", default=VLLM_DEFAULTS["snic_bandwidth"])
     p.add_argument("--cnic-factor", type=float, default=8.0)
+    p.add_argument("--repeats", type=int, default=2,
+                   help="bound runs per system, interleaved basic, dualpath, basic, ... (2)")
     p.add_argument("--no-unbound", action="store_true", help="skip part 2 (overhead)")
     p.add_argument("--work-dir", default=None)
     add_vllm_arguments(p)
@@ -61,8 +67,8 @@ def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
     """The flags only the vLLM engine has (also added to `storage-bound`)."""
     p.add_argument("--vllm-model-dir", default=None,
                    help="Hugging Face model directory vLLM serves (default: make vllm-env's)")
-    p.add_argument("--vllm-kv-cache-gib", type=float, default=1.5,
-                   help="VLLM_CPU_KVCACHE_SPACE of each instance (1.5)")
+    p.add_argument("--vllm-kv-cache-gib", type=int, default=2,
+                   help="VLLM_CPU_KVCACHE_SPACE of each instance, GiB (2)")
     p.add_argument("--vllm-threads", type=int, default=1, help="torch threads per instance (1)")
 
 
@@ -91,16 +97,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         threads_per_instance=args.vllm_threads)
     bound_cfg = _with(base, store_path=str(work / "bound-store"), run_dir=f"{run_root}-bound",
                       snic_bytes_s=snic, cnic_bytes_s=snic * args.cnic_factor)
+    if args.repeats < 1:
+        raise UserInputError("--repeats must be >= 1")
+    runs: dict[str, list[dict[str, Any]]] = {}
     results: dict[str, Any] = {}
     try:
         with _cluster(bound_cfg, 1, 2, 0, ("basic", "dualpath")) as (cluster, routers):
-            print("bound: warm-up (both seeds)", file=sys.stderr)
-            _drive_many([(routers["dualpath"], warm_wl, SEEDS["basic"]),
-                         (routers["dualpath"], warm_wl, SEEDS["dualpath"])])
-            for system in ("basic", "dualpath"):
-                print(f"bound: {system}", file=sys.stderr)
-                results[system] = _measure(cluster, routers[system], measured_wl,
-                                           SEEDS[system])
+            print(f"bound: warm-up ({2 * args.repeats} token seeds)", file=sys.stderr)
+            _drive_many([(routers["dualpath"], warm_wl, _seed(system, r))
+                         for r in range(args.repeats) for system in ("basic", "dualpath")])
+            for r in range(args.repeats):
+                for system in ("basic", "dualpath"):
+                    print(f"bound: {system} (run {r + 1} of {args.repeats})", file=sys.stderr)
+                    runs.setdefault(system, []).append(
+                        _measure(cluster, routers[system], measured_wl, _seed(system, r)))
+        results = {system: _combine(rs) for system, rs in runs.items()}
         unbound: dict[str, Any] = {}
         if not args.no_unbound:
             free_cfg = _with(base, store_path=str(work / "unbound-store"),
@@ -165,12 +176,15 @@ def _drive_many(jobs: list[tuple[str, Any, int]]) -> list[Any]:
     from dualpath.workload.tokens import TokenSource
 
     async def main() -> list[Any]:
-        runs = []
-        for url, workload, seed in jobs:
-            tokens = TokenSource(49152, forbidden_ids=range(17), seed=seed)
-            runs.append(run_workload_async(HttpTarget(url, model="smollm2"), workload,
-                                           tokens=tokens, progress=False))
-        return list(await asyncio.gather(*runs))
+        targets = [HttpTarget(url, model="smollm2") for url, _, _ in jobs]
+        try:
+            return list(await asyncio.gather(*(
+                run_workload_async(t, workload,
+                                   tokens=TokenSource(49152, forbidden_ids=range(17), seed=seed))
+                for t, (_, workload, seed) in zip(targets, jobs, strict=True))))
+        finally:
+            for t in targets:
+                await t.close()
 
     return asyncio.run(main())
 
@@ -185,7 +199,7 @@ def _counters(cluster: Any) -> dict[str, dict[str, float]]:
         stats = InstanceStats(Path(cluster.cfg.run_dir) / f"stats-{s.name}.counters")
         nic = open_snic(NodeFiles(cluster.cfg.run_dir, s.node_id), None)
         flat = nic.stats().flat()
-        out[s.name] = {**stats.snapshot(),
+        out[s.name] = {**stats.snapshot(), "node": float(s.node_id),
                        "snic_bytes": flat["rx.kv.bytes"] + flat["tx.kv.bytes"]}
         stats.close()
         nic.close()
@@ -203,7 +217,9 @@ def _measure(cluster: Any, url: str, workload: Any, seed: int) -> dict[str, Any]
     def delta(name: str) -> float:
         return sum(after[i][name] - before[i][name] for i in after)
 
-    snic = [after[i]["snic_bytes"] - before[i]["snic_bytes"] for i in sorted(after)]
+    # one instance per node here: per node, in node order
+    snic = [after[i]["snic_bytes"] - before[i]["snic_bytes"]
+            for i in sorted(after, key=lambda name: after[name]["node"])]
     avg = sum(snic) / len(snic) if snic else 0.0
     return {
         "jct_s": report["jct_s"], "throughput_tok_s": report["throughput_tok_s"],
@@ -221,6 +237,23 @@ def _measure(cluster: Any, url: str, workload: Any, seed: int) -> dict[str, Any]
     }
 
 
+def _combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean JCT / throughput over repeats (first run's other fields), plus every run."""
+    out = dict(runs[0])
+    for key in ("jct_s", "throughput_tok_s"):
+        out[key] = sum(r[key] for r in runs) / len(runs)
+    for key in ("bytes_read_pe_path", "bytes_read_de_path", "hit_bytes_relayed",
+                "kv_bytes_sent", "relays_failed"):
+        out[key] = sum(r[key] for r in runs)
+    snic = [sum(col) for col in zip(*(r["snic_bytes_per_node"] for r in runs), strict=True)]
+    avg = sum(snic) / len(snic) if snic else 0.0
+    out["snic_bytes_per_node"] = snic
+    out["snic_max_over_avg"] = max(snic) / avg if avg > 0 else None
+    out["jct_s_runs"] = [r["jct_s"] for r in runs]
+    out["runs"] = runs
+    return out
+
+
 def _report(args: argparse.Namespace, snic: float, results: dict[str, Any],
             unbound: dict[str, Any]) -> dict[str, Any]:
     def ratio(a: str, b: str, table: dict[str, Any]) -> float | None:
@@ -234,7 +267,9 @@ def _report(args: argparse.Namespace, snic: float, results: dict[str, Any],
                      "scale": args.scale, "model": "smollm2 (vllm-cpu 0.32.0, float32)",
                      "layout": "1P2D", "unbound_layout": "1P1D + 1 plain vLLM",
                      "snic_bytes_s": snic, "cnic_bytes_s": snic * args.cnic_factor,
-                     "seed": args.seed, "token_seeds": SEEDS},
+                     "seed": args.seed, "repeats": args.repeats,
+                     "token_seeds": {k: [_seed(k, r) for r in range(args.repeats)]
+                                     for k in SEEDS}},
         "systems": results,
         "speedup_dualpath_over_basic": ratio("basic", "dualpath", results),
         "speedup_limit_storage_bound": 3.0,

@@ -76,7 +76,7 @@ class LaunchConfig:
     block_tokens: int = 64
     dtype: str = "float32"
     max_model_len: int = 8192
-    kv_cache_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE per instance (CPU)
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE per instance (CPU; whole GiB)
     gpu_memory_utilization: float = 0.2  # per instance (CUDA)
     device: str = "cpu"
     snic_bytes_s: float | None = None
@@ -91,6 +91,9 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be cpu or cuda, got {self.device!r}")
+        if not isinstance(self.kv_cache_gib, int) or self.kv_cache_gib < 1:
+            raise ConfigError("kv_cache_gib must be a whole number of GiB >= 1 "
+                              "(VLLM_CPU_KVCACHE_SPACE)")
         if not Path(self.vllm_python).exists():
             raise ConfigError(f"no vLLM environment at {self.vllm_python}: run `make vllm-env`")
         if not (Path(self.model_dir) / "config.json").exists():
@@ -140,7 +143,7 @@ def environment(cfg: LaunchConfig) -> dict[str, str]:
         "OMP_NUM_THREADS": str(cfg.threads_per_instance),
     })
     if cfg.device == "cpu":
-        env.update({"VLLM_CPU_KVCACHE_SPACE": f"{cfg.kv_cache_gib:g}",
+        env.update({"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
                     "VLLM_CPU_OMP_THREADS_BIND": "nobind", "CUDA_VISIBLE_DEVICES": ""})
     return env
 

@@ -126,6 +126,8 @@ class WorkerCore:
         self.buffers = HostBuffers(config.buffer_bytes, pinned=pinned)
         self.parking = Parking(config.buffer_bytes, ttl_s=config.kv_wait_timeout_s)
         self.io = ThreadPoolExecutor(config.io_threads, thread_name_prefix="dualpath-io")
+        # Streams to a peer whose forward is waiting for them never queue behind store I/O.
+        self.streams = ThreadPoolExecutor(2, thread_name_prefix="dualpath-stream")
         self.link = RelayLink(config.relay_bind, bytes_per_token=geometry.bytes_per_token_per_layer,
                               cnic=self.cnic, send_timeout_s=config.send_timeout_s)
         self.layout: PagedLayout | None = None
@@ -218,6 +220,10 @@ class WorkerCore:
         """Run `fn` on the I/O pool; exceptions are logged there."""
         return self.io.submit(_guarded, fn)
 
+    def submit_stream(self, fn: Callable[[], None]) -> Future[None]:
+        """Run `fn` (a stream a peer's forward waits for) on the stream pool."""
+        return self.streams.submit(_guarded, fn)
+
     def close(self) -> None:
         self._stop.set()
         self._sendq.put(None)
@@ -225,6 +231,7 @@ class WorkerCore:
             if t.is_alive():
                 t.join(timeout=5.0)
         self.io.shutdown(wait=False, cancel_futures=True)
+        self.streams.shutdown(wait=False, cancel_futures=True)
         self.link.close()
         self.store.close()
         self.stats.close()

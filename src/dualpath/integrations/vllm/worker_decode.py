@@ -137,7 +137,7 @@ class DecodeWorker:
             if rc.spec.side != "de" or rc.spec.hit_tokens == 0:
                 self._fail_locked(rc, "HitPull for a request without a DE-path hit")
             elif rc.hit_ready:
-                self.core.submit(lambda: self._stream_hit(rc))
+                self.core.submit_stream(lambda: self._stream_hit(rc))
             else:
                 rc.pull_pending = True
         elif isinstance(msg, KvLayer) and r.payload is not None:
@@ -224,7 +224,7 @@ class DecodeWorker:
                 rc.status = "complete"
         self.core.send_now(s.peer, Ready(key=s.key))
         if pull:
-            self._stream_hit(rc)
+            self.core.submit_stream(lambda: self._stream_hit(rc))
 
     def _stream_hit(self, rc: _Recv) -> None:
         s, g = rc.spec, self.core.geometry

@@ -212,12 +212,15 @@ class RouterApp:
                                                           "Cache-Control": "no-cache"})
             await out.prepare(request)
             line = first
-            while line:
-                if line.startswith(b"data: {") and b'"usage"' in line:
-                    line = await self._patch_sse(line, d, p_task)
-                await out.write(line)
-                line = await resp.content.readline()
-            await out.write_eof()
+            try:
+                while line:
+                    if line.startswith(b"data: {") and b'"usage"' in line:
+                        line = await self._patch_sse(line, d, p_task)
+                    await out.write(line)
+                    line = await resp.content.readline()
+                await out.write_eof()
+            except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                log.info("request %s: the client went away", d.key)  # D's request is closed
             return out
         finally:
             resp.release()
