@@ -86,7 +86,7 @@ def test_sim_hook_without_simulator(make_args) -> None:
     with pytest.raises(UserInputError, match="simulator not available"):
         run_in_simulator(wl, "offline", args, module_name="dualpath.no_such_simulator")
     with pytest.raises(UserInputError, match="simulator not available"):
-        run_in_simulator(wl, "offline", args, module_name="dualpath.bench.metrics")
+        run_in_simulator(wl, "offline", args, module_name="dualpath.workload.metrics")
 
 
 @pytest.mark.skipif(importlib.util.find_spec("dualpath.sim.api") is None,

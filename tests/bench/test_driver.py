@@ -9,7 +9,7 @@ import statistics
 import pytest
 
 from dualpath.bench.driver import run_workload
-from dualpath.bench.metrics import SLO
+from dualpath.workload.metrics import SLO
 from dualpath.workload.tokens import TokenSource
 from dualpath.workload.trajectory import Trajectory, Turn
 from dualpath.workload.workload import offline_workload, online_workload, poisson_arrivals
@@ -102,8 +102,8 @@ def test_cutoff_counts_only_late_in_flight_turns(fixed_target, virtual_loop) -> 
 
 
 def test_apply_cutoff_matches_the_driver_rule() -> None:
-    from dualpath.bench.metrics import TurnRecord
     from dualpath.bench.sim_hook import apply_cutoff
+    from dualpath.workload.metrics import TurnRecord
 
     def r(start: float, end: float) -> TurnRecord:
         return TurnRecord(0, 0, start, start + 0.1, None, end, 10, 1)

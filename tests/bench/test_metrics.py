@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from dualpath.bench.metrics import (
+from dualpath.core.errors import UserInputError
+from dualpath.workload.metrics import (
     SLO,
     TurnRecord,
     agent_jcts_s,
     build_report,
+    percentile,
     slo_attainment,
     throughput_timeline,
 )
-from dualpath.bench.report import percentile
-from dualpath.core.errors import UserInputError
 
 
 def rec(agent: int, turn: int, start: float, first: float, end: float, gen: int = 11,

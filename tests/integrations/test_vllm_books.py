@@ -9,12 +9,12 @@ import pytest
 
 from dualpath.core.errors import SchedulingError, TransferError
 from dualpath.integrations.vllm.host_buffer import HostBuffers
-from dualpath.integrations.vllm.messages import Ready
 from dualpath.integrations.vllm.relay_link import Received
 from dualpath.integrations.vllm.router.books import RouterBooks
 from dualpath.integrations.vllm.router.cluster_spec import InstanceInfo
 from dualpath.integrations.vllm.worker_core import Parking
 from dualpath.scheduler import GlobalScheduler, RequestInfo, SchedulerConfig
+from dualpath.wire.relay import RelayReady
 
 INSTANCES = (
     InstanceInfo("p0", "prefill", 0, "http://h:1", "tcp://h:2"),
@@ -33,10 +33,11 @@ def test_books_charge_and_release_what_the_scheduler_placed() -> None:
     held = [books.assign(p, i) for p, i in zip(result.placements, infos, strict=True)]
     view = books.view()
     assert view.engines[0].tok == 600 and view.engines[0].seq == 3
-    assert sum(e.tok for e in view.engines[1:]) == 750
+    assert sum(e.tok for e in view.engines[1:]) == 750  # prompt + reserve (RequestInfo's rule)
     assert sum(n.read_queue_tokens for n in view.nodes) == 384
     # the shorter-queue choice spread the reads over more than one node
-    assert len({a.read_node for a in held}) > 1
+    assert len({(a.pe_read_tokens > 0, a.de_node if a.de_read_tokens else a.pe_node)
+                for a in held}) > 1
     for a in held:
         books.prefill_done(a)
         books.decode_done(a)
@@ -71,7 +72,7 @@ def test_host_buffers_wait_for_room_and_refuse_what_never_fits() -> None:
 
 def test_parking_is_bounded_in_bytes() -> None:
     park = Parking(capacity_bytes=100, ttl_s=60)
-    small = Received("tcp://x:1", Ready(key="ab" * 4), np.zeros((1, 60), np.uint8))
+    small = Received("tcp://x:1", RelayReady(key="ab" * 4), np.zeros((1, 60), np.uint8))
     assert park.park(small) and not park.park(small)
     assert park.dropped == 1 and park.bytes == 60
     assert park.take("ab" * 4) == [small] and park.bytes == 0

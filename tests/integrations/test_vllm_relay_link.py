@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from dualpath.core.errors import TransferError
-from dualpath.integrations.vllm.messages import Abort, HitLayer, KvLayer, Ready
 from dualpath.integrations.vllm.params import DualPathParams, ParamsError, prompt_digest
 from dualpath.integrations.vllm.relay_link import RelayLink
 from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.wire.data import Probe
+from dualpath.wire.relay import RelayAbort, RelayHitLayer, RelayKvLayer, RelayReady
 
 BPT = 48
 KEY = "0123456789abcdef"
@@ -69,13 +70,13 @@ def test_link_delivers_valid_messages_with_payload() -> None:
     b = RelayLink("tcp://127.0.0.1:0", bytes_per_token=BPT)
     try:
         payload = np.arange(3 * BPT, dtype=np.uint8).reshape(3, BPT)
-        a.send(b.address, KvLayer(key=KEY, layer=2, start_token=64, num_tokens=3), payload)
-        a.send(b.address, Ready(key=KEY))
+        a.send(b.address, RelayKvLayer(key=KEY, layer=2, start_token=64, num_tokens=3), payload)
+        a.send(b.address, RelayReady(key=KEY))
         first, second = _recv(b), _recv(b)
         assert first.sender == a.address
-        assert first.message == KvLayer(key=KEY, layer=2, start_token=64, num_tokens=3)
+        assert first.message == RelayKvLayer(key=KEY, layer=2, start_token=64, num_tokens=3)
         np.testing.assert_array_equal(first.payload, payload)
-        assert second.message == Ready(key=KEY) and second.payload is None
+        assert second.message == RelayReady(key=KEY) and second.payload is None
     finally:
         a.close()
         b.close()
@@ -85,36 +86,31 @@ def test_link_refuses_to_send_a_mismatched_payload() -> None:
     a = RelayLink("tcp://127.0.0.1:0", bytes_per_token=BPT)
     try:
         with pytest.raises(TransferError):
-            a.send(a.address, HitLayer(key=KEY, layer=0, num_tokens=4),
+            a.send(a.address, RelayHitLayer(key=KEY, layer=0, num_tokens=4),
                    np.zeros((3, BPT), np.uint8))
         with pytest.raises(TransferError):
-            a.send(a.address, Ready(key=KEY), np.zeros((1, BPT), np.uint8))
+            a.send(a.address, RelayReady(key=KEY), np.zeros((1, BPT), np.uint8))
     finally:
         a.close()
 
 
 @pytest.mark.parametrize("header, payload", [
-    ({"junk": 1}, []),
-    ({"dualpath.relay": {"t": "nope", "key": KEY}}, []),
-    ({"dualpath.relay": {"t": "ready", "key": "not-hex!"}}, []),
-    ({"dualpath.relay": {"t": "ready", "key": KEY, "extra": 1}}, []),
-    ({"dualpath.relay": {"t": "kv_layer", "key": KEY, "layer": -1, "start_token": 0,
-                         "num_tokens": 1}}, [np.zeros((1, BPT), np.uint8)]),
-    ({"dualpath.relay": {"t": "kv_layer", "key": KEY, "layer": 0, "start_token": 0,
-                         "num_tokens": 2}}, [np.zeros((1, BPT), np.uint8)]),
-    ({"dualpath.relay": {"t": "hit_layer", "key": KEY, "layer": 0, "num_tokens": 1}},
-     [np.zeros((1, BPT), np.float32)]),
-    ({"dualpath.relay": {"t": "abort", "key": KEY, "reason": "x"}},
-     [np.zeros((1, BPT), np.uint8)]),
+    (Probe(seq=1), []),  # a valid wire header, but not the relay's
+    (RelayReady(key="not-hex!"), []),  # refused by the wire decoder
+    (RelayKvLayer(key=KEY, layer=-1, start_token=0, num_tokens=1), [np.zeros((1, BPT), np.uint8)]),
+    (RelayKvLayer(key=KEY, layer=0, start_token=0, num_tokens=2), [np.zeros((1, BPT), np.uint8)]),
+    (RelayKvLayer(key=KEY, layer=0, start_token=0, num_tokens=1), []),
+    (RelayHitLayer(key=KEY, layer=0, num_tokens=1), [np.zeros((1, BPT), np.float32)]),
+    (RelayAbort(key=KEY, reason="x"), [np.zeros((1, BPT), np.uint8)]),
 ])
 def test_link_drops_invalid_frames_and_keeps_going(header, payload) -> None:
     link = RelayLink("tcp://127.0.0.1:0", bytes_per_token=BPT)
     raw = ZmqTransport("tcp://127.0.0.1:0")
     try:
         raw.send(link.address, header, payload)
-        raw.send(link.address, {"dualpath.relay": {"t": "abort", "key": KEY, "reason": "ok"}})
+        raw.send(link.address, RelayAbort(key=KEY, reason="ok"))
         got = _recv(link)
-        assert got.message == Abort(key=KEY, reason="ok")
+        assert got.message == RelayAbort(key=KEY, reason="ok")
         assert link.rejected == 1
     finally:
         raw.close()

@@ -109,18 +109,9 @@ def test_request_validation() -> None:
     assert (r.miss_tokens, r.prefill_load_tokens, r.decode_kv_tokens) == (6, 10, 15)
 
 
-def test_for_group_and_fetch() -> None:
+def test_round_robin_alternates_engines_across_calls() -> None:
     view = make_view([[0], [0]], [[(0, 10**6)], [(0, 10**6)]])
     s = GlobalScheduler(SchedulerConfig("round-robin"))
     waiting = [RequestInfo(i, 100) for i in range(4)]
     result = s.schedule(waiting, view)
-    assert [p.request_id for p in result.for_group(0)] == [0, 2]
-    assert [p.request_id for p in result.for_group(3)] == [1, 3]
-    groups = result.by_group()
-    assert {g: [p.request_id for p in ps] for g, ps in groups.items()} == {
-        0: [0, 2], 1: [1, 3], 2: [0, 2], 3: [1, 3]}
-    assert result.placed_ids == (0, 1, 2, 3)
-    assert view.node(2).role == "decode"
-    assert len(view.engines_of("prefill")) == 2
-    fetched = GlobalScheduler(SchedulerConfig("round-robin")).fetch(2, waiting, view)
-    assert [p.request_id for p in fetched] == [0, 2]
+    assert [(p.pe_node, p.de_node) for p in result.placements] == [(0, 2), (1, 3)] * 2

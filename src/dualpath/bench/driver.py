@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dualpath.bench.metrics import DEFAULT_SLO, SLO, TurnRecord
 from dualpath.bench.target import Target, TurnRequest
 from dualpath.core.errors import EngineError
+from dualpath.workload.metrics import DEFAULT_SLO, SLO, TurnRecord
 from dualpath.workload.tokens import TokenSource
 from dualpath.workload.workload import AgentSpec, Workload
 

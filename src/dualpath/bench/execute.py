@@ -8,10 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from dualpath.bench.driver import run_workload
-from dualpath.bench.metrics import SLO, TurnRecord, build_report
 from dualpath.bench.sim_hook import apply_cutoff, run_in_simulator
 from dualpath.bench.target import Target
 from dualpath.bench.workload_args import forbidden_ids
+from dualpath.workload.metrics import SLO, TurnRecord, build_report
 from dualpath.workload.tokens import TokenSource
 from dualpath.workload.workload import Workload
 

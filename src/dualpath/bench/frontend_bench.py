@@ -25,8 +25,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dualpath.bench.report import format_table, machine_info, percentile
+from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
+from dualpath.workload.metrics import percentile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

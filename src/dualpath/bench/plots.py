@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dualpath.bench.metrics import TurnRecord, agent_jcts_s, throughput_timeline
+from dualpath.workload.metrics import TurnRecord, agent_jcts_s, throughput_timeline
 
 log = logging.getLogger(__name__)
 

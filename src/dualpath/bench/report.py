@@ -1,4 +1,5 @@
-"""Small helpers every benchmark shares: JSON output, plain-text tables, percentiles."""
+"""Small helpers every benchmark shares: JSON output and plain-text tables (percentiles live in
+`dualpath.workload.metrics`)."""
 
 from __future__ import annotations
 
@@ -39,21 +40,6 @@ def _default(obj: Any) -> Any:
 
         return asdict(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method), q in [0, 100]. NaN if empty."""
-    if not values:
-        return math.nan
-    if not 0.0 <= q <= 100.0:
-        raise ValueError(f"percentile q must be in [0, 100], got {q}")
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = math.ceil(pos)
-    if lo == hi:
-        return float(ordered[lo])
-    return float(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
 
 
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from dualpath.bench.report import format_table, machine_info, percentile
+from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
 from dualpath.scheduler import (
     ClusterView,
@@ -44,6 +44,7 @@ from dualpath.scheduler import (
     beta_tokens,
 )
 from dualpath.scheduler.config import PLACEMENT_NAMES, READ_POLICY_NAMES
+from dualpath.workload.metrics import percentile
 
 log = logging.getLogger(__name__)
 

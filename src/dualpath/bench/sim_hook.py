@@ -12,8 +12,8 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-from dualpath.bench.metrics import SLO, TurnRecord
 from dualpath.core.errors import UserInputError
+from dualpath.workload.metrics import SLO, TurnRecord
 from dualpath.workload.workload import Workload
 
 SIM_MODULE = "dualpath.sim.api"

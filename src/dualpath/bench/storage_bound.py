@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", choices=("runtime", "vllm"), default="runtime",
                    help="runtime: our own engines [default]; vllm: vLLM instances with the "
                         "DualPath connector (= `dualpath bench vllm-storage-bound`)")
-    from dualpath.integrations.vllm.bench import add_vllm_arguments
+    from dualpath.bench.vllm_storage_bound import add_vllm_arguments
 
     add_vllm_arguments(p)
 
@@ -114,11 +114,11 @@ def _snic_bytes(counters: dict[int, dict[str, float]], engine_nodes: dict[int, i
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "engine", "runtime") == "vllm":
-        from dualpath.integrations.vllm.bench import from_storage_bound
+        from dualpath.bench.vllm_storage_bound import from_storage_bound
 
         return from_storage_bound(args)
-    from dualpath.bench.metrics import build_report
-    from dualpath.runtime.config import ClusterConfig
+    from dualpath.core.config import ClusterConfig
+    from dualpath.workload.metrics import build_report
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:

@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from dualpath.bench.metrics import SLO
 from dualpath.core.errors import UserInputError
 from dualpath.workload.generator import MAX_LENS, generate, parse_max_len
 from dualpath.workload.loader import TRACE_FORMATS, load_trajectories
+from dualpath.workload.metrics import SLO
 from dualpath.workload.trajectory import Trajectory
 
 # SmolLM2's tokenizer: vocabulary 49,152; ids 0-16 are its special tokens (<|endoftext|>,

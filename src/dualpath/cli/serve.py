@@ -52,8 +52,8 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cluster_config(args: argparse.Namespace, **extra: Any) -> Any:
+    from dualpath.core.config import ClusterConfig
     from dualpath.core.units import parse_bandwidth
-    from dualpath.runtime.config import ClusterConfig
 
     overrides: dict[str, Any] = dict(
         model=args.model, store_path=args.store_path, system=args.system,

@@ -86,6 +86,8 @@ class BackendMetrics:
     engine_seqs: Mapping[str, int] = field(default_factory=dict)  # engine -> seq_e
     buffer_bytes_in_use: Mapping[str, int] = field(default_factory=dict)  # node -> bytes
     kv_store_bytes: int | None = None  # bytes persisted in the KV store
+    # internal-plane frames dropped by a validating decoder, by reason (cumulative)
+    internal_frames_rejected: Mapping[str, int] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

@@ -10,6 +10,7 @@
     ├── StoreError              the KV store failed in a way that is not a plain miss
     │   └── CorruptBlockError   a block failed its checksum or is truncated (callers treat as miss)
     ├── TransferError           bytes could not be moved between engines
+    ├── ProtocolError           an internal frame failed validation (wire.FrameRejected)
     ├── EngineError             an engine process failed or went away
     └── SchedulingError         the scheduler was given an inconsistent state
 
@@ -60,6 +61,11 @@ class CorruptBlockError(StoreError):
 
 class TransferError(DualPathError):
     """Moving bytes between engines failed."""
+
+
+class ProtocolError(DualPathError):
+    """A frame on the internal plane is malformed, of the wrong version or direction, or
+    claims to come from someone else; it is dropped and counted, never acted on."""
 
 
 class EngineError(DualPathError):

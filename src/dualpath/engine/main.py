@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from dualpath.runtime.config import ClusterConfig
+from dualpath.core.config import ClusterConfig
 
 
 def _watch_parent(parent_pid: int, on_orphan: threading.Event) -> None:

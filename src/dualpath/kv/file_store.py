@@ -33,7 +33,6 @@ Speed (what `dualpath bench store` measures against plain sequential file I/O):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -42,7 +41,6 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +56,10 @@ from dualpath.kv.layout import (
 )
 from dualpath.kv.prefix_index import PrefixIndex
 from dualpath.kv.store import KVStore, StatsCounter, StoreStats
+from dualpath.kv.store_meta import check_store_meta
 
 logger = logging.getLogger(__name__)
 
-META_NAME = "dualpath-kvstore.json"
 SUFFIX = ".kvb"
 QUARANTINE_DIR = ".quarantine"
 _HASH_RE = re.compile(r"[0-9a-f]{4,128}")
@@ -106,7 +104,7 @@ class FileKVStore(KVStore):
         self._stats = StatsCounter()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            self._check_meta()
+            check_store_meta(self.root, self.geometry)
             self.index = PrefixIndex(self._scan())
         except OSError as exc:
             raise StoreError(f"cannot open KV store at {self.root}: {exc}") from exc
@@ -360,34 +358,6 @@ class FileKVStore(KVStore):
         except OSError:
             return None
         return target
-
-    def _check_meta(self) -> None:
-        """Record the geometry on first open; refuse to open a root made for another geometry."""
-        meta_path = self.root / META_NAME
-        want = {"format": "dualpath-kv-file-store", "version": block_file.FORMAT_VERSION,
-                "geometry": asdict(self.geometry)}
-        if not meta_path.exists():
-            # The 256 fan-out directories up front: puts then never create directories.
-            for i in range(256):
-                (self.root / f"{i:02x}").mkdir(exist_ok=True)
-            tmp = self.root / f".{META_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            tmp.write_text(json.dumps(want, indent=2) + "\n")
-            try:
-                os.link(tmp, meta_path)  # fails if another process created it first
-            except FileExistsError:
-                pass
-            finally:
-                block_io.unlink_quietly(tmp)
-        try:
-            have = json.loads(meta_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(f"KV store metadata {meta_path} is unreadable: {exc}") from exc
-        if have != want:
-            raise StoreError(
-                f"KV store at {self.root} was created for {have.get('geometry')} "
-                f"(format {have.get('format')} v{have.get('version')}), not {asdict(self.geometry)}; "
-                "use a separate root per model / block size"
-            )
 
     def _scan(self) -> list[str]:
         """Names of stored blocks (directory listings only), sweeping stale temp files."""

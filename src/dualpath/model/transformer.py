@@ -38,6 +38,10 @@ OnLayerKV = Callable[[int, torch.Tensor], None]
 LogitsMode = Literal["last", "all", "none"]
 
 
+# init_random's gains (see there): sharper attention and larger residual updates.
+_RANDOM_GAIN = {"q_proj": 2.0, "k_proj": 2.0, "o_proj": 6.0, "down_proj": 6.0}
+
+
 @dataclass(frozen=True)
 class PrefillOutput:
     """logits: `[V]` ("last"), `[T_new, V]` ("all") or None ("none"), float32.
@@ -141,7 +145,14 @@ class Transformer(nn.Module):
     # ---- weights -------------------------------------------------------------------------
 
     def init_random(self, seed: int) -> None:
-        """Deterministic random weights (outputs O(1) so greedy choices are far from ties)."""
+        """Deterministic random weights whose greedy output varies like text and depends on
+        the whole context (outputs O(1), so greedy choices are far from ties).
+
+        With every matrix at 1/sqrt(fan_in) the residual stream stays close to the current
+        token's embedding and a tied head echoes one token forever, so tests comparing
+        outputs could not see wrong KV. Larger attention logits (q, k) and residual updates
+        (o, down) make each token's output depend on its context.
+        """
         gen = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
             if name.endswith("layernorm.weight") or name == "norm.weight":
@@ -149,7 +160,8 @@ class Transformer(nn.Module):
             elif name.endswith("bias"):
                 vals = 0.1 * torch.randn(p.shape, generator=gen)
             elif p.dim() == 2 and name != "embed_tokens.weight":
-                vals = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
+                gain = _RANDOM_GAIN.get(name.rsplit(".", 2)[-2], 1.0)
+                vals = gain * torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
             else:
                 vals = torch.randn(p.shape, generator=gen)
             p.data.copy_(vals.to(p.dtype))

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from dualpath.runtime.config import ClusterConfig
+from dualpath.core.config import ClusterConfig
 
 logger = logging.getLogger(__name__)
 
@@ -113,3 +113,12 @@ class EngineProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def log_tail(path: str, lines: int = 30) -> str:
+    """The last `lines` lines of an engine's log (for error messages)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from dualpath.scheduler.config import SchedulerConfig
 from dualpath.scheduler.registry import make_policy
-from dualpath.scheduler.types import ClusterView, Placement, RequestInfo, ScheduleResult
+from dualpath.scheduler.types import ClusterView, RequestInfo, ScheduleResult
 
 
 class GlobalScheduler:
@@ -31,12 +31,3 @@ class GlobalScheduler:
     def schedule(self, waiting: Sequence[RequestInfo], view: ClusterView) -> ScheduleResult:
         """Place requests from the head of `waiting` (arrival order); see `ScheduleResult`."""
         return self._policy.place(waiting, view)
-
-    def fetch(self, group_id: int, waiting: Sequence[RequestInfo],
-              view: ClusterView) -> tuple[Placement, ...]:
-        """Leader-pull form: run `schedule` and return the decisions for node `group_id`.
-
-        Decisions for other groups are not returned; those requests stay waiting and are
-        decided again on the next call (the caller removes only what it delivered).
-        """
-        return self.schedule(waiting, view).for_group(group_id)

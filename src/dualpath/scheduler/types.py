@@ -11,7 +11,7 @@ Ids are ints; a caller with string names keeps its own name <-> int map.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from dualpath.core.errors import SchedulingError
@@ -101,7 +101,6 @@ class ClusterView:
 
     engines: tuple[EngineState, ...]
     nodes: tuple[NodeState, ...]
-    _node_index: dict[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         node_index: dict[int, int] = {}
@@ -128,20 +127,10 @@ class ClusterView:
                 )
             if e.seq < 0 or e.tok < 0 or e.free_kv_tokens < 0:
                 raise SchedulingError(f"engine {e.engine_id}: negative seq/tok/free_kv_tokens")
-        object.__setattr__(self, "_node_index", node_index)
 
     @classmethod
     def build(cls, engines: Sequence[EngineState], nodes: Sequence[NodeState]) -> ClusterView:
         return cls(tuple(engines), tuple(nodes))
-
-    def node(self, node_id: int) -> NodeState:
-        try:
-            return self.nodes[self._node_index[node_id]]
-        except KeyError:
-            raise SchedulingError(f"unknown node {node_id}") from None
-
-    def engines_of(self, role: Role) -> tuple[EngineState, ...]:
-        return tuple(e for e in self.engines if e.role == role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,18 +185,3 @@ class ScheduleResult:
     stop_reason: StopReason
     examined: int
 
-    def for_group(self, node_id: int) -> tuple[Placement, ...]:
-        """The decisions a group leader pulls: placements whose PE or DE is on `node_id`."""
-        return tuple(p for p in self.placements if node_id in (p.pe_node, p.de_node))
-
-    def by_group(self) -> dict[int, list[Placement]]:
-        """Every group's `for_group` in one pass: node id -> its placements (in order)."""
-        out: dict[int, list[Placement]] = {}
-        for p in self.placements:
-            out.setdefault(p.pe_node, []).append(p)
-            out.setdefault(p.de_node, []).append(p)
-        return out
-
-    @property
-    def placed_ids(self) -> tuple[RequestId, ...]:
-        return tuple(p.request_id for p in self.placements)

@@ -2,12 +2,14 @@
 
 A `ClusterView` is frozen; while placing requests one after another the scheduler must see
 its own earlier decisions (DESIGN.md 3: "update that engine's tok_e"), so it copies the
-counters into plain lists indexed by engine / node position. `commit` is the only mutator;
+counters into plain lists indexed by engine / node position. `commit` is the only mutator
+(through the shared charge rule, `charges.Charge`);
 the copy is thrown away at the end of the call, so the caller's view stays the truth.
 """
 
 from __future__ import annotations
 
+from dualpath.scheduler.charges import Charge
 from dualpath.scheduler.types import ClusterView, ReadPlan, RequestInfo
 
 
@@ -46,12 +48,13 @@ class VirtualCluster:
 
     def commit(self, req: RequestInfo, pe: int, de: int, read: ReadPlan, pe_read_node: int,
                de_read_node: int) -> None:
-        """Charge one placed request: PE tok/seq, DE tok/seq/free KV, both read queues."""
-        self.tok[pe] += req.prefill_load_tokens
-        self.seq[pe] += 1
-        kv = req.decode_kv_tokens
-        self.tok[de] += kv
-        self.seq[de] += 1
-        self.free[de] -= kv
-        self.read_q[pe_read_node] += read.pe_tokens
-        self.read_q[de_read_node] += read.de_tokens
+        """Charge one placed request (`charges.Charge`, by engine / node position)."""
+        Charge.of(req, pe, de, pe_read_node, de_read_node, read).apply(self)
+
+    def charge_engine(self, engine: int, seq: int, tok: int, kv: int) -> None:
+        self.seq[engine] += seq
+        self.tok[engine] += tok
+        self.free[engine] -= kv
+
+    def charge_node(self, node: int, tokens: int) -> None:
+        self.read_q[node] += tokens

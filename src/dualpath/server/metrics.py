@@ -180,6 +180,12 @@ class ServerMetrics(Collector):
         for path, value in sorted(snap.bytes_read_total.items()):
             c.add_metric([path], value)
         yield c
+        c = CounterMetricFamily("dualpath_internal_frames_rejected",
+                                "Internal-plane frames dropped by a validating decoder",
+                                labels=["reason"])
+        for reason, value in sorted(snap.internal_frames_rejected.items()):
+            c.add_metric([reason], value)
+        yield c
         yield _gauge("dualpath_nic_utilization_ratio",
                      "Busy fraction of a NIC per traffic class over the last interval",
                      ["nic", "class"],

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dualpath.bench.metrics import TurnRecord
 from dualpath.sim.config import SimConfig, parse_pd
 from dualpath.sim.hardware import HardwareSpec, load_hardware
 from dualpath.sim.report import sim_report, ttft_breakdown, turn_records
 from dualpath.sim.simulator import Simulator
+from dualpath.workload.metrics import TurnRecord
 
 # DESIGN.md section 4: default layouts per model.
 DEFAULT_PD: dict[str, tuple[int, int]] = {"ds-660b": (2, 4), "qwen-32b": (1, 2), "ds-27b": (1, 1)}

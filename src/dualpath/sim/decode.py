@@ -13,7 +13,10 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from dualpath.sim.state import Engine, SimRequest, computed_kv_tokens, decode_kv_tokens
+from dualpath.scheduler.charges import ChargePart
+from dualpath.sim.state import Engine, SimRequest, computed_kv_tokens
+
+DECODE_PART = frozenset({ChargePart.DECODE})
 
 
 class DecodeMixin:
@@ -88,10 +91,8 @@ class DecodeMixin:
         self.finished.append(req)
         de = req.de
         block = self.cfg.block_tokens
-        kv = decode_kv_tokens(req.prompt, req.gen, block)  # RequestInfo.decode_kv_tokens
-        de.seq -= 1
-        de.tok -= kv
-        de.free_kv_tokens += kv
+        req.charge.apply(self, DECODE_PART, -1)
+        req.charge = None
         events: list[Any] = []
         total = req.prompt + req.gen
         new_blocks = computed_kv_tokens(req.prompt, req.gen) // block - req.cached // block

@@ -12,9 +12,12 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any
 
+from dualpath.scheduler.charges import ChargePart
 from dualpath.sim.batching import form_batch
 from dualpath.sim.link import LO
 from dualpath.sim.state import Engine, SimRequest
+
+PREFILL_PART = frozenset({ChargePart.PREFILL})
 
 # Entries of a PE's ready queue that batch formation looks at (a 300 ms quota never holds
 # more than a few dozen turns; the bound keeps formation O(1) per batch).
@@ -128,8 +131,7 @@ class PrefillMixin:
             if req.done_new >= req.prompt - req.cached:
                 req.first_s = now
                 req.prefilled = True
-                pe.seq -= 1
-                pe.tok -= req.prompt  # RequestInfo.prefill_load_tokens
+                req.charge.apply(self, PREFILL_PART, -1)
                 events.extend(self._free_buffer(now, pe.node, req.pe_buf_bytes) or ())
                 if req.pd_pending == 0:
                     events.extend(self._decode_arrive(now, req) or ())

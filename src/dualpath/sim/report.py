@@ -1,7 +1,7 @@
 """The result of one simulation: TurnRecords and the JSON report.
 
 The turn-level fields (JCT, throughput, TTFT/TTST/TPOT percentiles, SLO) come from the
-shared `dualpath.bench.metrics.build_report`; this module adds what only a simulator knows:
+shared `dualpath.workload.metrics.build_report`; this module adds what only a simulator knows:
 bytes and utilization per NIC, the TTFT breakdown, the scheduler's decisions.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from dualpath.bench.metrics import TurnRecord, build_report
 from dualpath.sim.simulator import Simulator
 from dualpath.sim.state import SimRequest
+from dualpath.workload.metrics import TurnRecord, build_report
 
 
 def turn_records(sim: Simulator, agent_ids: list[int] | None = None, *,

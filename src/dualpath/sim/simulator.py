@@ -20,6 +20,7 @@ from typing import Any
 
 from dualpath.core.errors import ConfigError
 from dualpath.core.systems import system_spec
+from dualpath.scheduler.charges import ALL_PARTS, Charge, ChargePart, decode_kv_tokens
 from dualpath.scheduler.config import alpha_tokens, beta_tokens, scheduler_config_for_system
 from dualpath.scheduler.global_scheduler import GlobalScheduler
 from dualpath.scheduler.types import ClusterView, EngineState, NodeState, RequestInfo
@@ -31,10 +32,11 @@ from dualpath.sim.hardware import HardwareSpec, load_hardware
 from dualpath.sim.link import HI, LO, Link
 from dualpath.sim.model_cost import model_cost
 from dualpath.sim.prefill import PrefillMixin
-from dualpath.sim.state import Engine, Node, SimRequest, computed_kv_tokens, decode_kv_tokens
+from dualpath.sim.state import Engine, Node, SimRequest, computed_kv_tokens
 
 logger = logging.getLogger(__name__)
 
+NO_READ_PARTS = frozenset({ChargePart.PREFILL, ChargePart.DECODE})
 # Flow tokens on CNIC links: (kind, object).
 K_BATCH_IN, K_COLLECTIVE = 0, 3
 
@@ -226,17 +228,13 @@ class Simulator(PrefillMixin, DecodeMixin):
         self.side_counts[plan.side] += 1
         if self.cfg.log_decisions:
             self.decisions.append((now, req.rid, pe.eid, de.eid, plan.side, plan.pe_tokens, plan.de_tokens))
-        pe.seq += 1
-        pe.tok += req.info.prefill_load_tokens
-        kv = req.info.decode_kv_tokens
-        de.seq += 1
-        de.tok += kv
-        de.free_kv_tokens -= kv
+        req.charge = Charge.of(req.info, pe.eid, de.eid, pe.node.nid, de.node.nid, plan)
+        # Oracle reads nothing, so it charges no read queue.
+        req.charge.apply(self, NO_READ_PARTS if self.free_io else ALL_PARTS)
         events: list[Any] = []
         if not self.free_io:
             for node, tokens in ((pe.node, plan.pe_tokens), (de.node, plan.de_tokens)):
                 if tokens > 0:
-                    node.read_q += tokens
                     node.read_wait.append((req, tokens))
                     req.pending_reads += 1
                     ev = self._pump_reads(now, node)
@@ -248,6 +246,16 @@ class Simulator(PrefillMixin, DecodeMixin):
             if ev:
                 events.extend(ev)
         return events
+
+    # -- the load books the scheduler sees (scheduler.charges.LoadBooks) -----------------
+    def charge_engine(self, engine: int, seq: int, tok: int, kv: int) -> None:
+        e = self.engines[engine]
+        e.seq += seq
+        e.tok += tok
+        e.free_kv_tokens -= kv
+
+    def charge_node(self, node: int, tokens: int) -> None:
+        self.nodes[node].read_q += tokens
 
     # -- storage reads -------------------------------------------------------------------
     def _pump_reads(self, now: float, node: Node) -> Any:
@@ -273,7 +281,7 @@ class Simulator(PrefillMixin, DecodeMixin):
     def _on_read_done(self, now: float, token: tuple[SimRequest, Node, int]) -> Any:
         req, node, tokens = token
         node.reads_active -= 1
-        node.read_q -= tokens
+        self.charge_node(node.nid, -tokens)
         req.pending_reads -= 1
         events: list[Any] = list(self._pump_reads(now, node) or ())
         if req.pending_reads == 0:

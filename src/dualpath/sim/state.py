@@ -13,13 +13,6 @@ from typing import Any
 from dualpath.sim.link import Link
 
 
-def decode_kv_tokens(prompt: int, gen: int, block: int) -> int:
-    """KV room a turn takes on its decode engine: prompt + max(1, gen) tokens rounded up to
-    whole blocks, as the runtime reserves it (its decode engines allocate whole blocks)."""
-    need = prompt + max(1, gen)
-    return -(-need // block) * block
-
-
 def computed_kv_tokens(prompt: int, gen: int) -> int:
     """KV that exists when a turn ends: the prompt and every answer token but the last (the
     last sampled token is never fed back through the model). Its whole blocks are persisted."""
@@ -30,7 +23,7 @@ class SimRequest:
     """One turn of one agent, from arrival to its last generated token."""
 
     __slots__ = (
-        "agent", "cached", "de", "de_buf_bytes", "done_new", "end_s", "first_s", "gen", "info",
+        "agent", "cached", "charge", "de", "de_buf_bytes", "done_new", "end_s", "first_s", "gen", "info",
         "pd_pending", "pe", "pe_buf_bytes", "pending_reads", "placed_s", "prefilled", "prompt",
         "read_done_s", "rid", "second_s", "side", "sjoin", "start_s", "turn",
     )
@@ -43,6 +36,7 @@ class SimRequest:
         self.cached = cached
         self.gen = gen
         self.info: Any = None
+        self.charge: Any = None  # scheduler.charges.Charge while placed (released in parts)
         self.start_s = 0.0
         self.placed_s = 0.0
         self.read_done_s = 0.0

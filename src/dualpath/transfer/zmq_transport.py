@@ -1,7 +1,7 @@
 """`ZmqTransport`: the TCP transport (pyzmq), zero-copy on both ends.
 
-Wire format: one multipart message per `send`: frame 0 is the msgpack `Envelope` (sender,
-class, header, shapes, dtypes), frames 1..N are the payload arrays, handed to zmq with
+Wire format: one multipart message per `send`: frame 0 is the `wire.data.DataEnvelope` (sender,
+class, typed header, shapes, dtypes), frames 1..N are the payload arrays, handed to zmq with
 `copy=False` (zmq writes straight from the numpy memory) and rebuilt on the receiver with
 `np.frombuffer` over the received frames (no copy). Each transport binds one PULL socket;
 senders keep one PUSH socket per destination (`IMMEDIATE`, so an unreachable peer makes the
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import zmq
@@ -24,13 +24,14 @@ from dualpath.transfer.base import (
     Buffer,
     Message,
     Transport,
-    decode_envelope,
     encode_envelope,
     from_frames,
     to_arrays,
 )
 from dualpath.transfer.inbox import Inbox
 from dualpath.transfer.nic import Direction, EmulatedNic, TrafficClass
+from dualpath.wire import FrameRejected, Rejections, decode_envelope
+from dualpath.wire.data import DataHeader
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class ZmqTransport(Transport):
         self._push: dict[str, tuple[zmq.Socket[Any], threading.Lock]] = {}
         self._push_lock = threading.Lock()
         self._inbox = Inbox(cnic)
+        self.rejections = Rejections()
         self._stop = threading.Event()
         self._closed = False
         self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
@@ -78,7 +80,7 @@ class ZmqTransport(Transport):
     def send(
         self,
         dest: str,
-        header: Mapping[str, Any],
+        header: DataHeader,
         payload: Sequence[Buffer] = (),
         *,
         traffic_class: TrafficClass = TrafficClass.KV,
@@ -162,7 +164,8 @@ class ZmqTransport(Transport):
             try:
                 envelope = decode_envelope(frames[0].buffer)
                 message = from_frames(envelope, [f.buffer for f in frames[1:]])
-            except TransferError as exc:
-                log.error("dropping message on %s: %s", self._address, exc)
+            except FrameRejected as exc:
+                self.rejections.count(exc.reason)
+                log.warning("dropping a frame on %s: %s", self._address, exc)
                 continue
             self._inbox.deliver(message)

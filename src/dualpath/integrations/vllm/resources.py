@@ -1,10 +1,10 @@
-"""The node resources a connector opens: the shaped KV store, the NICs, the read queue, stats.
+"""The node resources a connector opens: the shaped KV store, the NICs, the statistics.
 
-This is the one module that imports `ShapedStore` (it may move from `dualpath.transfer` to
-`dualpath.engine`; only the import below changes). All of them are files under the run
-directory, shared across processes: every instance of a node opens the same SNIC file, so a
-node's SNIC is one link whatever the number of instances on it, and the router reads the
-read queues and statistics from the same files.
+This is the one module that imports `ShapedStore` (`dualpath.engine.shaped_store`). The NIC
+and statistics files live under the run directory, shared across processes: every instance
+of a node opens the same SNIC file, so a node's SNIC is one link whatever the number of
+instances on it, and the router reads the statistics from the same files. (The scheduler's
+`read_q` is the router's own book, charged and released through `scheduler.charges`.)
 
 `InstanceStats` names the counters an instance exports (the router's `/metrics`):
 
@@ -22,11 +22,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from dualpath.engine.shaped_store import ShapedStore
 from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.layout import BlockGeometry
 from dualpath.kv.store import KVStore
 from dualpath.transfer.nic import EmulatedNic, NicSpec
-from dualpath.transfer.shaped_store import ReadQueue, ShapedStore
 from dualpath.transfer.shared_state import SharedCounters
 
 STAT_NAMES: tuple[str, ...] = (
@@ -77,9 +77,6 @@ class NodeFiles:
     def snic(self) -> str:
         return os.path.join(self.run_dir, f"snic-{self.node_id}.nic")
 
-    @property
-    def read_queue(self) -> str:
-        return os.path.join(self.run_dir, f"readq-{self.node_id}.counters")
 
 
 def open_snic(files: NodeFiles, bandwidth_bytes_s: float | None) -> EmulatedNic:
@@ -96,7 +93,3 @@ def open_store(root: str, geometry: BlockGeometry, snic: EmulatedNic | None,
     """The KV store at `root`; every block read or written through `snic` when given."""
     store: KVStore = FileKVStore(root, geometry, io_threads=io_threads)
     return store if snic is None else ShapedStore(store, snic)
-
-
-def open_read_queue(files: NodeFiles) -> ReadQueue:
-    return ReadQueue(files.read_queue)

@@ -4,7 +4,7 @@
 (messages are handed to the role's `on_message`; an exception there is logged and the
 thread goes on), a sender thread with a bounded queue (so `save_kv_layer` never waits for
 the network unless the queue is full: back-pressure), an I/O thread pool for store reads and
-writes, the host buffers, the statistics file and the node's read queue.
+writes, the host buffers and the statistics file.
 
 `Parking` holds messages that arrive before this instance knows their request (the router
 sends to P and D at once, so either may be first): bounded in bytes and in age.
@@ -27,18 +27,17 @@ from dualpath.core.errors import DualPathError, TransferError
 from dualpath.integrations.vllm.config import ConnectorConfig
 from dualpath.integrations.vllm.host_buffer import HostBuffers
 from dualpath.integrations.vllm.kv_layout import PagedLayout
-from dualpath.integrations.vllm.messages import RelayMessage
 from dualpath.integrations.vllm.relay_link import Received, RelayLink
 from dualpath.integrations.vllm.resources import (
     InstanceStats,
     NodeFiles,
     open_cnic,
-    open_read_queue,
     open_snic,
     open_store,
 )
 from dualpath.kv.layout import BlockGeometry
 from dualpath.kv.store import KVStore
+from dualpath.wire.relay import RelayHeader
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +102,7 @@ def _nbytes(r: Received) -> int:
 @dataclass
 class _Send:
     dest: str
-    message: RelayMessage
+    message: RelayHeader
     payload: np.ndarray | None
     on_error: Callable[[TransferError], None] | None
 
@@ -121,7 +120,6 @@ class WorkerCore:
                               config.cnic_bytes_s)
         self.store: KVStore = open_store(config.store_path, geometry, self.snic,
                                          io_threads=config.io_threads)
-        self.read_queue = open_read_queue(files)
         self.stats = InstanceStats(config.stats_path())
         self.buffers = HostBuffers(config.buffer_bytes, pinned=pinned)
         self.parking = Parking(config.buffer_bytes, ttl_s=config.kv_wait_timeout_s)
@@ -166,7 +164,7 @@ class WorkerCore:
 
     # -- sending ----------------------------------------------------------------------------
 
-    def send_now(self, dest: str, message: RelayMessage, payload: np.ndarray | None = None) -> bool:
+    def send_now(self, dest: str, message: RelayHeader, payload: np.ndarray | None = None) -> bool:
         """Send on the calling thread; False (logged) when the peer cannot be reached."""
         try:
             self.link.send(dest, message, payload)
@@ -175,7 +173,7 @@ class WorkerCore:
             log.warning("relay send of %s to %s failed: %s", type(message).__name__, dest, exc)
             return False
 
-    def send_later(self, dest: str, message: RelayMessage, payload: np.ndarray | None = None,
+    def send_later(self, dest: str, message: RelayHeader, payload: np.ndarray | None = None,
                    on_error: Callable[[TransferError], None] | None = None) -> None:
         """Queue a send for the sender thread; blocks while the queue holds too many bytes."""
         nbytes = 0 if payload is None else payload.nbytes
@@ -235,7 +233,6 @@ class WorkerCore:
         self.link.close()
         self.store.close()
         self.stats.close()
-        self.read_queue.close()
 
 
 def _guarded(fn: Callable[..., None], *args: object) -> None:

@@ -6,9 +6,9 @@ Per request (by router key) one `_Recv` that stages the whole prompt's KV in the
 1. `ReceivePrompt` (vLLM holds the request in WAITING_FOR_REMOTE_KVS): an I/O thread
    allocates the buffer (waiting while the bounded DE buffer is full); on the DE path it
    reads the hit's Full Blocks from the store through this node's SNIC into the buffer and
-   sends `Ready` to P. Messages that came before (parked) are applied.
-2. `HitPull` from P (DE path): an I/O thread streams the hit to P, one `HitLayer` per layer.
-3. `KvLayer` from P: the token range of one layer is written into the buffer (P sends hit +
+   sends `RelayReady` to P. Messages that came before (parked) are applied.
+2. `RelayHitPull` from P (DE path): an I/O thread streams the hit to P, one `RelayHitLayer` per layer.
+3. `RelayKvLayer` from P: the token range of one layer is written into the buffer (P sends hit +
    miss on the PE path, miss only on the DE path). Every range is checked: right sender,
    inside the prompt, not before what P must send, never twice.
 4. When every layer holds every token, `transfer_results` (vLLM's worker thread, between
@@ -17,7 +17,7 @@ Per request (by router key) one `_Recv` that stages the whole prompt's KV in the
    request as received: vLLM then decodes it (after recomputing the last prompt token).
 5. `PersistBlock` (after a forward): the block is copied out of the paged cache and written.
 
-A failure (P's `Abort`, a timeout, a store miss, a protocol violation) is reported in
+A failure (P's `RelayAbort`, a timeout, a store miss, a protocol violation) is reported in
 `failed_recving`; P is told, the buffer freed, and vLLM recomputes the prompt itself.
 """
 
@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from dualpath.core.errors import TransferError
-from dualpath.integrations.vllm.messages import Abort, HitLayer, HitPull, KvLayer, Ready
 from dualpath.integrations.vllm.relay_link import Received
 from dualpath.integrations.vllm.specs import PersistBlock, ReceivePrompt, StepPlan
 from dualpath.integrations.vllm.worker_core import WorkerCore
+from dualpath.wire.relay import RelayAbort, RelayHitLayer, RelayHitPull, RelayKvLayer, RelayReady
 
 log = logging.getLogger(__name__)
 
@@ -131,30 +131,30 @@ class DecodeWorker:
         if rc.status not in ("receiving", "complete"):
             return
         rc.last_activity_s = time.monotonic()
-        if isinstance(msg, Abort):
+        if isinstance(msg, RelayAbort):
             self._fail_locked(rc, f"P aborted: {msg.reason}", tell_peer=False)
-        elif isinstance(msg, HitPull):
+        elif isinstance(msg, RelayHitPull):
             if rc.spec.side != "de" or rc.spec.hit_tokens == 0:
-                self._fail_locked(rc, "HitPull for a request without a DE-path hit")
+                self._fail_locked(rc, "RelayHitPull for a request without a DE-path hit")
             elif rc.hit_ready:
                 self.core.submit_stream(lambda: self._stream_hit(rc))
             else:
                 rc.pull_pending = True
-        elif isinstance(msg, KvLayer) and r.payload is not None:
+        elif isinstance(msg, RelayKvLayer) and r.payload is not None:
             self._write_locked(rc, msg, r.payload)
         else:
             self._fail_locked(rc, f"unexpected {type(msg).__name__}")
 
-    def _write_locked(self, rc: _Recv, msg: KvLayer, payload: np.ndarray) -> None:
+    def _write_locked(self, rc: _Recv, msg: RelayKvLayer, payload: np.ndarray) -> None:
         s, g = rc.spec, self.core.geometry
         need_from = s.hit_tokens if s.side == "de" else 0
         start, end = msg.start_token, msg.start_token + msg.num_tokens
         if msg.layer >= g.num_layers or start < need_from or end > s.prompt_tokens:
-            self._fail_locked(rc, f"KvLayer layer {msg.layer} tokens [{start}, {end}) outside "
+            self._fail_locked(rc, f"RelayKvLayer layer {msg.layer} tokens [{start}, {end}) outside "
                                   f"[{need_from}, {s.prompt_tokens})")
             return
         if rc.coverage[msg.layer, start:end].any():
-            self._fail_locked(rc, f"KvLayer layer {msg.layer} tokens [{start}, {end}) twice")
+            self._fail_locked(rc, f"RelayKvLayer layer {msg.layer} tokens [{start}, {end}) twice")
             return
         assert rc.buffer is not None
         n = g.block_tokens
@@ -206,8 +206,7 @@ class DecodeWorker:
         s, g = rc.spec, self.core.geometry
         hit_blocks = s.hit_tokens // g.block_tokens
         hashes = list(s.hashes[:hit_blocks])
-        with self.core.read_queue.pending(s.hit_tokens):
-            got = self.core.store.get_many(hashes, outs=[buf[i] for i in range(hit_blocks)])
+        got = self.core.store.get_many(hashes, outs=[buf[i] for i in range(hit_blocks)])
         missing = sum(b is None for b in got)
         self.core.stats.add(bytes_read_de_path=(hit_blocks - missing) * g.full_block_bytes)
         with self._lock:
@@ -222,7 +221,7 @@ class DecodeWorker:
             pull = rc.pull_pending
             if rc.coverage.all():
                 rc.status = "complete"
-        self.core.send_now(s.peer, Ready(key=s.key))
+        self.core.send_now(s.peer, RelayReady(key=s.key))
         if pull:
             self.core.submit_stream(lambda: self._stream_hit(rc))
 
@@ -235,7 +234,7 @@ class DecodeWorker:
                     return
                 data = np.ascontiguousarray(rc.buffer[:hit_blocks, layer]).reshape(
                     s.hit_tokens, g.bytes_per_token_per_layer)
-            if not self.core.send_now(s.peer, HitLayer(key=s.key, layer=layer,
+            if not self.core.send_now(s.peer, RelayHitLayer(key=s.key, layer=layer,
                                                        num_tokens=s.hit_tokens), data):
                 with self._lock:
                     self._fail_locked(rc, "cannot send the hit to P")
@@ -284,14 +283,14 @@ class DecodeWorker:
         log.warning("request %s: relay given up, vLLM recomputes it: %s", rc.spec.key, reason)
         self.core.stats.add(relays_failed=1)
         if tell_peer:
-            self.core.send_later(rc.spec.peer, Abort(key=rc.spec.key, reason=reason[:2000]))
+            self.core.send_later(rc.spec.peer, RelayAbort(key=rc.spec.key, reason=reason[:2000]))
 
     def _forget(self, key: str, peer: str) -> None:
         with self._lock:
             rc = self._recvs.pop(key, None)
             if rc is None:
                 self.core.parking.take(key)
-                self.core.send_later(peer, Abort(key=key, reason="request not relayed on D"))
+                self.core.send_later(peer, RelayAbort(key=key, reason="request not relayed on D"))
                 return
             if rc.status not in ("done", "failed"):
                 self._fail_locked(rc, "request ended on D before its KV arrived")

@@ -5,15 +5,15 @@ Per request (by router key) one `_Load` while its hit is prepared and loaded:
 1. `PrepareLoad` (vLLM holds the request in WAITING_FOR_REMOTE_KVS): on the PE path the hit's
    Full Blocks are read from the store through this node's SNIC into the PE buffer (an I/O
    thread; the node's read queue counts the tokens meanwhile); on the DE path we wait for
-   D's `Ready`. Either way `transfer_results` then reports the request as received.
-2. `LayerLoad` (the forward that computes the request): `begin_step` sends `HitPull` to D
+   D's `RelayReady`. Either way `transfer_results` then reports the request as received.
+2. `LayerLoad` (the forward that computes the request): `begin_step` sends `RelayHitPull` to D
    (DE path); `wait_for_layer(l)` copies layer l of the hit into the paged cache, from the
-   PE buffer or from D's `HitLayer` l, just before attention layer l runs.
+   PE buffer or from D's `RelayHitLayer` l, just before attention layer l runs.
 3. `LayerSave`: `save_layer(l)` copies the step's token range of layer l out of the paged
    cache and queues it for D (the sender thread sends while the forward goes on).
 
-A failure (store miss or corruption, D's `Abort`, a timeout) marks the request failed: D is
-told (`Abort`), a waiting request is reported in `failed_recving`, a loading one reports its
+A failure (store miss or corruption, D's `RelayAbort`, a timeout) marks the request failed: D is
+told (`RelayAbort`), a waiting request is reported in `failed_recving`, a loading one reports its
 hit blocks in `invalid_blocks`, and vLLM recomputes it. Requests without a stored hit only
 save. Mutating calls happen on vLLM's worker thread, the relay thread and the I/O pool;
 `_cond` guards the state.
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from dualpath.core.errors import TransferError
-from dualpath.integrations.vllm.messages import Abort, HitLayer, HitPull, KvLayer, Ready
 from dualpath.integrations.vllm.relay_link import Received
 from dualpath.integrations.vllm.specs import LayerLoad, LayerSave, PrepareLoad, StepPlan
 from dualpath.integrations.vllm.worker_core import WorkerCore
+from dualpath.wire.relay import RelayAbort, RelayHitLayer, RelayHitPull, RelayKvLayer, RelayReady
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class PrefillWorker:
                 load.status = "loading"
                 load.block_ids = ld.block_ids
             if ld.side == "de":
-                self.core.send_now(load.spec.peer, HitPull(key=ld.key))
+                self.core.send_now(load.spec.peer, RelayHitPull(key=ld.key))
 
     def wait_for_layer(self, layer: int) -> None:
         for ld in self._step_loads:
@@ -102,7 +102,7 @@ class PrefillWorker:
             count = sv.end_token - sv.start_token
             tokens = paged.gather(kv_layer, ids)[offset:offset + count]
             payload = paged.to_bytes(tokens)
-            msg = KvLayer(key=sv.key, layer=layer, start_token=sv.start_token, num_tokens=count)
+            msg = RelayKvLayer(key=sv.key, layer=layer, start_token=sv.start_token, num_tokens=count)
             self.core.send_later(sv.peer, msg, payload)
             self.core.stats.add(kv_bytes_sent=payload.nbytes)
 
@@ -130,7 +130,7 @@ class PrefillWorker:
                 if load.reported:
                     continue
                 if load.status == "preparing" and now - load.started_s > self.core.config.ready_timeout_s:
-                    self._fail_locked(load, f"no Ready from {load.spec.peer} within "
+                    self._fail_locked(load, f"no RelayReady from {load.spec.peer} within "
                                             f"{self.core.config.ready_timeout_s:g} s")
                 if load.status in ("ready", "failed"):
                     load.reported = True
@@ -152,7 +152,7 @@ class PrefillWorker:
         with self._cond:
             load = self._loads.get(msg.key)
             if load is None:
-                if isinstance(msg, Ready | Abort):
+                if isinstance(msg, RelayReady | RelayAbort):
                     self.core.parking.park(r)
                 return
             if r.sender != load.spec.peer:
@@ -162,14 +162,14 @@ class PrefillWorker:
 
     def _apply_locked(self, load: _Load, r: Received) -> None:
         msg = r.message
-        if isinstance(msg, Abort):
+        if isinstance(msg, RelayAbort):
             self._fail_locked(load, f"D aborted: {msg.reason}", tell_peer=False)
-        elif isinstance(msg, Ready) and load.spec.side == "de" and load.status == "preparing":
+        elif isinstance(msg, RelayReady) and load.spec.side == "de" and load.status == "preparing":
             load.status = "ready"
-        elif isinstance(msg, HitLayer) and load.spec.side == "de" and r.payload is not None:
+        elif isinstance(msg, RelayHitLayer) and load.spec.side == "de" and r.payload is not None:
             hit = (load.spec.first_block + len(load.spec.hashes)) * self.core.geometry.block_tokens
             if msg.layer >= self.core.geometry.num_layers or msg.num_tokens != hit:
-                self._fail_locked(load, f"bad HitLayer: layer {msg.layer}, {msg.num_tokens} "
+                self._fail_locked(load, f"bad RelayHitLayer: layer {msg.layer}, {msg.num_tokens} "
                                         f"tokens (hit is {hit})")
             elif load.status in ("ready", "loading"):
                 load.layers[msg.layer] = r.payload
@@ -191,7 +191,6 @@ class PrefillWorker:
     def _read_pe(self, load: _Load) -> None:
         g = self.core.geometry
         hashes = list(load.spec.hashes)
-        tokens = len(hashes) * g.block_tokens
         try:
             buf = self.core.buffers.allocate(load.spec.key, (len(hashes), *g.full_block_shape),
                                              timeout_s=self.core.config.ready_timeout_s)
@@ -199,8 +198,7 @@ class PrefillWorker:
             with self._cond:
                 self._fail_locked(load, str(exc))
             return
-        with self.core.read_queue.pending(tokens):
-            got = self.core.store.get_many(hashes, outs=[buf[i] for i in range(len(hashes))])
+        got = self.core.store.get_many(hashes, outs=[buf[i] for i in range(len(hashes))])
         missing = sum(b is None for b in got)
         self.core.stats.add(bytes_read_pe_path=(len(hashes) - missing) * g.full_block_bytes)
         with self._cond:
@@ -255,7 +253,7 @@ class PrefillWorker:
         log.warning("request %s: relay given up, vLLM recomputes it: %s", load.spec.key, reason)
         self.core.stats.add(relays_failed=1)
         if tell_peer:
-            self.core.send_later(load.spec.peer, Abort(key=load.spec.key, reason=reason[:2000]))
+            self.core.send_later(load.spec.peer, RelayAbort(key=load.spec.key, reason=reason[:2000]))
         self._cond.notify_all()
 
     def _forget(self, req_id: str, key: str, peer: str) -> None:
@@ -264,6 +262,6 @@ class PrefillWorker:
             self._by_req.pop(req_id, None)
             if load is not None and load.status not in ("done", "failed"):
                 load.status = "failed"
-                self.core.send_later(peer, Abort(key=key, reason="request ended on P"))
+                self.core.send_later(peer, RelayAbort(key=key, reason="request ended on P"))
         self.core.buffers.release(key)
         self.core.parking.take(key)

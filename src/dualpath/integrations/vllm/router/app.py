@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dualpath.core.errors import DualPathError
 from dualpath.integrations.vllm.router.metrics import render_metrics
 from dualpath.integrations.vllm.router.placement import Decision, Planner
 
@@ -105,6 +106,13 @@ class RouterApp:
     # -- generation ---------------------------------------------------------------------------
 
     async def _generate(self, request: web.Request, path: str) -> web.StreamResponse:
+        try:
+            return await self._generate_checked(request, path)
+        except (aiohttp.ClientError, TimeoutError, DualPathError) as exc:
+            log.exception("request on %s failed", path)
+            return _error(502, f"{type(exc).__name__}: {exc}", "server_error")
+
+    async def _generate_checked(self, request: web.Request, path: str) -> web.StreamResponse:
         try:
             body = await request.json()
         except (ValueError, UnicodeDecodeError):

@@ -2,9 +2,11 @@
 
 One owner of the state (the router's event loop). `view()` freezes it into the `ClusterView`
 that `dualpath.scheduler.GlobalScheduler` consumes — the very code the runtime and the
-simulator run — and the four event methods keep it: `assign` (a placement was dispatched),
-`prefill_done` (P answered: its prefill, and so the storage read of the request, is over),
-`decode_done` (D answered). Engine ids are instance indices, node ids the instances' nodes.
+simulator run — and every change goes through `scheduler.charges.Charge`, the one rule of
+what a placement charges (the runtime's ledger and the simulator use it too): `assign`
+charges all of it, `prefill_done` releases the prefill and read parts (P answered: its
+prefill, and so the storage read, is over), `decode_done` the decode part (D answered).
+Engine ids are instance indices, node ids the instances' nodes.
 
 Per engine: `seq_e` (assigned unfinished requests), `tok_e` (their tokens: prompt on P;
 prompt + reserved generation on D), and for D the free KV room. Per node: `read_q`, the
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from dualpath.core.errors import SchedulingError
 from dualpath.integrations.vllm.router.cluster_spec import InstanceInfo
 from dualpath.scheduler import ClusterView, EngineState, NodeState, Placement, RequestInfo
+from dualpath.scheduler.charges import ALL_PARTS, Charge, ChargePart
 
 UNBOUNDED_KV_TOKENS = 1 << 40
 
@@ -30,18 +33,6 @@ class _Engine:
     seq: int = 0
     tok: int = 0
     kv_used: int = 0
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """What one dispatched request holds, so that its release undoes exactly that."""
-
-    pe_engine: int
-    de_engine: int
-    read_node: int
-    read_tokens: int
-    prefill_tokens: int
-    decode_tokens: int
 
 
 class RouterBooks:
@@ -68,35 +59,34 @@ class RouterBooks:
                  for n, q in sorted(self.read_queue.items())]
         return ClusterView.build(engines, nodes)
 
-    def assign(self, placement: Placement, info: RequestInfo) -> Assignment:
+    # -- scheduler.charges.LoadBooks ----------------------------------------------------------
+
+    def charge_engine(self, engine: int, seq: int, tok: int, kv: int) -> None:
+        e = self.engines[engine]
+        e.seq += seq
+        e.tok += tok
+        e.kv_used += kv
+
+    def charge_node(self, node: int, tokens: int) -> None:
+        self.read_queue[node] += tokens
+
+    # -- events ---------------------------------------------------------------------------
+
+    def assign(self, placement: Placement, info: RequestInfo) -> Charge:
         pe, de = self.engines[placement.pe_engine], self.engines[placement.de_engine]
         if pe.info.role != "prefill" or de.info.role != "decode":
             raise SchedulingError("placement does not pair a prefill and a decode instance")
-        read_node = placement.pe_node if placement.read.side == "pe" else placement.de_node
-        a = Assignment(pe_engine=placement.pe_engine, de_engine=placement.de_engine,
-                       read_node=read_node, read_tokens=info.cached_tokens,
-                       prefill_tokens=info.prefill_load_tokens,
-                       decode_tokens=info.decode_kv_tokens)
-        pe.seq += 1
-        pe.tok += a.prefill_tokens
-        de.seq += 1
-        de.tok += a.decode_tokens
-        de.kv_used += a.decode_tokens
-        self.read_queue[read_node] += a.read_tokens
-        return a
+        charge = Charge.of(info, placement.pe_engine, placement.de_engine, placement.pe_node,
+                           placement.de_node, placement.read)
+        charge.apply(self, ALL_PARTS)
+        return charge
 
-    def prefill_done(self, a: Assignment) -> None:
-        pe = self.engines[a.pe_engine]
-        pe.seq -= 1
-        pe.tok -= a.prefill_tokens
-        self.read_queue[a.read_node] -= a.read_tokens
+    def prefill_done(self, charge: Charge) -> None:
+        charge.apply(self, frozenset({ChargePart.PREFILL, ChargePart.READ}), sign=-1)
         self._check()
 
-    def decode_done(self, a: Assignment) -> None:
-        de = self.engines[a.de_engine]
-        de.seq -= 1
-        de.tok -= a.decode_tokens
-        de.kv_used -= a.decode_tokens
+    def decode_done(self, charge: Charge) -> None:
+        charge.apply(self, frozenset({ChargePart.DECODE}), sign=-1)
         self._check()
 
     def idle(self) -> bool:

@@ -15,11 +15,12 @@ import uuid
 from dataclasses import dataclass
 
 from dualpath.integrations.vllm.params import DualPathParams, prompt_digest
-from dualpath.integrations.vllm.router.books import Assignment, RouterBooks
+from dualpath.integrations.vllm.router.books import RouterBooks
 from dualpath.integrations.vllm.router.cluster_spec import InstanceInfo
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.store import KVStore
 from dualpath.scheduler import GlobalScheduler, Placement, RequestInfo
+from dualpath.scheduler.charges import Charge, decode_kv_tokens
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Decision:
     read_side: str
     hit_tokens: int
     prompt_tokens: int
-    assignment: Assignment
+    assignment: Charge
     prefill_params: DualPathParams
     decode_params: DualPathParams
 
@@ -50,7 +51,7 @@ class Planner:
         self.identity = identity
         self._ids = itertools.count()
         self._waiting: list[tuple[RequestInfo,
-                                  asyncio.Future[tuple[Placement, Assignment]]]] = []
+                                  asyncio.Future[tuple[Placement, Charge]]]] = []
         self.placed = 0
         self.hit_tokens_total = 0
         self.prompt_tokens_total = 0
@@ -70,9 +71,10 @@ class Planner:
 
     async def plan(self, token_ids: list[int], max_tokens: int) -> Decision:
         hit = self.hit_tokens(token_ids)
+        room = decode_kv_tokens(len(token_ids), max(0, max_tokens), self.block_tokens)
         info = RequestInfo(request_id=next(self._ids), prompt_tokens=len(token_ids),
-                           cached_tokens=hit, decode_reserve_tokens=max(0, max_tokens))
-        fut: asyncio.Future[tuple[Placement, Assignment]] = (
+                           cached_tokens=hit, decode_reserve_tokens=room - len(token_ids))
+        fut: asyncio.Future[tuple[Placement, Charge]] = (
             asyncio.get_running_loop().create_future())
         self._waiting.append((info, fut))
         self.schedule()
@@ -95,7 +97,7 @@ class Planner:
             return
         result = self.scheduler.schedule([i for i, _ in self._waiting], self.books.view())
         placed = {p.request_id: p for p in result.placements}
-        keep: list[tuple[RequestInfo, asyncio.Future[tuple[Placement, Assignment]]]] = []
+        keep: list[tuple[RequestInfo, asyncio.Future[tuple[Placement, Charge]]]] = []
         for info, fut in self._waiting:
             p = placed.get(info.request_id)
             if p is None:
@@ -104,16 +106,16 @@ class Planner:
             fut.set_result((p, self.books.assign(p, info)))
         self._waiting = keep
 
-    def release_prefill(self, a: Assignment) -> None:
+    def release_prefill(self, a: Charge) -> None:
         self.books.prefill_done(a)
         self.schedule()
 
-    def release_decode(self, a: Assignment) -> None:
+    def release_decode(self, a: Charge) -> None:
         self.books.decode_done(a)
         self.schedule()
 
     def _decision(self, p: Placement, info: RequestInfo, token_ids: list[int],
-                  assignment: Assignment) -> Decision:
+                  assignment: Charge) -> Decision:
         pe, de = self.instances[p.pe_engine], self.instances[p.de_engine]
         side = "de" if p.read.side == "de" else "pe"
         key = uuid.uuid4().hex

@@ -1,27 +1,26 @@
 """Storage traffic through the SNIC: counted per direction, the SNIC rate holds for readers
-in several threads, the read queue is shared across processes."""
+in several threads."""
 
 from __future__ import annotations
 
 import threading
 import time
-from multiprocessing.context import SpawnContext
 from pathlib import Path
 
 import numpy as np
-import pytest
-from transfer_helpers import MB
+from rates import assert_shaped_rate
 
-from dualpath.core.errors import TransferError
+from dualpath.engine.shaped_store import ShapedStore
 from dualpath.kv import BlockGeometry, MemoryKVStore
 from dualpath.transfer.nic import EmulatedNic, NicSpec
-from dualpath.transfer.shaped_store import ReadQueue, ShapedStore
 
 GEOMETRY = BlockGeometry(num_layers=4, block_tokens=64, bytes_per_token_per_layer=1024)  # 256 KiB
 
 
 def _block(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, size=GEOMETRY.full_block_shape, dtype=np.uint8)
+
+MB = 1_000_000
 
 
 def test_store_traffic_is_counted_on_the_snic(tmp_path: Path) -> None:
@@ -67,30 +66,4 @@ def test_readers_share_the_snic_rate(tmp_path: Path) -> None:
         t.join()
     elapsed = time.monotonic() - t0
     total = 3 * reads_per_thread * GEOMETRY.full_block_bytes
-    assert total / elapsed == pytest.approx(50 * MB, rel=0.10)
-
-
-def _queue_child(path: str, tokens: int) -> None:
-    q = ReadQueue(path)
-    q.add(tokens)
-    q.close()
-
-
-def test_read_queue_is_shared_across_processes(tmp_path: Path, spawn: SpawnContext) -> None:
-    path = str(tmp_path / "node0.readq")
-    q = ReadQueue(path)
-    children = [spawn.Process(target=_queue_child, args=(path, 100 * (i + 1))) for i in range(3)]
-    for c in children:
-        c.start()
-    for c in children:
-        c.join(timeout=60)
-        assert c.exitcode == 0
-    assert q.tokens() == 600 and q.reads() == 3
-    q.remove(100)
-    with q.pending(1000):
-        assert q.tokens() == 1500
-    assert q.tokens() == 500 and q.reads() == 2 and q.total_tokens() == 1600
-    q.remove(200, finished=False)
-    assert q.reads() == 2
-    with pytest.raises(TransferError):
-        q.remove(10_000)
+    assert_shaped_rate(total / elapsed, 50 * MB)

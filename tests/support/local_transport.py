@@ -1,4 +1,4 @@
-"""`LocalTransport`: an in-process transport for tests and single-process setups.
+"""`LocalTransport`: an in-process transport, the test double of `Transport`.
 
 Transports created with the same `LocalHub` reach each other by address ("local://NAME");
 payload arrays are passed by reference after the same CNIC pacing as the TCP transport, so
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from dualpath.core.errors import TransferError
 from dualpath.transfer.base import Buffer, Message, Transport, to_arrays
 from dualpath.transfer.inbox import Inbox
 from dualpath.transfer.nic import Direction, EmulatedNic, TrafficClass
+from dualpath.wire import Rejections
+from dualpath.wire.data import DataHeader
 
 
 class LocalHub:
@@ -56,6 +57,7 @@ class LocalTransport(Transport):
         self._hub = hub
         self._cnic = cnic
         self._inbox = Inbox(cnic)
+        self.rejections = Rejections()  # nothing is decoded in-process; stays empty
         self._address = hub._join(self, name)
         self._closed = False
 
@@ -66,7 +68,7 @@ class LocalTransport(Transport):
     def send(
         self,
         dest: str,
-        header: Mapping[str, Any],
+        header: DataHeader,
         payload: Sequence[Buffer] = (),
         *,
         traffic_class: TrafficClass = TrafficClass.KV,
@@ -79,7 +81,7 @@ class LocalTransport(Transport):
         nbytes = sum(a.nbytes for a in arrays)
         if self._cnic is not None:
             self._cnic.transmit(nbytes, traffic_class, Direction.TX)
-        peer._inbox.deliver(Message(self._address, dict(header), arrays, traffic_class, nbytes))
+        peer._inbox.deliver(Message(self._address, header, arrays, traffic_class, nbytes))
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         return self._inbox.get(timeout_s)

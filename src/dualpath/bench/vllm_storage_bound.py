@@ -56,8 +56,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snic-bandwidth", default=VLLM_DEFAULTS["snic_bandwidth"])
     p.add_argument("--cnic-factor", type=float, default=8.0)
-    p.add_argument("--repeats", type=int, default=2,
-                   help="bound runs per system, interleaved basic, dualpath, basic, ... (2)")
     p.add_argument("--no-unbound", action="store_true", help="skip part 2 (overhead)")
     p.add_argument("--work-dir", default=None)
     add_vllm_arguments(p)
@@ -65,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_vllm_arguments(p: argparse.ArgumentParser) -> None:
     """The flags only the vLLM engine has (also added to `storage-bound`)."""
+    p.add_argument("--repeats", type=int, default=2,
+                   help="vLLM engine: bound runs per system, interleaved basic, dualpath, "
+                        "basic, ... (2)")
     p.add_argument("--vllm-model-dir", default=None,
                    help="Hugging Face model directory vLLM serves (default: make vllm-env's)")
     p.add_argument("--vllm-kv-cache-gib", type=int, default=2,
@@ -126,13 +127,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                SEEDS["unbound"])
                 print("unbound: plain vLLM", file=sys.stderr)
                 unbound["plain-vllm"] = _measure(cluster, plain, measured_wl, SEEDS["unbound"])
+    except BaseException:
+        print(f"failed; instance and router logs kept in {run_root}-*", file=sys.stderr)
+        raise
+    else:
+        for tag in ("bound", "unbound"):
+            shutil.rmtree(f"{run_root}-{tag}", ignore_errors=True)
     finally:
         for store in ("bound-store", "unbound-store"):
             shutil.rmtree(work / store, ignore_errors=True)
         if temp:
             shutil.rmtree(work, ignore_errors=True)
-        for tag in ("bound", "unbound"):
-            shutil.rmtree(f"{run_root}-{tag}", ignore_errors=True)
     return _report(args, snic, results, unbound)
 
 
@@ -207,7 +212,7 @@ def _counters(cluster: Any) -> dict[str, dict[str, float]]:
 
 
 def _measure(cluster: Any, url: str, workload: Any, seed: int) -> dict[str, Any]:
-    from dualpath.bench.metrics import build_report
+    from dualpath.workload.metrics import build_report
 
     before = _counters(cluster)
     (result,) = _drive_many([(url, workload, seed)])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from dualpath.runtime.config import ClusterConfig
+from dualpath.core.config import ClusterConfig
 from dualpath.transfer.nic import NicSpec
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ class ClusterConfig:
     # failed, so the scheduler re-runs the request. Generous: a busy peer's queue of earlier
     # requests delays the KV legitimately.
     kv_wait_timeout_s: float = 600.0
+    # After a failed KV send to a peer, later sends to it fail at once for this long (a dead
+    # peer is noticed by the scheduler within a fraction of a second and gets no new work);
+    # then the peer is tried again, so one timeout of a live peer does not cut the pair off.
+    peer_retry_after_s: float = 2.0
     # Host DRAM buffers per engine (bytes).
     pe_buffer_bytes: int = 1 << 30
     de_buffer_bytes: int = 1 << 30
@@ -63,10 +67,7 @@ class ClusterConfig:
     port: int = 8000
     api_key: str | None = None
     served_model_name: str | None = None
-    # Where engines' control/data sockets bind; 0 = pick free ports.
-    base_port: int = 0
     engine_start_timeout_s: float = 300.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size",
