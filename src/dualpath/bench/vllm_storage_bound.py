@@ -36,8 +36,9 @@ from dualpath.core.errors import UserInputError
 from dualpath.core.units import parse_bandwidth
 
 # vLLM-engine defaults where they differ from `storage-bound`'s (SmolLM2 on CPU instances).
-VLLM_DEFAULTS: dict[str, Any] = {"agents": 8, "turns": 3, "scale": 0.05,
-                                 "snic_bandwidth": "40MB/s"}
+# Sized for SmolLM2 on one CPU thread per instance: the warm-up prefills every context.
+VLLM_DEFAULTS: dict[str, Any] = {"agents": 4, "turns": 3, "scale": 0.03,
+                                 "snic_bandwidth": "20MB/s"}
 _RUNTIME_DEFAULTS: dict[str, Any] = {"agents": 16, "turns": 4, "scale": 0.125,
                                      "snic_bandwidth": "8MB/s"}
 SEEDS = {"basic": 101, "dualpath": 202, "unbound": 303}
@@ -52,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--turns", type=int, default=VLLM_DEFAULTS["turns"])
     p.add_argument("--max-len", default="64k")
     p.add_argument("--scale", type=float, default=VLLM_DEFAULTS["scale"],
-                   help="multiply every trajectory length (0.05: ~1.7K-token contexts)")
+                   help="multiply every trajectory length (0.03: ~1K-token contexts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--snic-bandwidth", default=VLLM_DEFAULTS["snic_bandwidth"])
     p.add_argument("--cnic-factor", type=float, default=8.0)

@@ -50,9 +50,12 @@ class ConnectorConfig:
     snic_bytes_s: float | None = None
     cnic_bytes_s: float | None = None
     buffer_bytes: int = 1 << 30
-    ready_timeout_s: float = 600.0
+    # Generous: a request may wait behind many others on its peer (P's queue, D's reads); a
+    # peer that fails is noticed by the router (its HTTP answer fails), which cancels the
+    # other side's request. These only end a relay lost while both instances live.
+    ready_timeout_s: float = 3600.0
     layer_timeout_s: float = 60.0
-    kv_wait_timeout_s: float = 600.0
+    kv_wait_timeout_s: float = 3600.0
     send_timeout_s: float = 30.0
     io_threads: int = 4
 
