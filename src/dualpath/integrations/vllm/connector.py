@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _LAYER_RE = re.compile(r"\.layers\.(\d+)\.")
+_IDLE_WAIT_S = 0.02
 
 
 @dataclass
@@ -90,6 +91,7 @@ class DualPathConnector(KVConnectorBase_V1):
         self._worker: PrefillWorker | DecodeWorker | None = None
         self._core: WorkerCore | None = None
         self._layer_index: dict[str, int] = {}
+        self._forward_ran = False
         if role == KVConnectorRole.SCHEDULER:
             self._sched = SchedulerSide(self._cfg.dualpath_role, block, self._model.identity)
         else:
@@ -128,6 +130,7 @@ class DualPathConnector(KVConnectorBase_V1):
 
     def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
         super().bind_connector_metadata(connector_metadata)
+        self._forward_ran = False
         if self._worker is not None and isinstance(connector_metadata, DualPathMetadata):
             self._worker.begin_step(connector_metadata.plan)
 
@@ -135,6 +138,7 @@ class DualPathConnector(KVConnectorBase_V1):
         return None  # loads start in bind_connector_metadata, before the forward
 
     def wait_for_layer_load(self, layer_name: str) -> None:
+        self._forward_ran = True
         if isinstance(self._worker, PrefillWorker):
             self._worker.wait_for_layer(self._layer_index[layer_name])
 
@@ -150,6 +154,11 @@ class DualPathConnector(KVConnectorBase_V1):
     def get_transfer_results(self, finished_req_ids: set[str]) -> KVConnectorTransferResults:
         assert self._worker is not None
         done, failed = self._worker.transfer_results()
+        if not done and not self._forward_ran:
+            # A step without a forward: vLLM loops on these while requests wait for KV. Wait
+            # a little for a transfer to finish instead of spinning two processes on the CPU.
+            self._worker.wait_for_progress(_IDLE_WAIT_S)
+            done, failed = self._worker.transfer_results()
         return KVConnectorTransferResults(finished_recving=done, failed_recving=failed)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None, set[str] | None]:

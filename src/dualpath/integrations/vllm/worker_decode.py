@@ -58,7 +58,7 @@ class DecodeWorker:
 
     def __init__(self, core: WorkerCore) -> None:
         self.core = core
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._recvs: dict[str, _Recv] = {}
         self._persists: list[PersistBlock] = []
 
@@ -106,6 +106,14 @@ class DecodeWorker:
                         failed.add(rc.spec.req_id)
         self.core.parking.expire()
         return done, failed
+
+    def wait_for_progress(self, timeout_s: float) -> None:
+        """Block up to `timeout_s` while receives are pending and none is ready to report
+        (vLLM steps without pause while requests wait for KV; this paces that loop)."""
+        with self._lock:
+            pending = [rc for rc in self._recvs.values() if not rc.reported]
+            if pending and not any(rc.status in ("complete", "failed") for rc in pending):
+                self._lock.wait(timeout_s)
 
     # -- relay thread -----------------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class DecodeWorker:
         self.core.stats.add(kv_bytes_received=payload.nbytes)
         if rc.hit_ready and rc.coverage[:, need_from:].all():
             rc.status = "complete"
+            self._lock.notify_all()
 
     # -- I/O threads --------------------------------------------------------------------------
 
@@ -221,6 +230,7 @@ class DecodeWorker:
             pull = rc.pull_pending
             if rc.coverage.all():
                 rc.status = "complete"
+                self._lock.notify_all()
         self.core.send_now(s.peer, RelayReady(key=s.key))
         if pull:
             self.core.submit_stream(lambda: self._stream_hit(rc))
@@ -279,6 +289,7 @@ class DecodeWorker:
             return
         rc.status = "failed"
         rc.buffer = None
+        self._lock.notify_all()
         self.core.buffers.release(rc.spec.key)
         log.warning("request %s: relay given up, vLLM recomputes it: %s", rc.spec.key, reason)
         self.core.stats.add(relays_failed=1)

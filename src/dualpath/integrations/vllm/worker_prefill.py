@@ -145,6 +145,14 @@ class PrefillWorker:
             out, self._invalid = self._invalid, set()
         return out
 
+    def wait_for_progress(self, timeout_s: float) -> None:
+        """Block up to `timeout_s` while prepares are pending and none is ready to report
+        (vLLM steps without pause while requests wait for KV; this paces that loop)."""
+        with self._cond:
+            pending = [ld for ld in self._loads.values() if not ld.reported]
+            if pending and not any(ld.status in ("ready", "failed") for ld in pending):
+                self._cond.wait(timeout_s)
+
     # -- relay thread -----------------------------------------------------------------------
 
     def on_message(self, r: Received) -> None:
@@ -211,6 +219,7 @@ class PrefillWorker:
                 return
             load.buffer = buf
             load.status = "ready"
+            self._cond.notify_all()
 
     def _layer_data(self, load: _Load, layer: int) -> np.ndarray | None:
         if load.spec.side == "pe":
