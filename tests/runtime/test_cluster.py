@@ -170,7 +170,7 @@ def test_corrupt_block_is_recomputed_not_served(tmp_path: Path) -> None:
                 await asyncio.sleep(0.5)
                 second_prompt = prompt + first.tokens + [(7 * i) % 256 for i in range(40)]
                 hashes = block_hashes(second_prompt, 64, cluster.model_config.identity)
-                path = Path(cfg.store_path) / hashes[1][:2] / f"{hashes[1]}.kvb"
+                path = Path(cluster.store.path_of(hashes[1]))  # type: ignore[union-attr]
                 data = bytearray(path.read_bytes())
                 data[-100] ^= 0xFF  # flip a payload byte: the layer checksum must catch it
                 path.write_bytes(bytes(data))

@@ -16,13 +16,13 @@ from dualpath.wire.types import AttemptId
 
 def _cluster(tmp_path: Path) -> LocalCluster:
     cluster = LocalCluster(ClusterConfig(model="tiny", store_path=str(tmp_path / "store")))
-    cluster._expected = {PE, DE1, DE2}
+    cluster.membership.add_local([PE, DE1, DE2], 3)
     for engine_id, role in ((PE, "prefill"), (DE1, "decode"), (DE2, "decode")):
         hello = ctl.Hello(engine_id=engine_id, node_id=engine_id, role=role,  # type: ignore[arg-type]
                           data_address=f"tcp://a{engine_id}:1",
                           kv_capacity_tokens=KV_CAPACITY_TOKENS if role == "decode" else 0,
                           pid=1, prefill_tokens_per_s=1000.0)
-        cluster._on_frames([str(engine_id).encode(), wire.encode(hello)])
+        cluster._on_frames([str(engine_id).encode(), wire.encode(hello)], f"engine:{engine_id}")
     return cluster
 
 
@@ -37,21 +37,25 @@ def test_max_model_len_is_capped_by_the_largest_decode_engine(tmp_path: Path) ->
 def test_bad_frames_are_counted_and_dropped(tmp_path: Path) -> None:
     cluster = _cluster(tmp_path)
     attempt = AttemptId("r", 1)
+    de1 = "engine:1"
     bad = [
-        [b"1", b"\x00garbage"],  # not a frame
-        [b"1", b"DP\x01\x85\xa4type"],  # truncated msgpack
-        [b"1", b"DP\x09" + b"x"],  # another wire version
-        [b"1", wire.encode(ctl.Abort(attempt))],  # a scheduler -> engine message
-        [b"7", wire.encode(ctl.EngineStats(engine_id=7, counters={}))],  # unknown engine
-        [b"1", wire.encode(ctl.EngineStats(engine_id=2, counters={}))],  # speaks for DE2
-        [b"1", wire.encode(ctl.Tokens(2, attempt, [1]))],  # likewise
-        [b"1", wire.encode(ctl.Hello(engine_id=1, node_id=1, role="decode",
-                                     data_address="tcp://evil:1", kv_capacity_tokens=1,
-                                     pid=1))],  # a second Hello for a live engine
-        [b"1"],  # no payload frame
+        ([b"1", b"\x00garbage"], de1),  # not a frame
+        ([b"1", b"DP\x01\x85\xa4type"], de1),  # truncated msgpack
+        ([b"1", b"DP\x09" + b"x"], de1),  # another wire version
+        ([b"1", wire.encode(ctl.Abort(attempt))], de1),  # a scheduler -> engine message
+        ([b"2", wire.encode(ctl.EngineStats(engine_id=2, counters={}))], de1),  # wrong id
+        ([b"1", wire.encode(ctl.EngineStats(engine_id=2, counters={}))], de1),  # speaks for DE2
+        ([b"1", wire.encode(ctl.Tokens(2, attempt, [1]))], de1),  # likewise
+        ([b"1", wire.encode(ctl.Hello(engine_id=1, node_id=1, role="decode",
+                                      data_address="tcp://evil:1", kv_capacity_tokens=1,
+                                      pid=1))], de1),  # a second Hello for a live engine
+        ([b"1", wire.encode(ctl.EngineStats(engine_id=1, counters={}))], None),  # no auth
+        ([b"1"], de1),  # no payload frame
     ]
-    for frames in bad:
-        cluster._on_frames(frames)
+    for frames, user in bad:
+        cluster._on_frames(frames, user)
+    assert cluster.membership.allows("engine:2") and not cluster.membership.allows("engine:7")
+    assert not cluster.membership.allows("node")  # nodes may not join this cluster
     rejected = cluster.metrics_snapshot().internal_frames_rejected
     assert sum(rejected.values()) == len(bad), rejected
     assert set(rejected) == {"magic", "malformed", "version", "invalid", "identity", "frames"}

@@ -29,17 +29,20 @@ import zmq
 from dualpath import wire
 from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import TransferError
+from dualpath.core.secret import ClusterSecret
 from dualpath.core.systems import system_spec
 from dualpath.engine.data_sender import DataSender
 from dualpath.engine.nics import cnic_spec, snic_spec
 from dualpath.engine.shaped_store import ShapedStore
-from dualpath.kv.file_store import FileKVStore
+from dualpath.kv.block_value import value_bytes
 from dualpath.kv.layout import BlockGeometry
+from dualpath.kv.open_store import open_store, store_options
 from dualpath.model.loader import load_model
 from dualpath.transfer.base import Message
 from dualpath.transfer.buffer_pool import BufferPool
+from dualpath.transfer.curve import ClusterKeys, engine_of, make_client
 from dualpath.transfer.nic import EmulatedNic
-from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.transfer.zmq_transport import DataSecurity, ZmqTransport
 from dualpath.wire import control as ctl
 from dualpath.wire.types import AttemptId
 
@@ -56,20 +59,29 @@ class EngineBase:
     role = "engine"
 
     def __init__(self, config: ClusterConfig, engine_id: int, node_id: int,
-                 control_address: str, run_dir: str) -> None:
+                 control_address: str, run_dir: str, secret: ClusterSecret) -> None:
         self.config = config
         self.engine_id = engine_id
         self.node_id = node_id
         self.spec = system_spec(config.system)
-        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed)
+        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed,
+                                                dtype=config.dtype,
+                                                quantization=config.quantization)
         self.model_config = self.model.config
         self.block_size = config.block_size
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
         free_io = self.spec.free_io
         self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
-        self.store = ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
-        self.transport = ZmqTransport(f"tcp://{config.host}:0", cnic=self.cnic)
+        # --no-kv-store: nothing is read from or written to the store (it is not even opened).
+        self.store = (ShapedStore(open_store(config.store_path, self.geometry,
+                                             **store_options(config)), self.snic)
+                      if config.use_kv_store else None)
+        keys = ClusterKeys(secret, config.max_engines - 1)
+        me = keys.engine(engine_id)
+        # Data: only other engines may send here (never a node agent or a stranger).
+        self.transport = ZmqTransport(f"tcp://{config.internal_host}:0", cnic=self.cnic,
+                                      security=DataSecurity(keys, me, _is_engine))
         self.sender = DataSender(self.transport, on_failure=self._send_failed,
                                  failed_for_s=config.peer_retry_after_s,
                                  inject_failures=_injected_failures())
@@ -80,6 +92,7 @@ class EngineBase:
         self._ctrl = self._ctx.socket(zmq.DEALER)
         self._ctrl.setsockopt(zmq.LINGER, 0)
         self._ctrl.setsockopt(zmq.IDENTITY, str(engine_id).encode())
+        make_client(self._ctrl, me, keys.control_server.public)
         self._ctrl.connect(control_address)
         self._ctrl_lock = threading.Lock()
         self._stop = threading.Event()
@@ -231,7 +244,7 @@ class EngineBase:
                 except TransferError:
                     time.sleep(0.01)
             for block_hash in usable:
-                if not alive():
+                if not alive() or self.store is None:
                     break
                 block = self.store.get(block_hash)
                 if block is None:
@@ -241,7 +254,8 @@ class EngineBase:
                 blocks.append(block)
         except Exception:
             logger.exception("request %s: storage read failed; recomputing", attempt)
-        self.bytes_read += sum(b.nbytes for b in blocks)
+        # What crossed the storage network: each block as stored (its header + the Full Block).
+        self.bytes_read += sum(value_bytes(self.geometry, h) for h in usable[:len(blocks)])
         self.send_control(ctl.ReadDone(self.engine_id, attempt, len(hashes) * self.block_size,
                                        len(blocks) * self.block_size))
         return blocks
@@ -268,8 +282,9 @@ class EngineBase:
         for prefix, nic in (("snic", self.snic), ("cnic", self.cnic)):
             for key, value in nic.stats().flat().items():
                 counters[f"{prefix}.{key}"] = value
-        for key, value in asdict(self.store.stats()).items():
-            counters[f"store.{key}"] = float(value)
+        if self.store is not None:
+            for key, value in asdict(self.store.stats()).items():
+                counters[f"store.{key}"] = float(value)
         counters["buffer.used_bytes"] = float(self.buffer.stats().reserved_bytes)
         counters["load.seq"], counters["load.tok"] = float(seq), float(tok)
         rejected = self.rejections.snapshot()
@@ -289,6 +304,10 @@ class EngineBase:
         self._ctx.term()
         self.snic.close()
         self.cnic.close()
+
+
+def _is_engine(user: str) -> bool:
+    return engine_of(user) is not None
 
 
 def _injected_failures() -> dict[str, int]:

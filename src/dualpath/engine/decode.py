@@ -32,6 +32,7 @@ from dualpath.kv.hashing import block_hashes
 from dualpath.model.kv_bytes import kv_from_bytes
 from dualpath.model.kv_cache import PagedKVCache
 from dualpath.transfer.base import Message
+from dualpath.transfer.curve import engine_of
 from dualpath.wire import FrameRejected
 from dualpath.wire import control as ctl
 from dualpath.wire.data import HitLayer, HitReady, KvLayer, PrefillFailed, PrefillResult
@@ -210,6 +211,9 @@ class DecodeEngine(EngineBase):
         if task is None:
             self._early.keep(h.attempt, msg)
             return
+        if msg.peer is not None and engine_of(msg.peer) != task.assign.prefill_engine:
+            raise FrameRejected("identity", f"{h.attempt}: KV from {msg.peer}, not from "
+                                            f"engine {task.assign.prefill_engine}")
         if task.state != TaskState.WAITING:
             raise FrameRejected("invalid", f"{h.attempt}: {type(h).__name__} after the prefill")
         if task.waiting_since_s is not None:
@@ -287,7 +291,7 @@ class DecodeEngine(EngineBase):
     def _persist_full_blocks(self, task: DecodeTask) -> None:
         """Persist every block that became full and is not in the store yet."""
         fresh = [i for i in self.cache.take_full_blocks(task.key) if i >= task.persisted_blocks]
-        if not fresh:
+        if not fresh or self.store is None:
             return
         tokens = [*task.assign.prompt_token_ids, *task.generated]
         while len(task.hashes) <= fresh[-1]:
@@ -298,14 +302,16 @@ class DecodeEngine(EngineBase):
                                             parent=parent))
         for index in fresh:
             block = self.cache.export_block(task.key, index)  # a copy: safe after free
-            self._writer.submit(self._put, task.hashes[index], block)
+            parent = task.hashes[index - 1] if index else None
+            self._writer.submit(self._put, task.hashes[index], block, parent)
 
     def _release_buffer(self, attempt: AttemptId) -> None:
         self.buffer.release(attempt)
 
-    def _put(self, block_hash: str, block: np.ndarray) -> None:
+    def _put(self, block_hash: str, block: np.ndarray, parent: str | None) -> None:
+        assert self.store is not None  # only queued when there is a store
         try:
-            self.store.put(block_hash, block)
+            self.store.put(block_hash, block, parent)
             self.blocks_persisted += 1
         except Exception:
             logger.exception("persisting block %s failed", block_hash[:16])

@@ -31,6 +31,7 @@ from dualpath.engine.sampler import sample_token
 from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
 from dualpath.scheduler import FlopsAttentionPredictor, PrefillWork, form_prefill_batch
 from dualpath.transfer.base import Message
+from dualpath.transfer.curve import engine_of
 from dualpath.transfer.nic import Direction, TrafficClass
 from dualpath.wire import FrameRejected
 from dualpath.wire import control as ctl
@@ -141,6 +142,9 @@ class PrefillEngine(EngineBase):
         """Apply a DE message to its task (caller holds the condition)."""
         h = msg.header
         a = task.assign
+        if msg.peer is not None and engine_of(msg.peer) != a.decode_engine:
+            raise FrameRejected("identity", f"{h.attempt}: hit KV from {msg.peer}, not from "  # type: ignore[union-attr]
+                                            f"engine {a.decode_engine}")
         if isinstance(h, HitReady):
             if h.hit_tokens > len(a.hit_hashes) * self.block_size or h.hit_tokens % self.block_size:
                 raise FrameRejected("invalid", f"{h.attempt}: {h.hit_tokens} hit tokens for "

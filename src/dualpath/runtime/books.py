@@ -254,7 +254,7 @@ class RequestBooks:
         if getattr(msg, "engine_id", sender) != sender:
             raise FrameRejected("identity", f"engine {sender} sent a message for engine "
                                             f"{getattr(msg, 'engine_id', None)}")
-        if isinstance(msg, ctl.Hello | ctl.EngineStats):
+        if isinstance(msg, ctl.Hello | ctl.EngineStats | ctl.NodeJoin | ctl.NodePing):
             return []  # the shell's business (membership, metrics)
         rec = self._records.get(msg.attempt.request_id)
         att = rec.attempt if rec is not None else None

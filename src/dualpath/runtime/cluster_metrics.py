@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from dualpath.core.backend import BackendMetrics
 from dualpath.runtime.ledger import Ledger
+from dualpath.wire import Rejections
 
 
 class ClusterMetrics:
@@ -20,10 +21,10 @@ class ClusterMetrics:
         self.counters: dict[int, dict[str, float]] = {}
         self._util: dict[tuple[int, str], float] = {}
         self._last_s: dict[int, float] = {}
-        self.rejected: dict[str, int] = {}  # frames the scheduler process itself dropped
-
-    def count_rejected(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        # frames and connections the scheduler process itself refused (ZAP counts from its
+        # own thread)
+        self.rejected = Rejections()
+        self.engine_restarts = 0
 
     def record(self, engine_id: int, counters: Mapping[str, float], now_s: float) -> None:
         """Keep the report; NIC utilization is the busy fraction since the previous one."""
@@ -46,11 +47,14 @@ class ClusterMetrics:
         if counters is not None:
             counters["buffer.used_bytes"] = 0.0
 
-    def snapshot(self, ledger: Ledger, *, num_waiting: int, num_running: int) -> BackendMetrics:
+    def snapshot(self, ledger: Ledger, *, num_waiting: int, num_running: int,
+                 kv_store_bytes: int | None = None) -> BackendMetrics:
         read = {"pe": 0, "de": 0}
         buffers: dict[str, int] = {}
-        rejected = dict(self.rejected)
+        rejected = self.rejected.snapshot()
+        evictions = 0
         for engine_id, c in self.counters.items():
+            evictions += int(c.get("store.evictions", 0))
             read["pe"] += int(c.get("bytes_read_pe_path", 0))
             read["de"] += int(c.get("bytes_read_de_path", 0))
             for key, value in c.items():
@@ -80,5 +84,8 @@ class ClusterMetrics:
             engine_tokens={e.label: e.tok for e in live},
             engine_seqs={e.label: e.seq for e in live},
             buffer_bytes_in_use=buffers,
+            kv_store_bytes=kv_store_bytes,
             internal_frames_rejected=rejected,
+            kv_store_evictions_total=evictions,
+            engine_restarts_total=self.engine_restarts,
         )

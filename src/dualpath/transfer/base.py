@@ -44,6 +44,8 @@ class Message:
     payload: the arrays in the order they were sent, same shapes and dtypes. With
     `ZmqTransport` they are writable views over the received frames (no copy); they stay
     valid as long as you hold them.
+    peer: who the connection authenticated the sender as ("engine:<id>"), None without
+    authentication (in-process test transports). `sender` is only what the sender claims.
     """
 
     sender: str
@@ -51,6 +53,7 @@ class Message:
     payload: list[np.ndarray]
     traffic_class: TrafficClass
     nbytes: int
+    peer: str | None = None
 
 
 class Transport(abc.ABC):
@@ -126,7 +129,8 @@ def encode_envelope(sender: str, header: DataHeader, arrays: Sequence[np.ndarray
         raise TransferError(f"header cannot be encoded: {exc}") from exc
 
 
-def from_frames(envelope: DataEnvelope, buffers: Sequence[memoryview | bytes]) -> Message:
+def from_frames(envelope: DataEnvelope, buffers: Sequence[memoryview | bytes],
+                peer: str | None = None) -> Message:
     """Rebuild the payload arrays over the received buffers without copying; a payload that
     does not match its envelope raises `FrameRejected("frames")`."""
     if len(buffers) != len(envelope.shapes) or len(envelope.dtypes) != len(envelope.shapes):
@@ -145,4 +149,5 @@ def from_frames(envelope: DataEnvelope, buffers: Sequence[memoryview | bytes]) -
         payload=arrays,
         traffic_class=TrafficClass(envelope.traffic_class),
         nbytes=sum(a.nbytes for a in arrays),
+        peer=peer,
     )

@@ -14,6 +14,7 @@ makes the router's answer differ from plain vLLM (so equality is not vacuous).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -58,6 +59,14 @@ def _delta(after: dict[str, dict[str, float]], before: dict[str, dict[str, float
     return after.get(inst, {}).get(name, 0.0) - before.get(inst, {}).get(name, 0.0)
 
 
+def _stored_block_bytes(vc: VllmTestCluster) -> int:
+    from dualpath.integrations.vllm.identity import geometry_of, model_config
+    from dualpath.kv.block_value import value_bytes
+
+    cfg = model_config(vc.cfg.model_dir, vc.cfg.dtype)
+    return value_bytes(geometry_of(cfg, vc.cfg.block_tokens), "0" * 64)
+
+
 def _kv_bytes_per_token(vc: VllmTestCluster) -> int:
     from dualpath.integrations.vllm.identity import model_config
 
@@ -78,8 +87,11 @@ def test_multiturn_chat_matches_plain_vllm(vllm_cluster: VllmTestCluster, side: 
     assert turns[0]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     for t in turns[1:]:
         assert t["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
-    hit_bytes = sum(t["report"]["hit_tokens"] for t in turns) * _kv_bytes_per_token(vc)
+    hit_tokens = sum(t["report"]["hit_tokens"] for t in turns)
+    hit_bytes = hit_tokens * _kv_bytes_per_token(vc)
     assert hit_bytes > 0
+    # the SNIC carries each block as stored: its header + the Full Block
+    snic_bytes = hit_tokens // vc.cfg.block_tokens * _stored_block_bytes(vc)
 
     pe_read = _delta(after, before, "prefill0", "bytes_read_pe_path")
     de_read = _delta(after, before, "decode0", "bytes_read_de_path")
@@ -87,10 +99,10 @@ def test_multiturn_chat_matches_plain_vllm(vllm_cluster: VllmTestCluster, side: 
     p_snic = snic_after["prefill0"] - snic_before["prefill0"]
     d_snic = snic_after["decode0"] - snic_before["decode0"]
     if side == "pe":
-        assert pe_read == hit_bytes and p_snic == hit_bytes
+        assert pe_read == hit_bytes and p_snic == snic_bytes
         assert de_read == 0 and relayed == 0 and d_snic == 0
     else:
-        assert de_read == hit_bytes and d_snic == hit_bytes and relayed == hit_bytes
+        assert de_read == hit_bytes and d_snic == snic_bytes and relayed == hit_bytes
         assert pe_read == 0 and p_snic == 0
     assert _delta(after, before, "decode0", "relays_failed") == 0
     assert _delta(after, before, "prefill0", "relays_failed") == 0
@@ -155,14 +167,13 @@ def test_poisoned_store_changes_the_answer(vllm_cluster: VllmTestCluster, side: 
     stored = store.longest_prefix(hashes)
     assert stored >= 2
     gen = torch.Generator().manual_seed(0)
-    for h in hashes[:stored]:
+    for i, h in enumerate(hashes[:stored]):
         block = store.get(h)
         assert block is not None
         kv = torch.from_numpy(block).view(torch_dtype(cfg.kv_dtype))
         kv += 2.0 * torch.randn(kv.shape, generator=gen).to(kv.dtype)  # valid CRCs, wrong KV
-        path = store.root / h[:2] / f"{h}.kvb"
-        path.unlink()
-        store.put(h, block)
+        os.unlink(store.path_of(h))
+        store.put(h, block, hashes[i - 1] if i else None)
     ours = _chat(vc.routers[side].url, messages)
     ref = _chat(vc.plain_url, messages)
     assert ours["kv_transfer_params"]["dualpath"]["hit_tokens"] > 0

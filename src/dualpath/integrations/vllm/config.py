@@ -28,7 +28,8 @@ class ConnectorConfig:
     """Settings of one DualPath connector (one vLLM instance).
 
     dualpath_role: "prefill" (P) or "decode" (D).
-    store_path: the KV store root (FileKVStore), shared by every instance and the router.
+    store_path: the KV store (a directory or a redis:// URL, `dualpath.kv.open_store`),
+        shared by every instance and the router.
     block_tokens: tokens per stored block; must equal vLLM's `--block-size`.
     relay_bind: where the instance's relay listens (tcp://host:port; port 0 = any).
     run_dir: directory of the shared NIC, read-queue and statistics files.

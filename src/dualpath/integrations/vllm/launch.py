@@ -100,12 +100,19 @@ class LaunchConfig:
             raise ConfigError(f"no Hugging Face model at {self.model_dir}: run `make vllm-env`")
 
 
+def _store_spec(spec: str) -> str:
+    """A directory as an absolute path (instances run elsewhere); URLs unchanged."""
+    from dualpath.kv.open_store import store_kind
+
+    return os.path.abspath(spec) if store_kind(spec) == "file" and "://" not in spec else spec
+
+
 def connector_args(cfg: LaunchConfig, spec: InstanceSpec) -> list[str]:
     """`--kv-transfer-config` of a DualPath instance (none for a plain one)."""
     if spec.role == "plain":
         return []
     extra = {
-        "dualpath_role": spec.role, "store_path": os.path.abspath(cfg.store_path),
+        "dualpath_role": spec.role, "store_path": _store_spec(cfg.store_path),
         "run_dir": cfg.run_dir, "relay_bind": spec.relay, "node_id": spec.node_id,
         "instance": spec.name, "block_tokens": cfg.block_tokens,
         "snic_bytes_s": cfg.snic_bytes_s, "cnic_bytes_s": cfg.cnic_bytes_s,
@@ -248,7 +255,7 @@ class VllmCluster:
         return ClusterSpec(
             served_model_name=self.cfg.served_model_name, model_dir=self.cfg.model_dir,
             dtype=self.cfg.dtype, block_tokens=self.cfg.block_tokens,
-            store_path=os.path.abspath(self.cfg.store_path), run_dir=self.cfg.run_dir,
+            store_path=_store_spec(self.cfg.store_path), run_dir=self.cfg.run_dir,
             instances=tuple(InstanceInfo(name=s.name, role=s.role, node_id=s.node_id,
                                          url=s.url, relay=s.relay,
                                          kv_capacity_tokens=room if s.role == "decode" else None)

@@ -23,8 +23,9 @@ import os
 from dataclasses import dataclass
 
 from dualpath.engine.shaped_store import ShapedStore
-from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.layout import BlockGeometry
+from dualpath.kv.open_store import open_store as open_kv_store
+from dualpath.kv.open_store import store_kind
 from dualpath.kv.store import KVStore
 from dualpath.transfer.nic import EmulatedNic, NicSpec
 from dualpath.transfer.shared_state import SharedCounters
@@ -88,8 +89,10 @@ def open_cnic(path: str, name: str, bandwidth_bytes_s: float | None) -> Emulated
     return EmulatedNic(NicSpec(name=name, path=path, bandwidth_bytes_s=bandwidth_bytes_s))
 
 
-def open_store(root: str, geometry: BlockGeometry, snic: EmulatedNic | None,
+def open_store(spec: str, geometry: BlockGeometry, snic: EmulatedNic | None,
                io_threads: int = 4) -> KVStore:
-    """The KV store at `root`; every block read or written through `snic` when given."""
-    store: KVStore = FileKVStore(root, geometry, io_threads=io_threads)
+    """The KV store `spec` names (a directory or a redis:// URL, `dualpath.kv.open_store`);
+    every block read or written through `snic` when given."""
+    options = {"io_threads": io_threads} if store_kind(spec) == "file" else {}
+    store = open_kv_store(spec, geometry, **options)
     return store if snic is None else ShapedStore(store, snic)

@@ -218,7 +218,8 @@ class SchedulerSide:
                 req.prompt_hashes.extend(block_hashes(tokens, n, self.identity, parent=parent))
             persists.append(PersistBlock(req_id=s.req_id, key=req.params.key,
                                          block_id=req.block_ids[j],
-                                         block_hash=req.prompt_hashes[j]))
+                                         block_hash=req.prompt_hashes[j],
+                                         parent_hash=req.prompt_hashes[j - 1] if j else None))
             req.persist_next = j + 1
 
     # -- helpers ----------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class PersistBlock:
     key: str
     block_id: int
     block_hash: str
+    parent_hash: str | None  # the previous block's hash (the store's prefix trie), None at 0
 
 
 @dataclass(frozen=True)

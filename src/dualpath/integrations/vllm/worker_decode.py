@@ -82,7 +82,7 @@ class DecodeWorker:
             block = np.empty(g.full_block_shape, dtype=np.uint8)
             for layer, kv in enumerate(self.core.kv_caches):
                 block[layer] = paged.to_bytes(paged.gather(kv, ids))
-            self.core.submit(functools.partial(self._put, [(p.block_hash, block)]))
+            self.core.submit(functools.partial(self._put, [(p.block_hash, block, p.parent_hash)]))
         self._persists = []
 
     def transfer_results(self) -> tuple[set[str], set[str]]:
@@ -251,10 +251,11 @@ class DecodeWorker:
                 return
             self.core.stats.add(hit_bytes_relayed=data.nbytes)
 
-    def _put(self, items: list[tuple[str, np.ndarray]]) -> None:
-        self.core.store.put_many(items)
+    def _put(self, items: list[tuple[str, np.ndarray, str | None]]) -> None:
+        for block_hash, block, parent in items:  # with its parent: the store's prefix trie
+            self.core.store.put(block_hash, block, parent)
         self.core.stats.add(blocks_persisted=len(items),
-                            bytes_persisted=sum(b.nbytes for _, b in items))
+                            bytes_persisted=sum(b.nbytes for _, b, _ in items))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -270,7 +271,8 @@ class DecodeWorker:
         full = s.prompt_tokens // g.block_tokens
         hit_blocks = s.hit_tokens // g.block_tokens
         buf, key = rc.buffer, s.key
-        items = [(s.hashes[b], buf[b]) for b in range(hit_blocks, full)]
+        items = [(s.hashes[b], buf[b], s.hashes[b - 1] if b else None)
+                 for b in range(hit_blocks, full)]
         rc.buffer = None
         rc.status = "done"
         self.core.stats.add(relays_ok=1)

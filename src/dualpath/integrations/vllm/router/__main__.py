@@ -20,7 +20,7 @@ from dualpath.integrations.vllm.resources import InstanceStats
 from dualpath.integrations.vllm.router.app import RouterApp
 from dualpath.integrations.vllm.router.cluster_spec import ClusterSpec
 from dualpath.integrations.vllm.router.placement import Planner
-from dualpath.kv.file_store import FileKVStore
+from dualpath.kv.open_store import open_store
 from dualpath.scheduler import GlobalScheduler, scheduler_config_for_system
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def build_app(args: argparse.Namespace) -> RouterApp:
     cfg = model_config(spec.model_dir, spec.dtype)
     store = None
     if not args.no_kv_store:
-        store = FileKVStore(spec.store_path, geometry_of(cfg, spec.block_tokens))
+        store = open_store(spec.store_path, geometry_of(cfg, spec.block_tokens))
     sched_cfg = scheduler_config_for_system(
         system_spec(args.system), read_path=args.read_path,
         alpha_tokens=args.alpha_tokens if args.alpha_tokens is not None else 1 << 62,
