@@ -180,8 +180,8 @@ class NetnsDeployment:
     def run(self, config: ClusterConfig, task: dict[str, Any], *, timeout_s: float = 900,
             actions: Sequence[Action] = ()) -> dict[str, Any]:
         """Run `task` (see `bench.netns_worker`) on a fresh scheduler in `fe` and fresh node
-        agents on every node host; `actions` are (seconds after the nodes started, callable)
-        fault drills. Returns the worker's JSON with `kernel_counters_delta` added."""
+        agents on every node host; `actions` are (seconds after the cluster is ready,
+        callable) fault drills. Returns the worker's JSON with `kernel_counters_delta`."""
         out = self.work / f"task-{time.monotonic_ns()}.json"
         spec = dict(task, config=json.loads(config.to_json()), out=str(out),
                     expect=[self.layout.prefill_nodes, self.layout.decode_nodes])
@@ -194,12 +194,22 @@ class NetnsDeployment:
         try:
             for host in self.node_hosts():
                 self.start_node(host, config)
-            started = time.monotonic()
             pending = sorted(actions, key=lambda a: a[0])
-            deadline = started + timeout_s
+            done: list[dict[str, Any]] = []
+            ready_file = Path(str(out) + ".ready")
+            main_done = Path(str(out) + ".main-done")
+            ready_s: float | None = None
+            deadline = time.monotonic() + timeout_s
             while worker.poll() is None:
-                if pending and time.monotonic() - started >= pending[0][0]:
-                    pending.pop(0)[1](self)
+                if ready_s is None and ready_file.exists():
+                    ready_s = time.monotonic()
+                if ready_s is not None and pending and time.monotonic() - ready_s >= pending[0][0]:
+                    at, action = pending.pop(0)
+                    name = getattr(action, "__name__", repr(action))
+                    logger.info("fault drill at +%.0f s: %s", at, name)
+                    during = not main_done.exists()
+                    action(self)
+                    done.append({"action": name, "at_s": at, "during_main": during})
                 if time.monotonic() > deadline:
                     raise EngineError(f"the netns task did not finish within {timeout_s:g} s "
                                       f"(see {self.work / 'worker.log'})")
@@ -213,6 +223,7 @@ class NetnsDeployment:
                 worker.wait(timeout=30)
             self.stop_nodes()
         result: dict[str, Any] = json.loads(out.read_text())
+        result["actions"] = done
         after = self.counters()
         result["kernel_counters_delta"] = {
             host: {net: {k: v - before[host][net][k] for k, v in fields.items()}

@@ -65,19 +65,26 @@ async def _turn(cluster: LocalCluster, rid: str, prompt: list[int], max_tokens: 
 
 
 async def _conversations(cluster: LocalCluster, task: dict[str, Any]) -> dict[str, Any]:
-    """`chats` concurrent multi-turn chats; each prompt = previous prompt + answer + append."""
+    """`chats` concurrent multi-turn chats; each prompt = previous prompt + answer + append.
+    Each chat runs `turns` turns, and more (up to `max_turns`) until `duration_s` passed."""
     turns, chats = int(task.get("turns", 3)), int(task.get("chats", 1))
+    duration_s, max_turns = float(task.get("duration_s", 0.0)), int(task.get("max_turns", 60))
+    until = time.monotonic() + duration_s
     max_tokens = int(task.get("max_tokens", 8))
     timeout_s = float(task.get("turn_timeout_s", 120))
 
     async def chat(c: int) -> list[dict[str, Any]]:
         prompt = [(11 * i + 5 + 3 * c) % 256 for i in range(int(task.get("first_len", 150)))]
-        out = []
-        for turn in range(turns):
-            result = await _turn(cluster, f"c{c}-t{turn}", prompt, max_tokens, timeout_s)
+        out: list[dict[str, Any]] = []
+        tag = task.get("tag", "c")
+        for turn in range(max_turns):
+            if turn >= turns and time.monotonic() >= until:
+                break
+            result = await _turn(cluster, f"{tag}{c}-t{turn}", prompt, max_tokens, timeout_s)
             out.append(result)
             if result["finish_reason"] not in ("length", "stop"):
-                break
+                await asyncio.sleep(1.0)  # like a client: try this turn again in a moment
+                continue
             prompt = prompt + result["tokens"] + [(7 * i + turn + c) % 256 for i in range(40)]
             await asyncio.sleep(float(task.get("persist_wait_s", 0.5)))
         return out
@@ -111,6 +118,8 @@ async def main_async(task: dict[str, Any]) -> dict[str, Any]:
     try:
         prefill, decode = task["expect"]
         await _ready(cluster, prefill, decode, float(task.get("ready_timeout_s", 300)))
+        with open(task["out"] + ".ready", "w") as f:  # fault drills are timed from here
+            f.write("ready\n")
         started = time.monotonic()
         kind = task["kind"]
         if kind == "conversation":
@@ -120,6 +129,13 @@ async def main_async(task: dict[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown task {kind!r}")
         out["elapsed_s"] = time.monotonic() - started
+        with open(task["out"] + ".main-done", "w") as f:
+            f.write("done\n")
+        again = task.get("after")  # once every node is back: does the cluster serve again?
+        if again is not None:
+            await _ready(cluster, prefill, decode, float(again.get("ready_timeout_s", 300)))
+            out["after"] = await _conversations(cluster, {"tag": "after", **task, **again,
+                                                          "duration_s": 0.0})
         await asyncio.sleep(1.2)  # the engines' last counter reports
         out["counters"] = {str(k): v for k, v in cluster.counters().items()}
         out["engines"] = {str(e.engine_id): {"role": e.role, "node": e.node_id,
