@@ -8,6 +8,9 @@ instead of all pinning core 0, `VLLM_CPU_OMP_THREADS_BIND=nobind` with `OMP_NUM_
 
 Every instance's log goes to `<run_dir>/<name>.log`. `stop()` sends SIGINT to the instance's
 process group, then SIGTERM, then SIGKILL; only processes this launcher started are touched.
+The instances run in their own sessions, so a signal to us does not reach them: while a
+cluster runs, SIGTERM to the main thread raises `SystemExit` (unless someone else already
+handles it), so the `with` blocks and `finally` clauses around the cluster stop them.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Literal
 
 from dualpath.core.errors import ConfigError, EngineError
@@ -152,7 +158,35 @@ def environment(cfg: LaunchConfig) -> dict[str, str]:
     if cfg.device == "cpu":
         env.update({"VLLM_CPU_KVCACHE_SPACE": str(cfg.kv_cache_gib),
                     "VLLM_CPU_OMP_THREADS_BIND": "nobind", "CUDA_VISIBLE_DEVICES": ""})
+        # vLLM declares its engine dead when one forward takes over 300 s; on shared CPU cores
+        # a batch of first turns can (a bench under load average 25 lost its prefill instance
+        # so). The connector's own waits inside a forward are bounded by its timeouts.
+        env.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", "3600")
     return env
+
+
+def exit_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM raise `SystemExit(143)` in the main thread; returns the undo.
+
+    Does nothing off the main thread or when SIGTERM already has a handler. The first
+    SIGTERM also ignores further ones, so the clean-up it starts is not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return lambda: None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def undo() -> None:
+        if signal.getsignal(signal.SIGTERM) in (handler, signal.SIG_IGN):
+            signal.signal(signal.SIGTERM, previous)
+
+    return undo
 
 
 class VllmProcess:
@@ -202,6 +236,7 @@ class VllmCluster:
         self.cfg = cfg
         self.specs = specs
         self.procs: list[VllmProcess] = []
+        self._undo_sigterm: Callable[[], None] = lambda: None
 
     @classmethod
     def build(cls, cfg: LaunchConfig, prefill: int, decode: int, *, plain: int = 0
@@ -221,6 +256,7 @@ class VllmCluster:
 
     def start(self) -> None:
         started = time.monotonic()
+        self._undo_sigterm = exit_on_sigterm()
         try:
             self.procs = [VllmProcess(self.cfg, s) for s in self.specs]
             waiting = list(self.procs)
@@ -246,6 +282,8 @@ class VllmCluster:
         for p in self.procs:
             p.stop()
         self.procs = []
+        self._undo_sigterm()
+        self._undo_sigterm = lambda: None
 
     def cluster_spec(self, kv_bytes_per_token: int | None = None) -> ClusterSpec:
         """The router's view of these instances (decode KV room from `kv_cache_gib` on CPU)."""
