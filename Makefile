@@ -67,7 +67,7 @@ $(VLLM_MODEL)/dualpath-convert.json: $(STAMP)
 # Real vLLM instances (1P1D + a plain reference) behind the DualPath router; not part of
 # `make test` (several minutes, needs the vLLM environment).
 test-vllm: install vllm-env
-	DUALPATH_VLLM_TESTS=1 $(VENV)/bin/pytest -q -m vllm tests/integrations/vllm
+	DUALPATH_VLLM_TESTS=1 $(VENV)/bin/pytest -q -m vllm --timeout=1800 tests/integrations/vllm
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .vllm-models .pytest_cache .mypy_cache .ruff_cache
