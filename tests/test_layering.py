@@ -33,9 +33,11 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"core", "wire", "kv", "model", "scheduler", "transfer"},
     "server": {"core"},
     "testbed": {"core"},
+    "integrations": {"core", "wire", "kv", "model", "transfer", "scheduler", "engine"},
     "bench": {"core", "wire", "kv", "model", "transfer", "scheduler", "workload", "sim",
-              "runtime", "server", "testbed"},
-    "cli": {"core", "kv", "model", "workload", "sim", "runtime", "server", "bench", "testbed"},
+              "runtime", "server", "testbed", "integrations"},
+    "cli": {"core", "kv", "model", "workload", "sim", "runtime", "server", "bench", "testbed",
+            "integrations"},
 }
 PURE = ("scheduler", "sim")
 FORBIDDEN_IN_PURE = ("torch", "numpy", "zmq", "asyncio", "socket")

@@ -59,6 +59,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--testbed", choices=["local", "netns"], default="local",
                    help="local: one host, NICs emulated in software (default); netns: five "
                         "network namespaces, NICs shaped by the kernel, Redis store (root)")
+    p.add_argument("--engine", choices=("runtime", "vllm"), default="runtime",
+                   help="runtime: our own engines [default]; vllm: vLLM instances with the "
+                        "DualPath connector (= `dualpath bench vllm-storage-bound`)")
+    from dualpath.bench.vllm_storage_bound import add_vllm_arguments
+
+    add_vllm_arguments(p)
 
 
 def build_workload(args: argparse.Namespace) -> tuple[Workload, Workload]:
@@ -120,6 +126,13 @@ def _snic_bytes(counters: dict[int, dict[str, float]], engine_nodes: dict[int, i
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "engine", "runtime") == "vllm":
+        from dualpath.bench.vllm_storage_bound import from_storage_bound
+
+        if getattr(args, "testbed", "local") != "local":
+            raise UserInputError("--engine vllm runs on the local testbed only (software NICs)")
+
+        return from_storage_bound(args)
     from dualpath.workload.metrics import build_report
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]

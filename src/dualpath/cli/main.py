@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dualpath.cli.bench",
     "dualpath.cli.trace",
     "dualpath.cli.generate",
+    "dualpath.cli.vllm",
 )
 
 

@@ -9,6 +9,7 @@ layer]` per layer, see `kv.layout`).
     PrefillResult  PE -> DE   the first sampled token; the prefill is over
     PrefillFailed  PE -> DE   the prefill failed; the DE ends the attempt with an error
     Probe          any        benchmarks and transport tests (no meaning to engines)
+    Relay*         P <-> D    the vLLM connector's relay (`wire.relay`)
 
 plus the Mooncake transport's own Alloc / Grant / Data / Abort on its control plane.
 """
@@ -19,6 +20,13 @@ from typing import Annotated
 
 import msgspec
 
+from dualpath.wire.relay import (
+    RelayAbort,
+    RelayHitLayer,
+    RelayHitPull,
+    RelayKvLayer,
+    RelayReady,
+)
 from dualpath.wire.types import Address, AttemptId, Count, ErrorText, LayerIndex, TokenId
 
 _MAX_FRAMES = 1 << 16  # payload arrays per message (a layer of a 1M-token prefix is 16K blocks)
@@ -58,8 +66,9 @@ class Probe(msgspec.Struct, tag=True, frozen=True):
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-KvHeader = HitReady | HitLayer | KvLayer | PrefillResult | PrefillFailed | Probe
-"""What engines send each other (`Transport.send`)."""
+KvHeader = (HitReady | HitLayer | KvLayer | PrefillResult | PrefillFailed | Probe
+            | RelayReady | RelayHitPull | RelayHitLayer | RelayKvLayer | RelayAbort)
+"""What engines (and the vLLM connector's relay, `wire.relay`) send each other."""
 
 Dim = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 DtypeName = Annotated[str, msgspec.Meta(pattern="^[<>|=]?[iuf][1248]$")]

@@ -1,0 +1,1 @@
+"""Adapters that bring DualPath into other serving systems (vLLM)."""
