@@ -34,6 +34,7 @@ from dualpath.core.systems import system_spec
 from dualpath.engine.data_sender import DataSender
 from dualpath.engine.nics import cnic_spec, snic_spec
 from dualpath.engine.shaped_store import ShapedStore
+from dualpath.engine.token_picker import SharedGuideTokenizer
 from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.layout import BlockGeometry
 from dualpath.model.loader import load_model
@@ -67,6 +68,9 @@ class EngineBase:
                                                 dtype=config.dtype,
                                                 quantization=config.quantization)
         self.model_config = self.model.config
+        # Guided decoding's view of the vocabulary: built by the first request with a grammar.
+        self.guides = SharedGuideTokenizer(
+            lambda: self.tokenizer.guide_tokenizer(self.model_config.vocab_size))
         self.block_size = config.block_size
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
         free_io = self.spec.free_io
