@@ -59,7 +59,9 @@ class SamplingSpec(msgspec.Struct, frozen=True, array_like=True):
 
     @classmethod
     def of(cls, s: SamplingParams, generated_before: int = 0) -> SamplingSpec:
-        return cls(s.temperature, s.top_p, s.seed, s.top_k, s.min_p, s.repetition_penalty,
+        # A negative seed (the API takes any int64) travels as its two's complement uint64.
+        seed = None if s.seed is None else s.seed % (1 << 64)
+        return cls(s.temperature, s.top_p, seed, s.top_k, s.min_p, s.repetition_penalty,
                    s.presence_penalty, s.frequency_penalty, [(t, b) for t, b in s.logit_bias],
                    s.logprobs, s.grammar, generated_before)
 
