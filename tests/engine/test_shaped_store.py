@@ -12,6 +12,7 @@ from rates import assert_shaped_rate
 
 from dualpath.engine.shaped_store import ShapedStore
 from dualpath.kv import BlockGeometry, MemoryKVStore
+from dualpath.kv.block_value import value_bytes
 from dualpath.transfer.nic import EmulatedNic, NicSpec
 
 GEOMETRY = BlockGeometry(num_layers=4, block_tokens=64, bytes_per_token_per_layer=1024)  # 256 KiB
@@ -40,8 +41,11 @@ def test_store_traffic_is_counted_on_the_snic(tmp_path: Path) -> None:
     np.testing.assert_array_equal(layer, blocks["h2"][3:4])
     assert store.get("missing") is None
     lanes = snic.stats().lanes
-    assert lanes["tx.kv"].bytes == 3 * GEOMETRY.full_block_bytes
-    assert lanes["rx.kv"].bytes == GEOMETRY.full_block_bytes + GEOMETRY.layer_block_bytes
+    # A block crosses the SNIC as stored (header + Full Block); a layer read moves its bytes.
+    stored = value_bytes(GEOMETRY, "h1")
+    assert stored > GEOMETRY.full_block_bytes
+    assert lanes["tx.kv"].bytes == 3 * stored
+    assert lanes["rx.kv"].bytes == stored + GEOMETRY.layer_block_bytes
     assert store.stats().puts == 3
 
 

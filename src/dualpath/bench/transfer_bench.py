@@ -46,9 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sender threads in the shaped-accuracy phase (default 2)")
     parser.add_argument("--mooncake", action="store_true",
                         help="also measure MooncakeTransport (TCP protocol); needs mooncake installed")
+    parser.add_argument("--testbed", choices=["local", "netns"], default="local",
+                        help="netns: between two network namespaces over a kernel-shaped link, "
+                             "CURVE on, vs a raw socket on the same link (root)")
+    parser.add_argument("--link-rate", default="50MB/s",
+                        help="--testbed netns: the compute link's HTB rate (50MB/s)")
+    parser.add_argument("--netns-bytes", default="100MB",
+                        help="--testbed netns: bytes per round (100MB)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "testbed", "local") == "netns":
+        from dualpath.bench import transfer_netns
+
+        return transfer_netns.run(args)
     total = parse_bytes(args.bytes)
     message = parse_bytes(args.message_bytes)
     shaped_rate = parse_bandwidth(args.shaped_rate)

@@ -48,6 +48,10 @@ class ClusterConfig:
     # CNIC: one per engine. Two classes: model-execution traffic (high) and KV (low).
     cnic_bytes_s: float | None = None
     cnic_high_weight: float = 0.99
+    # "software": the engines pace every byte on emulated NICs at the rates above (one host);
+    # "kernel": the rates only inform the scheduler (α), the network enforces them (the netns
+    # testbed's tc shaping, or real NICs).
+    nic_shaping: str = "software"
     # Synthetic model-execution collective traffic: bytes per prefill token per layer that
     # an expert-parallel all-to-all would move (high-priority CNIC class; 0 = none).
     collective_bytes_per_token: int = 0
@@ -98,6 +102,8 @@ class ClusterConfig:
     engine_start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.nic_shaping not in ("software", "kernel"):
+            raise ConfigError(f"nic_shaping must be software or kernel, got {self.nic_shaping!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.quantization not in ("none", "int8", "int4"):

@@ -35,8 +35,9 @@ from dualpath.engine.data_sender import DataSender
 from dualpath.engine.nics import cnic_spec, snic_spec
 from dualpath.engine.shaped_store import ShapedStore
 from dualpath.engine.token_picker import SharedGuideTokenizer
-from dualpath.kv.file_store import FileKVStore
+from dualpath.kv.block_value import value_bytes
 from dualpath.kv.layout import BlockGeometry
+from dualpath.kv.open_store import open_store, store_options
 from dualpath.model.loader import load_model
 from dualpath.transfer.base import Message
 from dualpath.transfer.buffer_pool import BufferPool
@@ -77,8 +78,8 @@ class EngineBase:
         self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
         # --no-kv-store: nothing is read from or written to the store (it is not even opened).
-        self.store = (ShapedStore(FileKVStore(config.store_path, self.geometry,
-                                              max_bytes=config.store_max_bytes), self.snic)
+        self.store = (ShapedStore(open_store(config.store_path, self.geometry,
+                                             **store_options(config)), self.snic)
                       if config.use_kv_store else None)
         keys = ClusterKeys(secret, config.max_engines - 1)
         me = keys.engine(engine_id)
@@ -257,7 +258,8 @@ class EngineBase:
                 blocks.append(block)
         except Exception:
             logger.exception("request %s: storage read failed; recomputing", attempt)
-        self.bytes_read += sum(b.nbytes for b in blocks)
+        # What crossed the storage network: each block as stored (its header + the Full Block).
+        self.bytes_read += sum(value_bytes(self.geometry, h) for h in usable[:len(blocks)])
         self.send_control(ctl.ReadDone(self.engine_id, attempt, len(hashes) * self.block_size,
                                        len(blocks) * self.block_size))
         return blocks

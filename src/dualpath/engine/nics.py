@@ -14,7 +14,8 @@ def snic_spec(config: ClusterConfig, run_dir: str, node_id: int, *, free_io: boo
     return NicSpec(
         name=f"snic{node_id}",
         path=os.path.join(run_dir, f"snic-{node_id}.nic"),
-        bandwidth_bytes_s=None if free_io else config.snic_bytes_s,
+        bandwidth_bytes_s=None if free_io or config.nic_shaping == "kernel"
+        else config.snic_bytes_s,
     )
 
 
@@ -24,7 +25,8 @@ def cnic_spec(config: ClusterConfig, run_dir: str, engine_id: int, *, free_io: b
     return NicSpec(
         name=f"cnic{engine_id}",
         path=os.path.join(run_dir, f"cnic-{engine_id}.nic"),
-        bandwidth_bytes_s=None if free_io else config.cnic_bytes_s,
+        bandwidth_bytes_s=None if free_io or config.nic_shaping == "kernel"
+        else config.cnic_bytes_s,
         high_weight=high,
         low_weight=max(1, 100 - high),
     )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dualpath.kv.block_value import value_bytes
 from dualpath.kv.store import KVStore, StoreStats
 from dualpath.transfer.nic import Direction, EmulatedNic, TrafficClass
 
@@ -35,8 +36,9 @@ class ShapedStore(KVStore):
     def get(self, block_hash: str, out: np.ndarray | None = None) -> np.ndarray | None:
         started = time.monotonic()
         block = self.inner.get(block_hash, out)
-        if block is not None:
-            self.snic.transmit(block.nbytes, TrafficClass.KV, Direction.RX, earliest_start_s=started)
+        if block is not None:  # the block as stored crosses the SNIC: header + Full Block
+            self.snic.transmit(value_bytes(self.geometry, block_hash), TrafficClass.KV,
+                               Direction.RX, earliest_start_s=started)
         return block
 
     def get_layer(
@@ -51,7 +53,8 @@ class ShapedStore(KVStore):
     def put(self, block_hash: str, block: np.ndarray, parent: str | None = None) -> None:
         started = time.monotonic()
         self.inner.put(block_hash, block, parent)
-        self.snic.transmit(block.nbytes, TrafficClass.KV, Direction.TX, earliest_start_s=started)
+        self.snic.transmit(value_bytes(self.geometry, block_hash), TrafficClass.KV,
+                           Direction.TX, earliest_start_s=started)
 
     def stats(self) -> StoreStats:
         return self.inner.stats()

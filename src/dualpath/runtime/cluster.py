@@ -34,13 +34,14 @@ from dualpath.core.backend import (
     Tokenizer,
 )
 from dualpath.core.config import ClusterConfig
-from dualpath.core.errors import EngineError
+from dualpath.core.errors import EngineError, StoreError
 from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest
 from dualpath.core.secret import ClusterSecret
 from dualpath.core.systems import system_spec
-from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.layout import BlockGeometry
+from dualpath.kv.open_store import open_store, store_options
+from dualpath.kv.store import KVStore
 from dualpath.runtime.books import BooksConfig, Command, Emit, RequestBooks, RetryAfter, Send
 from dualpath.runtime.cluster_metrics import ClusterMetrics
 from dualpath.runtime.control_plane import ControlPlane
@@ -84,8 +85,7 @@ class LocalCluster(Backend):
             quantization=config.quantization)
         self._tokenizer = tok
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
-        self.store = (FileKVStore(config.store_path, self.geometry,
-                                  max_bytes=config.store_max_bytes)
+        self.store = (open_store(config.store_path, self.geometry, **store_options(config))
                       if config.use_kv_store else None)
         self.books = RequestBooks(BooksConfig(
             block_size=config.block_size, layerwise=self.spec.layerwise,
@@ -263,7 +263,11 @@ class LocalCluster(Backend):
         bs = self.config.block_size
         usable = (len(prompt) - 1) // bs
         hashes = block_hashes(prompt[: usable * bs], bs, self.model_config.identity)
-        hits = self.store.longest_prefix(hashes)
+        try:
+            hits = self.store.longest_prefix(hashes)
+        except StoreError as exc:  # the store is down: recompute rather than fail
+            logger.warning("KV store lookup failed (%s); computing the whole prompt", exc)
+            return [], 0
         return hashes[:hits], hits * bs
 
     # ---- carrying out the books' commands -----------------------------------------------
@@ -390,8 +394,14 @@ class LocalCluster(Backend):
         waiting = self.books.num_waiting
         return self.metrics.snapshot(
             self.books.ledger, num_waiting=waiting, num_running=self.books.num_live - waiting,
-            kv_store_bytes=self.store.stored_bytes() if self.store is not None else None)
+            kv_store_bytes=_stored_bytes(self.store))
 
     def counters(self) -> dict[int, dict[str, float]]:
         """Latest raw counters per engine (bytes per path, NIC stats, store stats)."""
         return dict(self.metrics.counters)
+
+
+def _stored_bytes(store: KVStore | None) -> int | None:
+    """Bytes in the store, when the backend can say cheaply (the file store's size ledger)."""
+    sized = getattr(store, "stored_bytes", None)
+    return int(sized()) if callable(sized) else None
