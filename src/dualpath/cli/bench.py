@@ -19,6 +19,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "transfer": ("dualpath.bench.transfer_bench", "engine-to-engine transfer bytes/s vs a raw loopback socket"),
     "scheduler": ("dualpath.bench.scheduler_bench", "scheduler decision cost at 1,152 engines / 10,000 requests"),
     "storage-bound": ("dualpath.bench.storage_bound", "offline JCT of every --system on a storage-bound local cluster"),
+    "engine": ("dualpath.bench.engine_bench", "5-turn agents at 1 and 4 against dualpath serve vs transformers fp32"),
     "frontend": ("dualpath.bench.frontend_bench", "HTTP front-end requests/s and SmolLM2 TTFT/TPOT under load"),
     "sim-validate": ("dualpath.bench.sim_validate", "simulator vs the paper's published numbers"),
     "sim-scale": ("dualpath.bench.sim_scale", "simulator wall time and memory at cluster scale"),
