@@ -17,12 +17,14 @@ from dualpath.engine.data_sender import DataSender
 from dualpath.engine.decode import DecodeEngine, DecodeTask
 from dualpath.engine.early_messages import EarlyMessages
 from dualpath.engine.prefill import PrefillEngine, PrefillTask, TaskState
+from dualpath.engine.token_picker import TokenPicker
 from dualpath.model.kv_cache import PagedKVCache
 from dualpath.transfer.base import Message
 from dualpath.transfer.buffer_pool import BufferPool
 from dualpath.transfer.nic import TrafficClass
 from dualpath.wire import control as ctl
 from dualpath.wire.data import HitReady, KvLayer
+from dualpath.wire.sampling import SamplingSpec
 from dualpath.wire.types import AttemptId
 
 H0, H1 = "00" * 32, "11" * 32
@@ -43,14 +45,14 @@ def _assign_decode(rid: str, prompt_len: int, max_tokens: int) -> ctl.AssignDeco
     return ctl.AssignDecode(
         attempt=A(rid), prompt_token_ids=list(range(prompt_len)), hit_hashes=[],
         read_path="pe", prefill_engine=0, prefill_address="pe", stop=StopRule(max_tokens),
-        temperature=0.0, top_p=1.0, seed=None, kv_tokens=prompt_len + max_tokens)
+        sampling=SamplingSpec(temperature=0.0), kv_tokens=prompt_len + max_tokens)
 
 
 def _assign_prefill(rid: str, path: str) -> ctl.AssignPrefill:
     return ctl.AssignPrefill(
         attempt=A(rid), prompt_token_ids=list(range(200)), hit_hashes=[H0, H1],
         read_path=path, decode_engine=1, decode_address="de", layerwise=True,  # type: ignore[arg-type]
-        temperature=0.0, top_p=1.0, seed=None, banned_first_token_ids=[])
+        sampling=SamplingSpec(temperature=0.0), banned_first_token_ids=[])
 
 
 def test_decode_engine_refusing_a_request_does_not_park_its_kv_forever() -> None:
@@ -59,6 +61,7 @@ def test_decode_engine_refusing_a_request_does_not_park_its_kv_forever() -> None
     de.model_config = _tiny_config()
     de.cache = PagedKVCache(de.model_config, num_blocks=2, block_size=64)
     de._tasks, de._events, de._early = {}, queue.Queue(), EarlyMessages()
+    de.guides = None  # no grammar here
     sent: list[Any] = []
     de.send_control = sent.append
     de._assign(_assign_decode("big", 100, 100))  # needs 4 blocks, 2 exist
@@ -118,9 +121,11 @@ def test_decode_engine_waiting_too_long_for_kv_reports_the_transfer_failed() -> 
     de: Any = object.__new__(DecodeEngine)
     sent = _failing_engine(de, timeout_s=30.0)
     de._tasks = {}
-    stuck = DecodeTask(_assign_decode("r", 100, 4), waiting_since_s=time.monotonic() - 31)
-    fresh = DecodeTask(_assign_decode("s", 100, 4), waiting_since_s=time.monotonic())
-    reading = DecodeTask(_assign_decode("t", 100, 4))  # its own DE-path read still runs
+    picker = TokenPicker(SamplingSpec(), [], 512)
+    stuck = DecodeTask(_assign_decode("r", 100, 4), picker,
+                       waiting_since_s=time.monotonic() - 31)
+    fresh = DecodeTask(_assign_decode("s", 100, 4), picker, waiting_since_s=time.monotonic())
+    reading = DecodeTask(_assign_decode("t", 100, 4), picker)  # its own DE-path read still runs
     de._tasks = {t.rid: t for t in (stuck, fresh, reading)}
     de._expire_kv_waits()
     de._expire_kv_waits()  # reported once, not on every step

@@ -40,7 +40,7 @@ def test_bad_frames_are_counted_and_dropped(tmp_path: Path) -> None:
     de1 = "engine:1"
     bad = [
         ([b"1", b"\x00garbage"], de1),  # not a frame
-        ([b"1", b"DP\x01\x85\xa4type"], de1),  # truncated msgpack
+        ([b"1", b"DP" + bytes([wire.WIRE_VERSION]) + b"\x85\xa4type"], de1),  # truncated msgpack
         ([b"1", b"DP\x09" + b"x"], de1),  # another wire version
         ([b"1", wire.encode(ctl.Abort(attempt))], de1),  # a scheduler -> engine message
         ([b"2", wire.encode(ctl.EngineStats(engine_id=2, counters={}))], de1),  # wrong id

@@ -2,9 +2,11 @@
 for a bad field, an OpenAI error naming it), and a normal request succeeds right after.
 
 One echo server process (context 512 tokens, 1 MiB bodies, 16 KiB heads, 1 s header / body /
-keep-alive timeouts) serves every case of the module. Cases on the options another issue will
-implement (tools, logprobs, n > 1, penalties...) are marked `# not yet supported`: when a
-feature lands, change that row's expected status.
+keep-alive timeouts) serves every case of the module. Cases on the options we do not implement
+(beam search, prompt logprobs, echo, suffix, best_of, legacy functions, vLLM's guided_* ...)
+are marked `# not yet supported`: when a feature lands, change that row's expected status.
+The echo backend runs guided decoding through the real grammar engine, so the tool and
+response_format rows below exercise the grammars the server builds.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def raw(text: str) -> bytes:
 
 NESTED = b'{"prompt": "x", "junk": ' + b"[" * 10000 + b"]" * 10000 + b"}"
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+SCHEMA = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+          "additionalProperties": False}
 
 # (id, path, body: dict -> JSON / bytes -> sent as is, status, param the error must name)
 CASES: list[tuple[str, str, Any, int, str | None]] = [
@@ -78,7 +82,10 @@ CASES: list[tuple[str, str, Any, int, str | None]] = [
     ("top_p-zero", C, comp(top_p=0), 400, "top_p"),
     ("top_p-over-1", C, comp(top_p=1.5), 400, "top_p"),
     ("top_p-1e-300", C, comp(top_p=1e-300), 200, None),
-    ("n-2", C, comp(n=2), 400, "n"),  # not yet supported
+    ("n-2", C, comp(n=2), 200, None),
+    ("n-128-chat", CHAT, chat(n=128, max_tokens=1), 200, None),
+    ("n-129", C, comp(n=129), 400, "n"),
+    ("n-zero", C, comp(n=0), 400, "n"),
     ("n-huge", C, comp(n=10**30), 400, "n"),
     ("min_tokens-huge", C, comp(min_tokens=10**12), 400, "min_tokens"),
     ("min_tokens-over-max", C, comp(max_tokens=4, min_tokens=5), 400, "min_tokens"),
@@ -90,6 +97,18 @@ CASES: list[tuple[str, str, Any, int, str | None]] = [
     ("prompt-id-negative", C, {"prompt": [-5]}, 400, "prompt"),
     ("prompt-ids-empty", C, {"prompt": []}, 400, "prompt"),
     ("presence_penalty-3", C, comp(presence_penalty=3), 400, "presence_penalty"),
+    ("frequency_penalty--2.5", C, comp(frequency_penalty=-2.5), 400, "frequency_penalty"),
+    ("repetition_penalty-zero", C, comp(repetition_penalty=0), 400, "repetition_penalty"),
+    ("repetition_penalty-huge", C, comp(repetition_penalty=1e7), 400, "repetition_penalty"),
+    ("top_k--2", C, comp(top_k=-2), 400, "top_k"),
+    ("top_k-2**40", C, comp(top_k=2**40), 400, "top_k"),
+    ("min_p-over-1", C, comp(min_p=1.5), 400, "min_p"),
+    ("logit_bias-101", C, comp(logit_bias={"50": 101}), 400, "logit_bias.50"),
+    ("logit_bias-not-an-id", C, comp(logit_bias={"x": 1}), 400, "logit_bias"),
+    ("logit_bias-outside-vocab", C, comp(logit_bias={"100000": 1}), 400, "logit_bias"),
+    ("logit_bias-too-many", C, comp(logit_bias={str(i): 1 for i in range(1025)}), 400,
+     "logit_bias"),
+    ("logit_bias-NaN", C, raw('{"prompt": "x", "logit_bias": {"5": NaN}}'), 400, "logit_bias.5"),
     ("temperature-1e400", C, raw('{"prompt": "x", "temperature": 1e400}'), 400, "temperature"),
     # -- NaN / Infinity --------------------------------------------------------------------
     ("temperature-NaN", C, raw('{"prompt": "x", "temperature": NaN}'), 400, "temperature"),
@@ -125,26 +144,82 @@ CASES: list[tuple[str, str, Any, int, str | None]] = [
     ("model-name-too-long", C, comp(model="m" * 300), 400, "model"),
     ("model-unknown", C, comp(model="gpt-9"), 404, "model"),
     ("user-too-long", C, comp(user="u" * 2000), 400, "user"),
-    # -- tool and logprob fields: refused by name, never ignored (not yet supported) --------
-    ("tools", CHAT, chat(tools=[TOOL]), 400, "tools"),
-    ("tool_choice-auto", CHAT, chat(tool_choice="auto"), 400, "tool_choice"),
+    # -- tools, structured output, logprobs, sampling knobs: served, or refused by name ------
+    ("tools", CHAT, chat(tools=[TOOL]), 200, None),
+    ("tools-required", CHAT, chat(tools=[TOOL], tool_choice="required"), 200, None),
+    ("tools-named", CHAT, chat(tools=[TOOL], tool_choice={"type": "function",
+                                                          "function": {"name": "f"}}), 200, None),
+    ("tools-named-unknown", CHAT, chat(tools=[TOOL],
+                                       tool_choice={"type": "function", "function": {"name": "h"}}),
+     400, "tool_choice"),
+    ("tool_choice-auto-without-tools", CHAT, chat(tool_choice="auto"), 400, "tool_choice"),
+    ("tool_choice-required-without-tools", CHAT, chat(tool_choice="required", tools=[]), 400,
+     "tool_choice"),
+    ("tool_choice-unknown", CHAT, chat(tools=[TOOL], tool_choice="always"), 400, "tool_choice"),
     ("tool_choice-none", CHAT, chat(tool_choice="none", tools=[]), 200, None),
-    ("functions", CHAT, chat(functions=[TOOL["function"]]), 400, "functions"),
-    ("message-tool_calls", CHAT, {"messages": [{"role": "assistant", "content": None,
-                                                "tool_calls": [{"id": "1"}]}]}, 400,
-     "messages.0.tool_calls"),
-    ("response_format-json", CHAT, chat(response_format={"type": "json_object"}), 400,
+    ("tools-name-invalid", CHAT, chat(tools=[{"type": "function", "function": {"name": "a b"}}]),
+     400, "tools.0.function.name"),
+    ("tools-type-unknown", CHAT, chat(tools=[{"type": "retrieval", "function": TOOL["function"]}]),
+     400, "tools.0.type"),
+    ("tools-schema-invalid", CHAT, chat(tools=[{"type": "function", "function": {
+        "name": "f", "parameters": {"type": "nonsense"}}}], tool_choice="required"), 400, "tools"),
+    ("tools-too-many", CHAT, chat(tools=[TOOL] * 129), 400, "tools"),
+    ("tools-with-response_format", CHAT, chat(tools=[TOOL], tool_choice="required",
+                                              response_format={"type": "json_object"}), 400,
      "response_format"),
+    ("functions", CHAT, chat(functions=[TOOL["function"]]), 400, "functions"),  # not yet supported
+    ("function_call", CHAT, chat(function_call="auto"), 400, "function_call"),  # not yet supported
+    ("message-tool_calls-no-function", CHAT, {"messages": [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]}]}, 400,
+     "messages.0.tool_calls.0.function"),
+    ("message-tool_calls-history", CHAT, {"max_tokens": 4, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
+         "function": {"name": "f", "arguments": '{"x": 1}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]}, 200, None),
+    ("response_format-json_object", CHAT, chat(response_format={"type": "json_object"},
+                                               max_tokens=32), 200, None),
+    ("response_format-json_schema", CHAT, chat(max_tokens=32, response_format={
+        "type": "json_schema", "json_schema": {"name": "s", "schema": SCHEMA}}), 200, None),
+    ("response_format-schema-invalid", CHAT, chat(response_format={
+        "type": "json_schema", "json_schema": {"name": "s", "schema": {"type": 7}}}), 400,
+     "response_format"),
+    ("response_format-type-unknown", CHAT, chat(response_format={"type": "regex"}), 400,
+     "response_format.type"),
+    ("response_format-string", CHAT, chat(response_format="json"), 400, "response_format"),
     ("response_format-text", CHAT, chat(response_format={"type": "text"}), 200, None),
-    ("logprobs-chat", CHAT, chat(logprobs=True), 400, "logprobs"),
-    ("logprobs-completion", C, comp(logprobs=5), 400, "logprobs"),
-    ("top_logprobs", CHAT, chat(top_logprobs=5), 400, "top_logprobs"),
-    ("logit_bias", C, comp(logit_bias={"50": 10}), 400, "logit_bias"),
-    ("top_k", C, comp(top_k=40), 400, "top_k"),
-    ("use_beam_search", C, comp(use_beam_search=True), 400, "use_beam_search"),
-    ("best_of", C, comp(best_of=3), 400, "best_of"),
-    ("echo", C, comp(echo=True), 400, "echo"),
-    ("suffix", C, comp(suffix="x"), 400, "suffix"),
+    ("logprobs-chat", CHAT, chat(logprobs=True), 200, None),
+    ("logprobs-chat-integer", CHAT, chat(logprobs=5), 400, "logprobs"),
+    ("logprobs-completion", C, comp(logprobs=5), 200, None),
+    ("logprobs-completion-bool", C, comp(logprobs=True), 400, "logprobs"),
+    ("logprobs-completion-21", C, comp(logprobs=21), 400, "logprobs"),
+    ("top_logprobs", CHAT, chat(logprobs=True, top_logprobs=20), 200, None),
+    ("top_logprobs-without-logprobs", CHAT, chat(top_logprobs=5), 400, "top_logprobs"),
+    ("top_logprobs-21", CHAT, chat(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
+    ("logit_bias", C, comp(logit_bias={"50": 10, "51": -100}), 200, None),
+    ("top_k", C, comp(top_k=40), 200, None),
+    ("min_p", C, comp(min_p=0.1), 200, None),
+    ("penalties", C, comp(presence_penalty=1.5, frequency_penalty=-1, repetition_penalty=1.3),
+     200, None),
+    ("use_beam_search", C, comp(use_beam_search=True), 400, "use_beam_search"),  # not yet supported
+    ("prompt_logprobs", C, comp(prompt_logprobs=1), 400, "prompt_logprobs"),  # not yet supported
+    ("best_of", C, comp(best_of=3), 400, "best_of"),  # not yet supported
+    ("echo", C, comp(echo=True), 400, "echo"),  # not yet supported
+    ("suffix", C, comp(suffix="x"), 400, "suffix"),  # not yet supported
+    ("guided_json", C, comp(guided_json={"type": "object"}), 400, "guided_json"),  # not yet supported
+    ("store", CHAT, chat(store=True), 400, "store"),  # not yet supported
+    ("skip_special_tokens-false", C, comp(skip_special_tokens=False), 400,
+     "skip_special_tokens"),  # not yet supported
+    # -- vLLM's /tokenize and /detokenize -------------------------------------------------
+    ("tokenize-prompt", "/tokenize", {"prompt": "hello"}, 200, None),
+    ("tokenize-messages", "/tokenize", {"messages": MSG, "tools": [TOOL]}, 200, None),
+    ("tokenize-prompt-number", "/tokenize", {"prompt": 5}, 400, "prompt"),
+    ("tokenize-too-long", "/tokenize", {"prompt": "y" * (64 * CTX + 1)}, 400, "prompt"),
+    ("tokenize-not-json", "/tokenize", b"{", 400, None),
+    ("detokenize", "/detokenize", {"tokens": [104, 105]}, 200, None),
+    ("detokenize-outside-vocab", "/detokenize", {"tokens": [100_000]}, 400, "tokens"),
+    ("detokenize-negative", "/detokenize", {"tokens": [-1]}, 400, "tokens.0"),
+    ("detokenize-string", "/detokenize", {"tokens": "hi"}, 400, "tokens"),
     # -- sanity: valid requests pass -------------------------------------------------------
     ("valid-completion", C, comp(), 200, None),
     ("valid-chat-parts", CHAT, {"messages": [{"role": "user", "content": [

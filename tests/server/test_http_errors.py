@@ -24,7 +24,7 @@ def assert_openai_error(body: dict, *, param: str | None = None) -> dict:
 
 
 @pytest.mark.parametrize(("body", "param"), [
-    ({"prompt": "hi", "n": 2}, "n"),
+    ({"prompt": "hi", "n": 10_000}, "n"),
     ({"prompt": "hi", "temperature": 3}, "temperature"),
     ({"prompt": "hi", "top_p": 0}, "top_p"),
     ({"prompt": "hi", "max_tokens": 0}, "max_tokens"),
@@ -33,7 +33,9 @@ def assert_openai_error(body: dict, *, param: str | None = None) -> dict:
     ({"prompt": []}, "prompt"),
     ({"prompt": [1, 99999]}, "prompt"),
     ({"prompt": [-1]}, "prompt"),
-    ({"prompt": "hi", "logprobs": 2}, "logprobs"),
+    ({"prompt": "hi", "logprobs": 21}, "logprobs"),
+    ({"prompt": "hi", "logit_bias": {"x": 1}}, "logit_bias"),
+    ({"prompt": "hi", "guided_regex": "a+"}, "guided_regex"),
     ({"prompt": "hi", "echo": True}, "echo"),
     ({"prompt": "hi", "max_tokens": 4, "min_tokens": 5}, None),
     ({"max_tokens": 4}, "prompt"),

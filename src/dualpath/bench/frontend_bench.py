@@ -246,8 +246,10 @@ def run_agents(url: str, counts: list[int], turns: int, gen_tokens: int,
                            "runs": []}
     rows = []
     for count in counts:
+        start_s = time.perf_counter()
         records, failures = asyncio.run(
             _agents(url, count, turns, gen_tokens, api_key, turn_timeout_s))
+        wall_s = time.perf_counter() - start_s
         ttft = [r["ttft_s"] for r in records]
         tpot = [r["tpot_s"] for r in records if r["tpot_s"] is not None]
         run_result = {
@@ -259,6 +261,8 @@ def run_agents(url: str, counts: list[int], turns: int, gen_tokens: int,
             "tpot_s_p50": percentile(tpot, 50), "tpot_s_p99": percentile(tpot, 99),
             "cached_tokens_total": sum(r["cached_tokens"] for r in records),
             "prompt_tokens_total": sum(r["prompt_tokens"] for r in records),
+            "output_tokens_total": sum(r["tokens"] for r in records),
+            "wall_s": wall_s,  # all agents' turns, first request to last answer
         }
         out["runs"].append(run_result)
         if records:

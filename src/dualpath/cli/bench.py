@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "scheduler": ("dualpath.bench.scheduler_bench", "scheduler decision cost at 1,152 engines / 10,000 requests"),
     "storage-bound": ("dualpath.bench.storage_bound_online", "offline JCT (or --online capacity at SLO) of every --system on a storage-bound local cluster"),
     "vllm-storage-bound": ("dualpath.bench.vllm_storage_bound", "storage-bound basic vs dualpath JCT on vLLM instances with the DualPath connector; connector overhead vs plain vLLM"),
+    "engine": ("dualpath.bench.engine_bench", "5-turn agents at 1 and 4 against dualpath serve vs transformers fp32"),
     "frontend": ("dualpath.bench.frontend_bench", "HTTP front-end requests/s and SmolLM2 TTFT/TPOT under load"),
     "sim-validate": ("dualpath.bench.sim_validate", "simulator vs the paper's published numbers"),
     "sim-scale": ("dualpath.bench.sim_scale", "simulator wall time and memory at cluster scale"),

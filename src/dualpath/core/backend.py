@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from dualpath.core.errors import UserInputError
 from dualpath.core.requests import GenerateEvent, GenerateRequest
@@ -51,9 +51,12 @@ class Tokenizer(Protocol):
         ...
 
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str | Sequence[int]:
-        """Render a chat (`{"role", "content"}` dicts) as prompt text or prompt token ids."""
+        """Render a chat (`{"role", "content", ...}` dicts) as prompt text or prompt token ids;
+        `tools` (OpenAI tool objects) for templates that render them (the server passes them
+        only when the tokenizer's `chat_template` text mentions tools)."""
         ...
 
 

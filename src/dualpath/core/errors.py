@@ -6,6 +6,8 @@
     ├── UserInputError          bad CLI flag, config value, request parameter (clear message)
     │   ├── InvalidFieldError   one named request field is invalid (`field`; HTTP 400 param)
     │   ├── ConfigError         a config file or preset that cannot be used
+    │   ├── GrammarError        a guided-decoding grammar that cannot be compiled, or a token
+    │   │                       it does not allow
     │   └── TraceFormatError    a malformed trace / trajectory file (carries the line number)
     ├── ModelLoadError          a checkpoint that cannot be read or is not supported
     ├── StoreError              the KV store failed in a way that is not a plain miss
@@ -40,6 +42,11 @@ class InvalidFieldError(UserInputError):
 
 class ConfigError(UserInputError):
     """A configuration file, preset or combination of options cannot be used."""
+
+
+class GrammarError(UserInputError):
+    """A guided-decoding grammar (JSON schema, tool schema) is invalid, or a token was fed to
+    a grammar that does not allow it."""
 
 
 class TraceFormatError(UserInputError):

@@ -20,6 +20,11 @@ SEED_MAX = 2**64 - 1
 MAX_TOKENS_LIMIT = 2**31 - 1
 MAX_STOP_TOKEN_IDS = 256
 TOKEN_ID_MAX = 2**32 - 1
+MAX_LOGIT_BIAS = 1024  # entries of logit_bias (each costs the sampler one write per step)
+LOGIT_BIAS_MAX = 100.0  # |bias| (OpenAI's range)
+MAX_TOP_LOGPROBS = 20  # alternatives per generated token (vLLM's default max_logprobs)
+MAX_GRAMMAR_CHARS = 1 << 20  # a guided-decoding grammar (llguidance's JSON/Lark text)
+REPETITION_PENALTY_MAX = 1e6
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,14 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # over prompt + generated tokens (vLLM's rule)
+    presence_penalty: float = 0.0  # over generated tokens (OpenAI's rule)
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: int | None = None  # None: none; k: the sampled token's logprob + the top k
+    grammar: str | None = None  # guided decoding: an llguidance grammar (core.guide)
 
     def __post_init__(self) -> None:
         _check_int("max_tokens", self.max_tokens, 1, MAX_TOKENS_LIMIT)
@@ -57,6 +70,31 @@ class SamplingParams:
                                     f"stop_token_ids, got {len(self.stop_token_ids)}")
         for tok in self.stop_token_ids:
             _check_int("stop_token_ids", tok, 0, TOKEN_ID_MAX)
+        _check_int("top_k", self.top_k, 0, 2**31 - 1)
+        _check_range("min_p", self.min_p, 0.0, 1.0)
+        _check_float("repetition_penalty", self.repetition_penalty)
+        if not 0.0 < self.repetition_penalty <= REPETITION_PENALTY_MAX:
+            raise InvalidFieldError("repetition_penalty", "repetition_penalty must be in "
+                                    f"(0, {REPETITION_PENALTY_MAX:g}], got {self.repetition_penalty}")
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        if len(self.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidFieldError("logit_bias", f"at most {MAX_LOGIT_BIAS} logit_bias "
+                                    f"entries, got {len(self.logit_bias)}")
+        for tok, bias in self.logit_bias:
+            _check_int("logit_bias", tok, 0, TOKEN_ID_MAX)
+            _check_range("logit_bias", bias, -LOGIT_BIAS_MAX, LOGIT_BIAS_MAX)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+        if self.grammar is not None and not 0 < len(self.grammar) <= MAX_GRAMMAR_CHARS:
+            raise InvalidFieldError("grammar", f"a grammar has 1 to {MAX_GRAMMAR_CHARS} "
+                                    f"characters, got {len(self.grammar)}")
+
+    @property
+    def penalized(self) -> bool:
+        """True when the sampler needs the token history (a penalty is set)."""
+        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
+                or self.frequency_penalty != 0.0)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int, shown: str | None = None) -> None:
@@ -72,6 +110,12 @@ def _check_float(name: str, value: object) -> None:
         raise InvalidFieldError(name, f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise InvalidFieldError(name, f"{name} must be a finite number, got {value}")
+
+
+def _check_range(name: str, value: float, lo: float, hi: float) -> None:
+    _check_float(name, value)
+    if not lo <= value <= hi:
+        raise InvalidFieldError(name, f"{name} must be in [{lo:g}, {hi:g}], got {value}")
 
 
 def _short(value: int) -> str:
@@ -90,11 +134,22 @@ class GenerateRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """The log-probability of one generated token and of the `top` most likely alternatives
+    ((token id, logprob), best first), from the model's distribution at that step."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
-    """New tokens of a running request (usually one per decode step)."""
+    """New tokens of a running request (usually one per decode step); `logprobs`, when the
+    request asked for them, has one entry per token."""
 
     request_id: str
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)

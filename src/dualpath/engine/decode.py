@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from dualpath.core.errors import GrammarError
 from dualpath.core.stop_rule import FinishReason
 from dualpath.engine.base import EngineBase
 from dualpath.engine.early_messages import EarlyMessages
-from dualpath.engine.sampler import sample_token
+from dualpath.engine.token_picker import TokenPicker
 from dualpath.kv.hashing import block_hashes
 from dualpath.model.kv_bytes import kv_from_bytes
 from dualpath.model.kv_cache import PagedKVCache
@@ -36,6 +37,7 @@ from dualpath.transfer.curve import engine_of
 from dualpath.wire import FrameRejected
 from dualpath.wire import control as ctl
 from dualpath.wire.data import HitLayer, HitReady, KvLayer, PrefillFailed, PrefillResult
+from dualpath.wire.sampling import TokenLogprobs
 from dualpath.wire.types import AttemptId
 
 logger = logging.getLogger(__name__)
@@ -50,12 +52,14 @@ class TaskState(enum.Enum):
 @dataclass
 class DecodeTask:
     assign: ctl.AssignDecode
+    picker: TokenPicker  # the attempt's sampling state: penalties' history, grammar, step
     state: TaskState = TaskState.WAITING
     # Since when the KV wait has gone without news (None while our own DE-path read runs).
     waiting_since_s: float | None = None
     hit_tokens: int = 0
     layer_tokens: dict[int, int] = field(default_factory=dict)  # tokens of KV per layer
     first_token: int | None = None
+    first_logprobs: TokenLogprobs | None = None
     generated: list[int] = field(default_factory=list)
     hashes: list[str] = field(default_factory=list)  # block hashes known so far
     persisted_blocks: int = 0  # leading blocks already in the store
@@ -115,14 +119,22 @@ class DecodeEngine(EngineBase):
 
     def _assign(self, a: ctl.AssignDecode) -> None:
         need = max(a.kv_tokens, len(a.prompt_token_ids) + 1)
-        if not self.cache.can_allocate(need):
+        error = None if self.cache.can_allocate(need) else "decode engine out of KV memory"
+        picker = None
+        if error is None:
+            try:
+                picker = TokenPicker(a.sampling, a.prompt_token_ids,
+                                     self.model_config.vocab_size, self.guides)
+            except GrammarError as exc:
+                error = str(exc)
+        if picker is None:
             self._early.forget(a.attempt)  # the PE's KV for it must not be parked forever
             self.send_control(ctl.Finished(self.engine_id, a.attempt, FinishReason.ERROR,
                                            len(a.prompt_token_ids), 0, 0,
-                                           error="decode engine out of KV memory"))
+                                           error=(error or "")[:4096]))
             return
         self.cache.allocate(str(a.attempt), need)
-        task = DecodeTask(a, hashes=list(a.hit_hashes))
+        task = DecodeTask(a, picker, hashes=list(a.hit_hashes))
         self._tasks[a.attempt] = task
         if a.read_path == "de" and a.hit_hashes:
             self._readers.submit(self._read_blocks, task)
@@ -225,7 +237,10 @@ class DecodeEngine(EngineBase):
         elif isinstance(h, PrefillResult):
             if h.first_token >= self.model_config.vocab_size or h.cached_tokens > task.prompt_len:
                 raise FrameRejected("invalid", f"{h.attempt}: prefill result out of range")
+            if (h.logprobs is None) != (task.assign.sampling.logprobs is None):
+                raise FrameRejected("invalid", f"{h.attempt}: logprobs do not match the request")
             task.first_token = h.first_token
+            task.first_logprobs = h.logprobs
             task.hit_tokens = h.cached_tokens
         else:
             self._finish(task, FinishReason.ERROR, error=h.error)
@@ -268,23 +283,28 @@ class DecodeEngine(EngineBase):
         self.cache.commit(task.key, n - self.cache.num_tokens(task.key))
         task.persisted_blocks = task.hit_tokens // self.block_size
         task.state = TaskState.RUNNING
-        self._emit(task, task.first_token)
+        self._emit(task, task.first_token, task.first_logprobs)
 
     def _decode(self, batch: list[DecodeTask]) -> None:
         last = [t.generated[-1] for t in batch]
         logits = self.model.decode(last, [self.cache.sequence(t.key) for t in batch])
         for row, task in enumerate(batch):
-            a = task.assign
-            n = len(task.generated)
-            token = sample_token(logits[row], temperature=a.temperature, top_p=a.top_p,
-                                 seed=a.seed, step=n, banned_token_ids=a.stop.banned(n))
-            self._emit(task, token)
+            picked = task.picker.pick(logits[row], task.assign.stop.banned(len(task.generated)))
+            self._emit(task, picked.token, picked.logprobs)
 
-    def _emit(self, task: DecodeTask, token: int) -> None:
+    def _emit(self, task: DecodeTask, token: int, logprobs: TokenLogprobs | None) -> None:
+        try:
+            task.picker.accept(token)  # the PE's first token must obey the grammar too
+        except GrammarError as exc:
+            self._finish(task, FinishReason.ERROR, error=f"the answer left its grammar: {exc}")
+            return
         task.generated.append(token)
-        self.send_control(ctl.Tokens(self.engine_id, task.rid, [token]))
+        self.send_control(ctl.Tokens(self.engine_id, task.rid, [token],
+                                     None if logprobs is None else [logprobs]))
         self._persist_full_blocks(task)
         reason = task.assign.stop.finish_reason(task.generated)
+        if reason is None and task.picker.complete:
+            reason = FinishReason.STOP  # the grammar is complete: nothing more may follow
         if reason is not None:
             self._finish(task, reason)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dualpath.core.errors import TransferError
+from dualpath.core.errors import GrammarError, TransferError
 from dualpath.engine.base import EngineBase
 from dualpath.engine.early_messages import EarlyMessages
-from dualpath.engine.sampler import sample_token
+from dualpath.engine.token_picker import TokenPicker
 from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
 from dualpath.scheduler import FlopsAttentionPredictor, PrefillWork, form_prefill_batch
 from dualpath.transfer.base import Message
@@ -191,7 +191,7 @@ class PrefillEngine(EngineBase):
                 self._run_chunk(task, item.chunk_tokens, item.last_chunk)
             except _PeerSilent as exc:
                 self._peer_failed(task, str(exc))
-            except TransferError as exc:
+            except (TransferError, GrammarError) as exc:
                 self._fail(task, str(exc))
             except Exception as exc:  # a bad request must not take the engine down
                 logger.exception("prefill of %s crashed", task.rid)
@@ -241,10 +241,13 @@ class PrefillEngine(EngineBase):
             task.computed += chunk
             return
         assert out.logits is not None
-        first = sample_token(out.logits, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
-                             step=0, banned_token_ids=tuple(a.banned_first_token_ids))
-        self.sender.submit(a.decode_address, PrefillResult(a.attempt, first, task.prompt_len,
-                                                           task.hit_tokens))
+        # The same picker the DE runs (penalties over the prompt, the grammar resumed over a
+        # retry's streamed tokens, the seeded step), so the first token obeys the request.
+        picker = TokenPicker(a.sampling, a.prompt_token_ids, self.model_config.vocab_size,
+                             self.guides)
+        first = picker.pick(out.logits, tuple(a.banned_first_token_ids))
+        self.sender.submit(a.decode_address, PrefillResult(
+            a.attempt, first.token, task.prompt_len, task.hit_tokens, first.logprobs))
         self._finish(task)
 
     def _past(self, task: PrefillTask) -> list[torch.Tensor] | Callable[[int], torch.Tensor]:

@@ -31,10 +31,15 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return gen
 
 
-def _argmax_finite(logits: torch.Tensor) -> int:
-    """The best finite logit (+inf counts as best); token 0 when nothing is usable."""
+def _argmax_finite(logits: torch.Tensor, allowed: torch.Tensor | None = None) -> int:
+    """The best finite logit (+inf counts as best) among `allowed` (every token when None);
+    the first allowed token (token 0 without a mask) when none is usable."""
     usable = torch.nan_to_num(logits, nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
+    if allowed is not None:
+        usable = usable.masked_fill(~allowed, float("-inf"))
     if not bool(torch.isfinite(usable).any()):
+        if allowed is not None and bool(allowed.any()):
+            return int(torch.nonzero(allowed)[0].item())
         return 0
     return int(torch.argmax(usable).item())
 
@@ -47,36 +52,57 @@ def sample_token(
     seed: int | None,
     step: int,
     banned_token_ids: tuple[int, ...] = (),
+    top_k: int = 0,
+    min_p: float = 0.0,
+    allowed: torch.Tensor | None = None,
 ) -> int:
     """Sample one token id from `logits` [vocab].
 
-    banned_token_ids get -inf before sampling (used for EOS while min_tokens is not reached).
+    banned_token_ids get -inf before sampling (used for EOS while min_tokens is not reached),
+    unless that would leave no `allowed` token: a grammar that can only end (EOS) wins over
+    min_tokens. `allowed` (bool [vocab], a grammar's mask): only these may be drawn, even
+    when the logits are broken. top_k (0 = off) keeps the k most likely tokens, min_p drops
+    tokens less likely than min_p x the most likely one, top_p keeps the nucleus.
     Unseeded sampling uses torch's global generator, i.e. is not reproducible.
     """
     logits = logits.detach().to(torch.float64).flatten()
-    if banned_token_ids:
-        logits = logits.clone()
-        valid = [t for t in banned_token_ids if 0 <= t < logits.numel()]
-        logits[valid] = float("-inf")
+    n = logits.numel()
+    if allowed is not None:
+        allowed = allowed.flatten()[:n]
+        if allowed.numel() < n:  # padding rows of the model's vocabulary: never allowed
+            allowed = torch.cat((allowed, torch.zeros(n - allowed.numel(), dtype=torch.bool)))
+    valid = [t for t in banned_token_ids if 0 <= t < n]
+    if valid:
+        keep = torch.ones(n, dtype=torch.bool) if allowed is None else allowed.clone()
+        keep[valid] = False
+        if allowed is None or bool(keep.any()):
+            allowed = keep
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     if not temperature > MIN_TEMPERATURE:  # also catches NaN
-        return _argmax_finite(logits)
+        return _argmax_finite(logits, allowed)
     if bool(torch.isposinf(logits).any()):  # infinite preference: greedy among those
-        return _argmax_finite(logits)
+        return _argmax_finite(logits, allowed)
     logits = torch.nan_to_num(logits, nan=float("-inf"))
     if not bool(torch.isfinite(logits).any()):
-        return 0
+        return _argmax_finite(logits, allowed)
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     probs = torch.exp(logprobs)
+    if 0 < top_k < n:
+        kth = torch.topk(probs, top_k).values[-1]
+        probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
+    if min_p > 0.0:
+        probs = torch.where(probs >= min_p * probs.max(), probs, torch.zeros_like(probs))
     if top_p < 1.0:
         sorted_probs, sorted_idx = torch.sort(probs, descending=True)
         cumulative = torch.cumsum(sorted_probs, dim=-1)
         # Keep the smallest prefix whose mass reaches top_p; the most likely token always.
-        keep = (cumulative - sorted_probs) < top_p
-        keep[0] = True
-        sorted_probs = torch.where(keep, sorted_probs, torch.zeros_like(sorted_probs))
+        keep_p = (cumulative - sorted_probs) < top_p * cumulative[-1]
+        keep_p[0] = True
+        sorted_probs = torch.where(keep_p, sorted_probs, torch.zeros_like(sorted_probs))
         probs = torch.zeros_like(probs).scatter_(0, sorted_idx, sorted_probs)
     total = float(probs.sum().item())
     if not (total > 0.0 and total == total and total != float("inf")):
-        return _argmax_finite(logits)
+        return _argmax_finite(logits, allowed)
     generator = _step_generator(seed, step) if seed is not None else None
     return int(torch.multinomial(probs, 1, generator=generator).item())

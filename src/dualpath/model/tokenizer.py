@@ -16,6 +16,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as RustTokenizer
 
 from dualpath.core.errors import ModelLoadError, UserInputError
+from dualpath.core.guide import GuideTokenizer
 from dualpath.model.chat_template import CHATML_TEMPLATE, render_chat
 
 log = logging.getLogger(__name__)
@@ -61,13 +62,21 @@ class Tokenizer(ABC):
         return ids
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
-                            add_generation_prompt: bool = True) -> str:
-        """Render `messages` with the checkpoint's chat template (ChatML if it has none)."""
+                            add_generation_prompt: bool = True,
+                            tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """Render `messages` with the checkpoint's chat template (ChatML if it has none);
+        `tools` (OpenAI tool objects) reach templates that render them."""
+        extra: dict[str, Any] = {} if tools is None else {"tools": list(tools)}
         return render_chat(
             self.chat_template or CHATML_TEMPLATE, messages,
             add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "", **extra,
         )
+
+    @abstractmethod
+    def guide_tokenizer(self, vocab_size: int) -> GuideTokenizer:
+        """This vocabulary for guided decoding (`core.guide`); ids in [own size, vocab_size)
+        (padding rows of the model) are never allowed. Costs about a second for 49k tokens."""
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]],
                     add_generation_prompt: bool = True) -> list[int]:
@@ -100,6 +109,10 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self.inner.decode(list(ids), skip_special_tokens=skip_special_tokens))
+
+    def guide_tokenizer(self, vocab_size: int) -> GuideTokenizer:
+        return GuideTokenizer.from_tokenizer_json(self.inner.to_str(), vocab_size,
+                                                  self.eos_token_ids)
 
     @classmethod
     def from_gguf_fields(cls, fields: Mapping[str, Any]) -> BPETokenizer:
@@ -187,6 +200,10 @@ class ByteTokenizer(Tokenizer):
             rest = rest[pos + len(tok):]
         return ids
 
+    def guide_tokenizer(self, vocab_size: int) -> GuideTokenizer:
+        return byte_guide_tokenizer(self.SPECIALS, max(vocab_size, self._vocab_size),
+                                    self.eos_token_ids)
+
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         out: list[str] = []
         buf = bytearray()
@@ -200,3 +217,11 @@ class ByteTokenizer(Tokenizer):
                 out.append(self.SPECIALS[i - 256])
         out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)
+
+
+def byte_guide_tokenizer(specials: Sequence[str], vocab_size: int,
+                         eos_token_ids: Sequence[int]) -> GuideTokenizer:
+    """Ids 0-255 are their byte, then `specials`; the remaining ids are unused (special)."""
+    tokens = [bytes([i]) for i in range(256)] + [s.encode() for s in specials]
+    tokens += [b"<|unused_%d|>" % i for i in range(len(tokens), vocab_size)]
+    return GuideTokenizer.from_token_bytes(tokens, eos_token_ids, range(256, vocab_size))

@@ -36,6 +36,7 @@ from dualpath.scheduler import GlobalScheduler, Placement, RequestInfo
 from dualpath.scheduler.charges import ALL_PARTS, Charge, ChargePart
 from dualpath.wire import FrameRejected
 from dualpath.wire import control as ctl
+from dualpath.wire.sampling import SamplingSpec
 from dualpath.wire.types import AttemptId
 
 # The third failed transfer of one request ends it with an error (a pair that keeps failing
@@ -231,19 +232,20 @@ class RequestBooks:
         rec.phase = Phase.LOADING if charge.read_tokens else Phase.PREFILLING
         if rec.first_cached_tokens is None:
             rec.first_cached_tokens = rec.cached_tokens
-        s = rec.request.sampling
+        # The tokens streamed by earlier attempts end this attempt's prompt: the engines count
+        # them as generated (penalties, seeded steps) and resume the grammar over them.
+        spec = SamplingSpec.of(rec.request.sampling, generated_before=len(rec.generated))
         side = p.read.side
         engines = self.ledger.engines
         out.append(Send(att.de, ctl.AssignDecode(
             attempt=att.id, prompt_token_ids=rec.prompt, hit_hashes=rec.hashes, read_path=side,
             prefill_engine=att.pe, prefill_address=engines[att.pe].data_address, stop=stop,
-            temperature=s.temperature, top_p=s.top_p, seed=s.seed,
-            kv_tokens=charge.decode_kv_tokens)))
+            sampling=spec, kv_tokens=charge.decode_kv_tokens)))
         out.append(Send(att.pe, ctl.AssignPrefill(
             attempt=att.id, prompt_token_ids=rec.prompt, hit_hashes=rec.hashes, read_path=side,
             decode_engine=att.de, decode_address=engines[att.de].data_address,
-            layerwise=self.config.layerwise, temperature=s.temperature, top_p=s.top_p,
-            seed=s.seed, banned_first_token_ids=list(stop.banned(0)))))
+            layerwise=self.config.layerwise, sampling=spec,
+            banned_first_token_ids=list(stop.banned(0)))))
 
     # ---- engine reports ----------------------------------------------------------------------
 
@@ -266,7 +268,9 @@ class RequestBooks:
                 raise FrameRejected("invalid", f"{att.id}: more tokens than max_tokens")
             rec.generated.extend(msg.token_ids)
             rec.advance(Phase.DECODING)
-            out.append(Emit(rec.rid, TokenEvent(rec.rid, tuple(msg.token_ids))))
+            logprobs = (None if msg.logprobs is None
+                        else tuple(lp.to_core() for lp in msg.logprobs))
+            out.append(Emit(rec.rid, TokenEvent(rec.rid, tuple(msg.token_ids), logprobs)))
         elif isinstance(msg, ctl.Finished) and sender == att.de:
             if rec.attempts == 1:  # what was really loaded (a bad block shortens the prefix)
                 rec.first_cached_tokens = min(msg.cached_tokens, len(rec.prompt))

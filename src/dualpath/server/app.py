@@ -2,10 +2,11 @@
 
 `create_app(backend, ...)` builds a self-contained app (its own metrics registry and admission
 queue) around any `Backend`. Endpoints: POST /v1/completions, POST /v1/chat/completions,
-GET /v1/models, GET /health (liveness: the process answers), GET /ready (readiness: 503 with
-reasons unless the backend says it can serve and the server is not draining), GET /metrics.
-Everything under /v1 needs the API key when one is set; /health, /ready and /metrics never do
-(probes and scrapers carry no key).
+GET /v1/models, POST /tokenize, POST /detokenize, GET /version (vLLM's), GET /health
+(liveness: the process answers), GET /ready (readiness: 503 with reasons unless the backend
+says it can serve and the server is not draining), GET /metrics. Everything under /v1, and
+/tokenize and /detokenize, need the API key when one is set; /version, /health, /ready and
+/metrics never do (probes and scrapers carry no key).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -39,6 +41,14 @@ from dualpath.server.memory import IdleTrimmer
 from dualpath.server.metrics import ServerMetrics
 from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest
 from dualpath.server.serving import OpenAIServing
+from dualpath.server.tokenize import (
+    DetokenizeRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    detokenize,
+    tokenize,
+    version,
+)
 
 logger = logging.getLogger(__name__)
 _JSON = "application/json"
@@ -139,8 +149,30 @@ def create_app(
             return Response(status_code=499)
         return await serving.chat(await _parse_async(ChatCompletionRequest, raw), request)
 
+    async def tokenize_route(request: Request) -> Response:
+        raw = await _read_body(request, max_body_bytes)
+        body: TokenizeChatRequest | TokenizeCompletionRequest
+        if _has_messages(raw):
+            body = await _parse_async(TokenizeChatRequest, raw)
+        else:
+            body = await _parse_async(TokenizeCompletionRequest, raw)
+        return Response(tokenize(serving, body), media_type=_JSON)
+
+    async def detokenize_route(request: Request) -> Response:
+        raw = await _read_body(request, max_body_bytes)
+        return Response(detokenize(serving, await _parse_async(DetokenizeRequest, raw)),
+                        media_type=_JSON)
+
     app.router.routes.insert(0, Route("/v1/completions", completions, methods=["POST"]))
     app.router.routes.insert(1, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
+    app.router.routes.insert(2, Route("/tokenize", tokenize_route, methods=["POST"]))
+    app.router.routes.insert(3, Route("/detokenize", detokenize_route, methods=["POST"]))
+    version_body = responses.dumps({"version": version()})
+
+    @app.get("/version")
+    async def version_route() -> Response:
+        """The server's version (vLLM's shape)."""
+        return Response(version_body, media_type=_JSON)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.get("/v1/models")
@@ -176,11 +208,24 @@ def create_app(
     return app
 
 
-_GENERATION_OPS = (
+_GENERATION_OPS: tuple[tuple[str, type[BaseModel], str], ...] = (
     ("/v1/completions", CompletionRequest, "Text completion (`stream: true`: server-sent events)"),
     ("/v1/chat/completions", ChatCompletionRequest,
      "Chat completion through the model's chat template (`stream: true`: server-sent events)"),
+    ("/tokenize", TokenizeCompletionRequest,
+     "Token ids of a prompt, or (with `messages`) of a rendered chat (vLLM's)"),
+    ("/detokenize", DetokenizeRequest, "Text of token ids (vLLM's)"),
 )
+_PROTECTED = ("/v1", "/tokenize", "/detokenize")
+
+
+def _has_messages(raw: bytes) -> bool:
+    """A /tokenize body with `messages` is a chat (vLLM tells the two bodies apart so)."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and "messages" in obj
 
 
 async def _read_body(request: Request, limit_bytes: int) -> bytes:
@@ -314,7 +359,7 @@ class _ApiKeyMiddleware:
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+        if scope["type"] == "http" and scope["path"].startswith(_PROTECTED):
             given = b""
             for name, value in scope["headers"]:
                 if name == b"authorization":

@@ -8,16 +8,29 @@ of earlier requests (prompt + generated tokens, whole blocks, chained hashes), s
 Generated tokens are lowercase letters and spaces (readable, and printable for stop-string
 tests). Greedy (temperature 0) output is a function of the prompt alone; sampled output is a
 function of (prompt, seed), or of the backend's own seeded generator when `seed` is None.
+A request with a grammar gets the same choice where the grammar allows it, else an allowed
+token picked the same way (so its output is always in the grammar, through the real
+`core.guide`); one with logprobs gets a fixed, well-formed distribution (every alphabet token
+equally likely). The other sampling knobs (top_k, penalties, logit_bias) have nothing to act
+on in this fake and are ignored here; the real engines apply them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, TokenEvent
+from dualpath.core.guide import Guide
+from dualpath.core.requests import (
+    FinishEvent,
+    GenerateEvent,
+    GenerateRequest,
+    TokenEvent,
+    TokenLogprob,
+)
 from dualpath.server.backend import AdmissionLimits, Backend, BackendMetrics
 from dualpath.server.tokenizer import ByteTokenizer, Tokenizer
 
@@ -64,6 +77,7 @@ class EchoBackend(Backend):
         self._rng = random.Random(seed)
         self._stored_blocks: set[int] = set()
         self._running: dict[str, _Running] = {}
+        self._guide_tokenizer: object | None = None
         self._bytes_read = 0
         self.aborted_ids: list[str] = []  # requests that ended by abort or cancellation
 
@@ -100,6 +114,12 @@ class EchoBackend(Backend):
             buffer_bytes_in_use={"echo": sum(len(r.buffer) for r in running)},
         )
 
+    @staticmethod
+    def _logprob(token: int, top: int) -> TokenLogprob:
+        lp = -math.log(len(_ALPHABET))
+        chosen = lp if token in _ALPHABET else -9999.0
+        return TokenLogprob(chosen, tuple((t, lp) for t in _ALPHABET[:top]))
+
     def _block_hashes(self, token_ids: tuple[int, ...]) -> list[int]:
         hashes: list[int] = []
         parent = 0
@@ -133,6 +153,12 @@ class EchoBackend(Backend):
             rng = random.Random(hash((sp.seed, prompt))) if sp.seed is not None else self._rng
             key = 0
         eos = self._tokenizer.eos_token_ids[0] if self._tokenizer.eos_token_ids else None
+        guide = None
+        if sp.grammar is not None:
+            if self._guide_tokenizer is None:
+                self._guide_tokenizer = self._tokenizer.guide_tokenizer(  # type: ignore[attr-defined]
+                    self._tokenizer.vocab_size)
+            guide = Guide(self._guide_tokenizer, sp.grammar)  # type: ignore[arg-type]
         stop_ids = set(sp.stop_token_ids)
         out: list[int] = []
         reason = "length"
@@ -151,16 +177,23 @@ class EchoBackend(Backend):
                     and not sp.ignore_eos
                     and i >= max(self.eos_after_tokens, sp.min_tokens)
                 )
-                if natural_eos and eos is not None:
+                draw = hash((key, i)) if rng is None else rng.randrange(len(_ALPHABET))
+                if natural_eos and eos is not None and guide is None:
                     tok = eos
-                elif rng is None:
-                    tok = _ALPHABET[hash((key, i)) % len(_ALPHABET)]
                 else:
-                    tok = rng.choice(_ALPHABET)
+                    tok = _ALPHABET[draw % len(_ALPHABET)]
+                if guide is not None and not guide.allows(tok):
+                    allowed = [t for t in range(guide.vocab_size) if guide.allows(t)]
+                    tok = allowed[draw % len(allowed)]
+                if guide is not None:
+                    guide.accept(tok)
                 out.append(tok)
                 state.total_tokens += 1
-                yield TokenEvent(rid, (tok,))
-                if (natural_eos and eos is not None) or (tok in stop_ids and i + 1 >= sp.min_tokens):
+                yield TokenEvent(rid, (tok,), None if sp.logprobs is None
+                                 else (self._logprob(tok, sp.logprobs),))
+                ended = guide is not None and (guide.is_stopped or tok == eos)
+                if (natural_eos and eos is not None and guide is None) or ended or (
+                        tok in stop_ids and i + 1 >= sp.min_tokens):
                     reason = "stop"
                     break
             completed = True

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from dualpath.core.requests import FinishEvent, GenerateRequest, TokenEvent
+from dualpath.core.requests import FinishEvent, GenerateRequest, TokenEvent, TokenLogprob
 from dualpath.server.backend import Backend
 from dualpath.server.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from dualpath.server.metrics import ServerMetrics
@@ -31,10 +31,12 @@ _ABORT_DRAIN_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True)
 class Delta:
-    """New output of one request: text (may be empty while held back) and the token ids."""
+    """New output of one request: text (may be empty while held back), the token ids and,
+    when the request asked for them, one logprob entry per token."""
 
     text: str
     token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,10 @@ class Generation:
                     text = matcher.push(detok.push(ev.token_ids))
                     if matcher.stopped:
                         await self._backend.abort(rid)
-                        yield Delta(text, ev.token_ids)
+                        yield Delta(text, ev.token_ids, ev.logprobs)
                         finish = await self._drain_after_abort(events)
                         break
-                    yield Delta(text, ev.token_ids)
+                    yield Delta(text, ev.token_ids, ev.logprobs)
                 else:
                     finish = ev
                     break

@@ -40,7 +40,8 @@ def banner(host: str, port: int, model_name: str, api_key: str | None) -> str:
         f"  try: curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
         f"         -d '{{\"model\": \"{model_name}\", \"messages\": "
         f"[{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'\n"
-        f"  endpoints: /v1/completions /v1/chat/completions /v1/models /health /ready /metrics\n"
+        f"  endpoints: /v1/completions /v1/chat/completions /v1/models /tokenize /detokenize\n"
+        f"             /version /health /ready /metrics\n"
         f"  stop: Ctrl-C or SIGTERM (drains in-flight requests first)"
     )
 

@@ -9,7 +9,11 @@ parameters (400), admission (429 queue full / 503 draining), then generation. A 
 request whose client disconnects is cancelled (a watcher task listens for `http.disconnect`);
 a streamed one is cancelled by Starlette when the client goes away. Whatever fails inside one
 request fails that request alone (500, or an in-band error event once a stream has started)
-and always gives its admission slot back.
+and always gives its admission slots back.
+
+`n` > 1 runs n independent generations (the i-th with seed + i when a seed is given), each a
+normal backend request, and takes n admission slots at once (so n is at most --max-running);
+their choices are merged into one response (`choices.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -27,12 +32,22 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from dualpath.core.errors import InvalidFieldError
-from dualpath.core.requests import GenerateRequest, SamplingParams
+from dualpath.core.requests import SEED_MAX, SEED_MIN, GenerateRequest, SamplingParams
 from dualpath.server import responses
 from dualpath.server.admission import Admission, Draining, QueueFull
 from dualpath.server.api_errors import APIError
 from dualpath.server.backend import Backend
-from dualpath.server.generation import Delta, Generation
+from dualpath.server.chat_prompt import (
+    chat_messages,
+    template_renders_tools,
+    text_size,
+    tool_dicts,
+    tools_in_prompt,
+)
+from dualpath.server.choices import ChoiceOptions, collect, merge, stream_chunks
+from dualpath.server.generation import Generation
+from dualpath.server.guided import request_grammar
+from dualpath.server.logprobs import LogprobFormatter
 from dualpath.server.metrics import ServerMetrics
 from dualpath.server.protocol import (
     ChatCompletionRequest,
@@ -58,6 +73,7 @@ class OpenAIServing:
         self.metrics = metrics
         self.model_name = model_name
         self.tokenizer = backend.tokenizer
+        self.formatter = LogprobFormatter(self.tokenizer)
         self._ids = itertools.count()
         self._id_prefix = os.urandom(4).hex()
 
@@ -66,31 +82,45 @@ class OpenAIServing:
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         arrival_s = time.perf_counter()
         self._check_common(body)
-        if body.echo:
-            raise APIError(400, "echo is not supported", param="echo")
-        if body.suffix is not None:
-            raise APIError(400, "suffix is not supported", param="suffix")
-        if body.best_of not in (None, 1):
-            raise APIError(400, "best_of must be 1", param="best_of")
         prompt_ids = self._completion_prompt(body.prompt)
-        return await self._serve(body, request, prompt_ids, body.max_tokens, "prompt",
-                                 chat=False, arrival_s=arrival_s)
+        opts = ChoiceOptions(chat=False, logprobs=body.logprobs, parse_tools=False,
+                             return_token_ids=body.return_token_ids,
+                             prompt_token_ids=tuple(prompt_ids))
+        return await self._serve(body, request, prompt_ids, body.max_tokens, "prompt", opts,
+                                 None, arrival_s)
 
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         arrival_s = time.perf_counter()
         self._check_common(body)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        self._check_text_size(sum(len(m["content"]) for m in messages), "messages")
+        if body.top_logprobs and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        prompt_ids = self.chat_prompt(body)
+        grammar = request_grammar(body.response_format, body.tools, body.tool_choice,
+                                  body.parallel_tool_calls)
+        opts = ChoiceOptions(chat=True,
+                             logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+                             parse_tools=bool(tools_in_prompt(body)),
+                             return_token_ids=body.return_token_ids,
+                             prompt_token_ids=tuple(prompt_ids))
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return await self._serve(body, request, prompt_ids, max_tokens, "messages", opts,
+                                 grammar, arrival_s)
+
+    def chat_prompt(self, body: ChatCompletionRequest) -> list[int]:
+        """The prompt token ids of a chat request (also what /tokenize counts)."""
+        native = template_renders_tools(getattr(self.tokenizer, "chat_template", None))
+        messages = chat_messages(body, native)
+        tools = tools_in_prompt(body)
+        self.check_text_size(text_size(messages) + sum(
+            len(t.model_dump_json()) for t in tools), "messages")
         try:
+            kwargs = {"tools": tool_dicts(tools)} if native and tools else {}
             rendered = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=body.add_generation_prompt)
-            prompt_ids = (self.tokenizer.encode(rendered) if isinstance(rendered, str)
-                          else list(rendered))
+                messages, add_generation_prompt=body.add_generation_prompt, **kwargs)
+            return (self.tokenizer.encode(rendered) if isinstance(rendered, str)
+                    else list(rendered))
         except Exception as exc:  # template errors are about the messages the client sent
             raise APIError(400, f"messages could not be rendered: {exc}", param="messages") from exc
-        max_tokens = body.max_completion_tokens or body.max_tokens
-        return await self._serve(body, request, prompt_ids, max_tokens, "messages",
-                                 chat=True, arrival_s=arrival_s)
 
     # ---- validation ------------------------------------------------------------------
 
@@ -98,14 +128,14 @@ class OpenAIServing:
         if body.model is not None and body.model != self.model_name:
             raise APIError(404, f"The model `{body.model}` does not exist.", param="model",
                            code="model_not_found")
-        if body.n != 1:
-            raise APIError(400, f"n must be 1 (got {body.n}); send one request per sample",
-                           param="n")
         refused = unsupported_field(body)
         if refused is not None:
             raise APIError(400, refused[1], param=refused[0])
+        if body.n > self.admission.max_running:
+            raise APIError(400, f"n is at most {self.admission.max_running} here (the "
+                           f"server's --max-running), got {body.n}", param="n")
 
-    def _check_text_size(self, chars: int, param: str) -> None:
+    def check_text_size(self, chars: int, param: str) -> None:
         limit = MAX_CHARS_PER_TOKEN * self.backend.max_model_len
         if chars > limit:
             raise APIError(
@@ -120,7 +150,7 @@ class OpenAIServing:
                                "send one prompt per request", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
-            self._check_text_size(len(prompt), "prompt")
+            self.check_text_size(len(prompt), "prompt")
             # A checkpoint that wants BOS on text prompts says so through `encode_prompt`
             # (dualpath.model.tokenizer); token-id prompts are taken as they are.
             encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)
@@ -131,7 +161,8 @@ class OpenAIServing:
         return list(prompt)  # type: ignore[arg-type]
 
     def _sampling(self, body: _SamplingFields, prompt_ids: Sequence[int], max_tokens: int | None,
-                  param: str) -> tuple[SamplingParams, list[str]]:
+                  param: str, opts: ChoiceOptions,
+                  grammar: str | None) -> tuple[SamplingParams, list[str]]:
         n_prompt = len(prompt_ids)
         if n_prompt == 0:
             raise APIError(400, "the prompt is empty", param=param)
@@ -163,6 +194,15 @@ class OpenAIServing:
                 ignore_eos=body.ignore_eos,
                 seed=body.seed,
                 stop_token_ids=stop_ids,
+                top_k=max(body.top_k or 0, 0),
+                min_p=body.min_p or 0.0,
+                repetition_penalty=(1.0 if body.repetition_penalty is None
+                                    else body.repetition_penalty),
+                presence_penalty=body.presence_penalty or 0.0,
+                frequency_penalty=body.frequency_penalty or 0.0,
+                logit_bias=_logit_bias(body.logit_bias, vocab),
+                logprobs=opts.logprobs,
+                grammar=grammar,
             )
         except InvalidFieldError as exc:
             raise APIError(400, str(exc), param=exc.field) from exc
@@ -171,42 +211,43 @@ class OpenAIServing:
     # ---- generation ------------------------------------------------------------------
 
     async def _serve(self, body: _SamplingFields, request: Request, prompt_ids: list[int],
-                     max_tokens: int | None, param: str, *, chat: bool,
-                     arrival_s: float) -> Response:
-        sampling, stop = self._sampling(body, prompt_ids, max_tokens, param)
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{next(self._ids):x}"
+                     max_tokens: int | None, param: str, opts: ChoiceOptions,
+                     grammar: str | None, arrival_s: float) -> Response:
+        sampling, stop = self._sampling(body, prompt_ids, max_tokens, param, opts, grammar)
+        n = body.n
+        rid = f"{'chatcmpl' if opts.chat else 'cmpl'}-{self._id_prefix}{next(self._ids):x}"
         task = asyncio.current_task()
         assert task is not None  # always inside a task under an ASGI server
         # Until the response starts, a client that goes away cancels this task (also while
         # it waits in the admission queue); a stream is then watched by Starlette.
         watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
         try:
-            await self._admit(arrival_s)
-            handed_off = False  # True once a stream response owns the slot
+            await self._admit(arrival_s, n)
+            handed_off = False  # True once a stream response owns the slots
             try:
-                gen = Generation(self.backend,
-                                 GenerateRequest(rid, tuple(prompt_ids), sampling, arrival_s),
-                                 stop, self.metrics, arrival_s)
+                gens = [Generation(self.backend, GenerateRequest(
+                    rid if n == 1 else f"{rid}-{i}", tuple(prompt_ids),
+                    _nth_sample(sampling, i), arrival_s), stop, self.metrics, arrival_s)
+                    for i in range(n)]
                 created = int(time.time())
                 if not body.stream:
-                    return await self._collect(gen, rid, created, chat, body.return_token_ids,
-                                               tuple(prompt_ids))
+                    return await self._collect(gens, rid, created, opts)
                 watcher.cancel()
                 if watcher.done() and not watcher.cancelled():
                     # The client left just as we were admitted; no response object will
-                    # ever run to release the slot, so the `finally` below does.
+                    # ever run to release the slots, so the `finally` below does.
                     task.uncancel()
                     return Response(status_code=499)
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
-                writer = responses.ChunkWriter(chat=chat, rid=rid, created=created,
-                                               model=self.model_name, include_usage=include_usage,
-                                               return_token_ids=body.return_token_ids)
-                stream = _ReleasingStream(_sse_body(gen, writer), self.admission)
+                writer = responses.ChunkWriter(chat=opts.chat, rid=rid, created=created,
+                                               model=self.model_name, include_usage=include_usage)
+                stream = _ReleasingStream(_sse_body(gens, opts, writer, self.formatter),
+                                          self.admission, n)
                 handed_off = True
                 return stream
             finally:
                 if not handed_off:
-                    self.admission.release()
+                    self.admission.release(n)
         except asyncio.CancelledError:
             if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
                 return Response(status_code=499)  # the client is gone; nobody reads this
@@ -222,9 +263,9 @@ class OpenAIServing:
         except (QueueFull, Draining) as exc:
             raise self._refusal(exc) from None
 
-    async def _admit(self, arrival_s: float) -> None:
+    async def _admit(self, arrival_s: float, n: int) -> None:
         try:
-            await self.admission.acquire()
+            await self.admission.acquire(n)
         except (QueueFull, Draining) as exc:
             raise self._refusal(exc) from None
         self.metrics.queue_s.observe(time.perf_counter() - arrival_s)
@@ -237,33 +278,43 @@ class OpenAIServing:
         self.metrics.reject("draining")
         return APIError(503, "the server is shutting down", headers=self._retry_after())
 
-    async def _collect(self, gen: Generation, rid: str, created: int, chat: bool,
-                       return_ids: bool, prompt_ids: tuple[int, ...]) -> Response:
-        texts: list[str] = []
-        ids: list[int] = []
-        delta: Delta
-        try:
-            async for delta in gen.deltas():
-                texts.append(delta.text)
-                ids.extend(delta.token_ids)
-        except Exception as exc:  # the backend failed this request: 500 for it alone
-            raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}") from exc
-        outcome = gen.outcome
-        if outcome is None or outcome.finish_reason == "error":
-            error = outcome.error if outcome is not None else None
-            raise APIError(500, f"generation failed: {error or 'backend error'}")
-        text = "".join(texts)
-        token_ids = ids if return_ids else None
-        obj: dict[str, Any]
-        if chat:
-            obj = responses.chat_completion(rid, created, self.model_name, text, outcome, token_ids)
+    async def _collect(self, gens: list[Generation], rid: str, created: int,
+                       opts: ChoiceOptions) -> Response:
+        if len(gens) == 1:
+            results = [await collect(gens[0], 0, opts, self.formatter)]
         else:
-            obj = responses.completion(rid, created, self.model_name, text, outcome, token_ids,
-                                       prompt_ids if return_ids else None)
+            tasks = [asyncio.create_task(collect(g, i, opts, self.formatter))
+                     for i, g in enumerate(gens)]
+            try:
+                results = list(await asyncio.gather(*tasks))
+            finally:  # one failed choice (or the client leaving) ends the others
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        obj = responses.envelope(rid, created, self.model_name, opts.chat,
+                                 [c for c, _ in results], [o for _, o in results])
         return Response(responses.dumps(obj), media_type=_JSON)
 
     def _retry_after(self) -> dict[str, str]:
         return {"Retry-After": str(self.backend.admission.retry_after_s)}
+
+
+def _nth_sample(sampling: SamplingParams, i: int) -> SamplingParams:
+    """The i-th of n samples: its own seed (seed + i, wrapped), so seeded samples differ."""
+    if i == 0 or sampling.seed is None:
+        return sampling
+    span = SEED_MAX - SEED_MIN + 1
+    return replace(sampling, seed=(sampling.seed + i - SEED_MIN) % span + SEED_MIN)
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab: int) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, value in (bias or {}).items():
+        if not key.isdigit() or int(key) >= vocab:
+            raise APIError(400, f"logit_bias keys are token ids in [0, {vocab}), got {key!r}",
+                           param="logit_bias")
+        out.append((int(key), value))
+    return tuple(out)
 
 
 async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> None:
@@ -274,26 +325,21 @@ async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> No
             return
 
 
-async def _sse_body(gen: Generation, writer: responses.ChunkWriter) -> AsyncIterator[bytes]:
-    """The SSE chunks of one stream. Once the response has started, any failure (backend,
-    detokenizer, serialization) is reported in-band, then `[DONE]`: the stream ends cleanly
-    and nothing escapes to the HTTP layer. (A client that goes away raises CancelledError or
-    GeneratorExit, which are not caught.)"""
+async def _sse_body(gens: list[Generation], opts: ChoiceOptions, writer: responses.ChunkWriter,
+                    formatter: LogprobFormatter) -> AsyncIterator[bytes]:
+    """The SSE chunks of one stream (every choice). Once the response has started, any failure
+    (backend, detokenizer, serialization) is reported in-band, then `[DONE]`: the stream ends
+    cleanly and nothing escapes to the HTTP layer. (A client that goes away raises
+    CancelledError or GeneratorExit, which are not caught.)"""
     try:
-        first = writer.first()
-        if first is not None:
-            yield first
-        async for delta in gen.deltas():
-            chunk = writer.delta(delta.text, delta.token_ids)
-            if chunk is not None:
-                yield chunk
-        outcome = gen.outcome
-        if outcome is None or outcome.finish_reason == "error":
-            error = outcome.error if outcome is not None else None
-            yield responses.sse(APIError(500, f"generation failed: {error or 'backend error'}").body())
-            yield responses.SSE_DONE
-            return
-        yield writer.last(outcome)
+        async for chunk in merge([stream_chunks(g, i, opts, writer, formatter)
+                                  for i, g in enumerate(gens)]):
+            yield chunk
+        outcomes = [g.outcome for g in gens if g.outcome is not None]
+        yield writer.usage(outcomes) + responses.SSE_DONE
+    except APIError as exc:
+        yield responses.sse(exc.body())
+        yield responses.SSE_DONE
     except Exception as exc:  # a failure mid-stream: tell the client in-band
         logger.warning("stream failed: %s: %s", type(exc).__name__, exc)
         yield responses.sse(APIError(500, f"generation failed: {type(exc).__name__}: {exc}").body())
@@ -304,10 +350,11 @@ class _ReleasingStream(StreamingResponse):
     """An SSE response that gives its admission slot back however the stream ends,
     including a client that disconnects before the first chunk."""
 
-    def __init__(self, body: AsyncIterator[bytes], admission: Admission) -> None:
+    def __init__(self, body: AsyncIterator[bytes], admission: Admission, slots: int) -> None:
         super().__init__(body, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self._admission = admission
+        self._slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -318,4 +365,4 @@ class _ReleasingStream(StreamingResponse):
                 if aclose is not None:
                     await aclose()
             finally:
-                self._admission.release()
+                self._admission.release(self._slots)

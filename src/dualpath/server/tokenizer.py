@@ -8,8 +8,10 @@ built on `decode` (see `detokenizer.py`), so a tokenizer need not provide its ow
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dualpath.core.backend import Tokenizer
+from dualpath.core.guide import GuideTokenizer
 
 __all__ = ["ByteTokenizer", "Tokenizer"]
 
@@ -53,8 +55,17 @@ class ByteTokenizer:
     def decode(self, token_ids: Sequence[int]) -> str:
         return bytes(t for t in token_ids if 0 <= t < 256).decode("utf-8", errors="replace")
 
+    def guide_tokenizer(self, vocab_size: int) -> GuideTokenizer:
+        """This vocabulary for guided decoding (a `core.guide.GuideTokenizer`)."""
+        tokens = [bytes([i]) for i in range(256)] + [s.encode() for s in self.SPECIALS]
+        return GuideTokenizer.from_token_bytes(tokens, self.eos_token_ids,
+                                               range(256, len(tokens)))
+
+    chat_template: str | None = None  # ChatML, rendered below
+
     def apply_chat_template(
-        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
         if add_generation_prompt:

@@ -18,7 +18,7 @@ from dualpath.core.errors import ProtocolError
 from dualpath.wire.control import ToEngine, ToNode, ToScheduler
 from dualpath.wire.data import DataEnvelope
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: SamplingSpec in the assignments, logprobs in Tokens / PrefillResult
 _PREFIX = b"DP" + bytes([WIRE_VERSION])
 
 T = TypeVar("T")

@@ -21,6 +21,7 @@ from typing import Annotated
 import msgspec
 
 from dualpath.core.stop_rule import FinishReason, StopRule
+from dualpath.wire.sampling import SamplingSpec, TokenLogprobs
 from dualpath.wire.types import (
     Address,
     AttemptId,
@@ -30,12 +31,8 @@ from dualpath.wire.types import (
     ErrorText,
     ReadSide,
     Role,
-    Seed,
-    Temperature,
     TokenId,
     TokenIds,
-    TopP,
-    check_seed,
 )
 
 _MAX_COUNTERS = 1024
@@ -70,13 +67,8 @@ class AssignPrefill(msgspec.Struct, tag=True, frozen=True):
     decode_engine: EngineId
     decode_address: Address
     layerwise: bool
-    temperature: Temperature
-    top_p: TopP
-    seed: Seed | None
+    sampling: SamplingSpec  # the first token's (the same spec as the DE's)
     banned_first_token_ids: list[TokenId]  # EOS while min_tokens > 0
-
-    def __post_init__(self) -> None:
-        check_seed(self.seed)
 
 
 class AssignDecode(msgspec.Struct, tag=True, frozen=True):
@@ -87,13 +79,8 @@ class AssignDecode(msgspec.Struct, tag=True, frozen=True):
     prefill_engine: EngineId
     prefill_address: Address
     stop: StopRule  # for this attempt (a retry's rule counts only the tokens still to come)
-    temperature: Temperature
-    top_p: TopP
-    seed: Seed | None
+    sampling: SamplingSpec
     kv_tokens: Count  # KV room to allocate (the scheduler reserved exactly this)
-
-    def __post_init__(self) -> None:
-        check_seed(self.seed)
 
 
 class Abort(msgspec.Struct, tag=True, frozen=True):
@@ -123,11 +110,17 @@ class ReadDone(msgspec.Struct, tag=True, frozen=True):
 
 
 class Tokens(msgspec.Struct, tag=True, frozen=True):
-    """New tokens of an attempt, from its DE (the first one is the PE's sampled token)."""
+    """New tokens of an attempt, from its DE (the first one is the PE's sampled token);
+    `logprobs` (when the request asked for them) has one entry per token."""
 
     engine_id: EngineId
     attempt: AttemptId
     token_ids: TokenIds
+    logprobs: list[TokenLogprobs] | None = None
+
+    def __post_init__(self) -> None:
+        if self.logprobs is not None and len(self.logprobs) != len(self.token_ids):
+            raise ValueError(f"{len(self.logprobs)} logprobs for {len(self.token_ids)} tokens")
 
 
 class Finished(msgspec.Struct, tag=True, frozen=True):

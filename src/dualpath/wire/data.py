@@ -27,6 +27,7 @@ from dualpath.wire.relay import (
     RelayKvLayer,
     RelayReady,
 )
+from dualpath.wire.sampling import TokenLogprobs
 from dualpath.wire.types import Address, AttemptId, Count, ErrorText, LayerIndex, TokenId
 
 _MAX_FRAMES = 1 << 16  # payload arrays per message (a layer of a 1M-token prefix is 16K blocks)
@@ -55,6 +56,7 @@ class PrefillResult(msgspec.Struct, tag=True, frozen=True):
     first_token: TokenId
     prompt_tokens: Count
     cached_tokens: Count
+    logprobs: TokenLogprobs | None = None  # the first token's, when the request asked
 
 
 class PrefillFailed(msgspec.Struct, tag=True, frozen=True):
