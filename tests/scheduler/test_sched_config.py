@@ -43,10 +43,13 @@ def test_system_ladder_mapping() -> None:
     assert {n: (c.placement, c.read_policy) for n, c in got.items()} == {
         "basic": ("round-robin", "pe-only"),
         "layerwise": ("round-robin", "pe-only"),
-        "dualpath-rr": ("round-robin", "shorter-queue"),
+        "dualpath-rr": ("round-robin", "round-robin"),
         "dualpath": ("dualpath", "shorter-queue"),
         "oracle": ("dualpath", "shorter-queue"),
     }
+    # dualpath-rr's read side is round robin too (DESIGN.md 6, corrected); forcing a side wins.
+    assert scheduler_config_for_system(system_spec("dualpath-rr"), read_path="de").read_policy \
+        == "de-only"
     split = scheduler_config_for_system(system_spec("dualpath"), split_reads=True)
     assert split.read_policy == "split" and split.split_reads
     assert not got["dualpath"].split_reads
@@ -77,7 +80,7 @@ def test_bad_config(kw: dict[str, object]) -> None:
 
 def test_registry_names() -> None:
     assert POLICIES["placement"] == ("round-robin", "dualpath")
-    assert POLICIES["read"] == ("pe-only", "de-only", "shorter-queue", "split")
+    assert POLICIES["read"] == ("pe-only", "de-only", "round-robin", "shorter-queue", "split")
     assert GlobalScheduler(SchedulerConfig("round-robin")).policy_name == "round-robin"
     assert GlobalScheduler().policy_name == "dualpath"
 

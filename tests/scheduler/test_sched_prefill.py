@@ -98,3 +98,16 @@ def test_deterministic() -> None:
     b = sched().schedule(waiting, view)
     assert a == b
     assert len(a.placements) > 0
+
+
+def test_drained_cluster_spreads_ties_over_nodes_engines_and_sides() -> None:
+    """One request per call on an idle cluster (the drain phase): every PE, PE node, decode
+    group and read side takes its turn, instead of the lowest ids and the PE side winning
+    every tie."""
+    s = sched(alpha=1000)
+    view = make_view([[0, 0], [0, 0]], [[(0, BIG), (0, BIG)], [(0, BIG), (0, BIG)]])
+    placed = [s.schedule(reqs((100, 64)), view).placements[0] for _ in range(8)]
+    assert [p.pe_engine for p in placed] == [0, 2, 1, 3, 0, 2, 1, 3]
+    assert [p.read.side for p in placed] == ["pe", "de"] * 4
+    assert sorted(p.de_node for p in placed) == [2] * 4 + [3] * 4
+    assert len({p.de_engine for p in placed}) == 4

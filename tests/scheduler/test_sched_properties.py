@@ -17,6 +17,7 @@ from sched_helpers import Replay, by_id, make_view, order_of
 from dualpath.bench import scheduler_bench
 from dualpath.scheduler import (
     ClusterView,
+    EngineState,
     FlopsAttentionPredictor,
     GlobalScheduler,
     PrefillWork,
@@ -58,7 +59,7 @@ def queues(draw: st.DrawFn) -> list[RequestInfo]:
 configs = st.builds(
     SchedulerConfig,
     placement=st.sampled_from(["dualpath", "round-robin"]),
-    read_policy=st.sampled_from(["pe-only", "de-only", "shorter-queue", "split"]),
+    read_policy=st.sampled_from(["pe-only", "de-only", "round-robin", "shorter-queue", "split"]),
     alpha_tokens=st.one_of(st.sampled_from([0, 500, 1000]), st.integers(0, 3000)),
     beta_tokens=st.one_of(st.sampled_from([0, 1000, 3000]), st.integers(0, 3000)),
     split_block_tokens=st.sampled_from([1, 16, 64]),
@@ -73,7 +74,7 @@ def test_placement_invariants(view: ClusterView, waiting: list[RequestInfo],
 
 
 @pytest.mark.parametrize("placement", ["dualpath", "round-robin"])
-@pytest.mark.parametrize("read_policy", ["shorter-queue", "split"])
+@pytest.mark.parametrize("read_policy", ["shorter-queue", "round-robin", "split"])
 def test_invariants_at_paper_scale(placement: str, read_policy: str) -> None:
     """144 groups x 8 engines and 3,000 requests from the benchmark's generator."""
     args = argparse.Namespace(prefill_nodes=48, decode_nodes=96, engines_per_node=8)
@@ -100,8 +101,11 @@ def check_invariants(view: ClusterView, waiting: list[RequestInfo],
     if cfg.placement == "round-robin":
         assert order == list(range(len(order)))
     rp = Replay(view)
-    pe_index = {e.engine_id: i for i, e in enumerate(view.engines)}
     pe_engines = [e for e in view.engines if e.role == "prefill"]
+    # A fresh scheduler breaks engine ties in node-interleaved order (each node's first
+    # engine, then each node's second, ...); read-side ties alternate, PE side first.
+    fair = _interleaved_rank(pe_engines)
+    next_tie, next_rr = "pe", "pe"
     for p in result.placements:
         r = reqs[p.request_id]
         kv = r.decode_kv_tokens
@@ -116,21 +120,30 @@ def check_invariants(view: ClusterView, waiting: list[RequestInfo],
             assert plan.side == "pe"
         elif cfg.read_policy == "de-only":
             assert plan.side == "de"
-        elif cfg.read_policy == "shorter-queue":
-            # Always the shorter queue (ties to the PE side).
-            assert plan.side == ("de" if q_de < q_pe else "pe")
+        elif cfg.read_policy == "round-robin" and r.cached_tokens > 0:
+            assert plan.side == next_rr
+            next_rr = "de" if next_rr == "pe" else "pe"
+        elif cfg.read_policy == "shorter-queue" and r.cached_tokens > 0:
+            # Always the shorter queue; ties alternate.
+            if q_pe == q_de:
+                assert plan.side == next_tie
+                next_tie = "de" if next_tie == "pe" else "pe"
+            else:
+                assert plan.side == ("de" if q_de < q_pe else "pe")
+        elif cfg.read_policy in ("round-robin", "shorter-queue"):
+            assert (plan.side, plan.pe_tokens) == ("pe", 0)
         elif plan.side == "split":
             assert plan.pe_tokens % cfg.split_block_tokens == 0
             gap = (q_pe + plan.pe_tokens) - (q_de + plan.de_tokens)
             assert abs(gap) <= cfg.split_block_tokens
         if cfg.placement == "dualpath":
             # No engine above beta gets work; the chosen one is the least-loaded of the best
-            # class (C2 before C3), ties to the engine listed first.
+            # class (C2 before C3), ties to the lower interleaved rank.
             assert rp.tok[p.pe_engine] <= cfg.beta_tokens
 
             def key(eid: int, node: int) -> tuple[int, int, int]:
                 cls = 2 if rp.read_q[node] <= cfg.alpha_tokens else 3
-                return (cls, rp.tok[eid], pe_index[eid])
+                return (cls, rp.tok[eid], fair[eid])
 
             open_pes = [key(e.engine_id, e.node_id) for e in pe_engines
                         if rp.tok[e.engine_id] <= cfg.beta_tokens]
@@ -143,6 +156,15 @@ def check_invariants(view: ClusterView, waiting: list[RequestInfo],
     if result.stop_reason == "queue-drained":
         assert result.examined == len(waiting)
     return result
+
+
+def _interleaved_rank(engines: list[EngineState]) -> dict[int, int]:
+    nodes: dict[int, list[int]] = {}
+    for e in engines:
+        nodes.setdefault(e.node_id, []).append(e.engine_id)
+    order = [ids[k] for k in range(max(map(len, nodes.values()), default=0))
+             for ids in nodes.values() if k < len(ids)]
+    return {eid: i for i, eid in enumerate(order)}
 
 
 PRED = FlopsAttentionPredictor(4, 8, 16, flops_per_s=5e8, overhead_s=0.002)

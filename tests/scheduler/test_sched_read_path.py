@@ -68,3 +68,41 @@ def test_chosen_read_is_charged_to_later_decisions() -> None:
     s = GlobalScheduler(SchedulerConfig("dualpath", "shorter-queue"))
     result = s.schedule(reqs(*[(200, 100)] * 4), view)
     assert [p.read.side for p in result.placements] == ["pe", "pe", "de", "pe"]
+
+
+def test_shorter_queue_ties_alternate_sides() -> None:
+    policy = make_read_policy("shorter-queue")
+    sides = [policy(R, 0, 1, q, q, 64).side for q in (0, 5, 0, 0)]
+    assert sides == ["pe", "de", "pe", "de"]
+    # A strict winner does not move the tie cursor; an empty prefix reads nothing anywhere.
+    assert policy(R, 0, 1, 1, 0, 64).side == "de"
+    empty = policy(RequestInfo("e", 10, 0), 0, 1, 3, 3, 64)
+    assert (empty.side, empty.pe_tokens, empty.de_tokens) == ("pe", 0, 0)
+    assert policy(R, 0, 1, 7, 7, 64).side == "pe"
+
+
+def test_round_robin_side_alternates_whatever_the_queues() -> None:
+    policy = make_read_policy("round-robin")
+    got = [policy(R, 0, 1, pe_q, de_q, 64) for pe_q, de_q in ((0, 10**6), (10**6, 0), (0, 0))]
+    assert [(p.side, p.pe_tokens, p.de_tokens) for p in got] == [
+        ("pe", 640, 0), ("de", 0, 640), ("pe", 640, 0)]
+    assert policy(RequestInfo("e", 10, 0), 0, 1, 0, 0, 64).side == "pe"  # reads nothing
+    assert policy(R, 0, 1, 0, 0, 64).side == "de"
+
+
+def test_each_scheduler_has_its_own_cursor() -> None:
+    a, b = make_read_policy("round-robin"), make_read_policy("round-robin")
+    assert a(R, 0, 1, 0, 0, 64).side == "pe"
+    assert b(R, 0, 1, 0, 0, 64).side == "pe"
+
+
+def test_dualpath_rr_alternates_sides_through_the_scheduler() -> None:
+    from dualpath.core.systems import system_spec
+    from dualpath.scheduler import scheduler_config_for_system
+
+    cfg = scheduler_config_for_system(system_spec("dualpath-rr"))
+    view = make_view([[0]], [[(0, 10**9)]], pe_read_q=[0], de_read_q=[10**6])
+    s = GlobalScheduler(cfg)
+    first = [p.read.side for p in s.schedule(reqs(*[(200, 100)] * 3), view).placements]
+    second = [p.read.side for p in s.schedule(reqs(*[(200, 100)] * 2), view).placements]
+    assert first + second == ["pe", "de", "pe", "de", "pe"]

@@ -15,7 +15,7 @@ from dualpath.core.errors import ConfigError
 from dualpath.core.systems import SystemSpec
 
 PLACEMENT_NAMES: tuple[str, ...] = ("round-robin", "dualpath")
-READ_POLICY_NAMES: tuple[str, ...] = ("pe-only", "de-only", "shorter-queue", "split")
+READ_POLICY_NAMES: tuple[str, ...] = ("pe-only", "de-only", "round-robin", "shorter-queue", "split")
 
 # The paper's windows (DESIGN.md 3): α covers 3 s of storage reads, β 5 s of prefill.
 ALPHA_WINDOW_S = 3.0
@@ -51,9 +51,10 @@ class SchedulerConfig:
 
     placement: "dualpath" (DESIGN.md 3: classes C1-C3 for prefill, two-phase decode) or
         "round-robin" (the baseline of basic / layerwise / dualpath-rr).
-    read_policy: "pe-only" (basic, layerwise), "de-only" (`--read-path de`),
-        "shorter-queue" (DESIGN.md 3), or "split" (beyond the paper, off by default: one
-        request's read is divided so both queues end level).
+    read_policy: "pe-only" (basic, layerwise), "de-only" (`--read-path de`), "round-robin"
+        (dualpath-rr: reads alternate PE side / DE side), "shorter-queue" (DESIGN.md 3), or
+        "split" (beyond the paper, off by default: one request's read is divided so both
+        queues end level).
     alpha_tokens, beta_tokens: α and β above (used by the dualpath placement only).
     z_margin: phase-2 margin over the balanced decode load (paper: 1.05).
     quota_s: prefill batch compute quota (paper: 300 ms); read by engines that form batches.
@@ -107,7 +108,9 @@ def scheduler_config_for_system(
     """The scheduler config of one `--system` rung (`dualpath.core.systems.system_spec`).
 
     read_path is `--read-path`: "pe" / "de" force a side; "auto" means PE-only for systems
-    without `dual_path`, else the shorter queue (or "split" when `split_reads`).
+    without `dual_path`; with it, the side alternates (round robin) under the round-robin
+    placement (`dualpath-rr`: no load awareness, DESIGN.md 6), else the shorter queue wins;
+    `split_reads` (beyond the paper) replaces either with "split".
     """
     if read_path == "pe":
         policy = "pe-only"
@@ -115,8 +118,12 @@ def scheduler_config_for_system(
         policy = "de-only"
     elif read_path == "auto" and not spec.dual_path:
         policy = "pe-only"
+    elif read_path == "auto" and split_reads:
+        policy = "split"
+    elif read_path == "auto" and spec.placement == "round-robin":
+        policy = "round-robin"
     elif read_path == "auto":
-        policy = "split" if split_reads else "shorter-queue"
+        policy = "shorter-queue"
     else:
         raise ConfigError(f"unknown read path {read_path!r}; choose one of: auto, pe, de")
     return SchedulerConfig(

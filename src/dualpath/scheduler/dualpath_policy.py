@@ -14,6 +14,12 @@ For each waiting request, in arrival order:
    chosen node's read queue) so the next request sees it — C2 engines whose node's queue
    passes α become C3, engines whose tok passes β become C1.
 
+Ties (equal tok_e, equal Σtok_e of groups, equal read queues) never go systematically to a
+low id or one side: engines and decode groups are ranked by a rotation that starts after the
+ones that got the last request of the previous call (`VirtualCluster.fair_ranks`), and the
+read policy alternates tied sides. This cursor state lives here, so every caller of one
+`GlobalScheduler` (the runtime, the simulator) sees the same ties broken the same way.
+
 Phase 1's queue is, as in the paper, the global waiting queue — but only the head that
 could possibly be placed in this call is routed up front (enough to fill every prefill
 engine to β and every decode engine's free memory); if the loop gets further, routing
@@ -39,21 +45,27 @@ from dualpath.scheduler.virtual import VirtualCluster
 
 
 class DualPathPlacement:
-    """Stateless apart from its config: the same inputs always give the same decisions."""
+    """State: the tie-break cursors (last PE, DE and decode group given work) and the read
+    policy's; the same inputs in the same call sequence always give the same decisions."""
 
     name = "dualpath"
 
     def __init__(self, config: SchedulerConfig) -> None:
         self._config = config
         self._read = make_read_policy(config.read_policy)
+        self.last_pe: int | None = None  # engine id
+        self.last_de: int | None = None  # engine id
+        self.last_group: int | None = None  # decode node id
 
     def place(self, waiting: Sequence[RequestInfo], view: ClusterView) -> ScheduleResult:
         cfg = self._config
         vc = VirtualCluster(view)
         if not vc.pe_engines or not vc.de_engines:
             return ScheduleResult((), "no-engines", 0)
-        pe_sel = PrefillSelector(vc, cfg.alpha_tokens, cfg.beta_tokens)
-        router = Phase1Router(vc)
+        pe_sel = PrefillSelector(vc, cfg.alpha_tokens, cfg.beta_tokens,
+                                 vc.fair_ranks(vc.pe_engines, self.last_pe))
+        de_rank = vc.fair_ranks(vc.de_engines, self.last_de)
+        router = Phase1Router(vc, self.last_group)
         head = _placeable_head(waiting, vc, cfg.beta_tokens, len(router.groups))
         routes = [router.route(r.decode_kv_tokens) for r in waiting[:head]]
         z = group_targets(vc, router.groups, routes, [r.decode_kv_tokens for r in waiting[:head]],
@@ -80,7 +92,7 @@ class DualPathPlacement:
                 reason = "prefill-full"
                 examined = i
                 break
-            de = phase2_pick(vc, group, kv, z[group])
+            de = phase2_pick(vc, group, kv, z[group], de_rank)
             if de is None:
                 stopped.add(group)
                 if len(stopped) == n_groups:
@@ -94,6 +106,9 @@ class DualPathPlacement:
             pe_sel.refresh(pe)
             placements.append(Placement(req.request_id, engine_ids[pe], node_ids[pe_ni],
                                         engine_ids[de], node_ids[group], plan))
+        if placements:
+            last = placements[-1]
+            self.last_pe, self.last_de, self.last_group = last.pe_engine, last.de_engine, last.de_node
         return ScheduleResult(tuple(placements), reason, examined)
 
 

@@ -7,7 +7,8 @@ the C3 engine with the least `tok_e`; when C2 and C3 are both empty placing stop
 Cost: one min-heap per class keyed by (tok_e, engine index) with lazy deletion, so a
 decision is O(log engines) rather than a scan. An entry is live only while the engine is in
 that class with that tok_e; stale entries are dropped when they reach the top. Ties go to
-the engine earlier in `ClusterView.engines`.
+the engine with the lower rank in `ranks` (`VirtualCluster.fair_ranks`: a rotation across
+calls and nodes; view order when not given).
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ C1, C2, C3 = 1, 2, 3
 class PrefillSelector:
     """Picks prefill engines over a `VirtualCluster`; call `refresh` after each commit."""
 
-    def __init__(self, vc: VirtualCluster, alpha_tokens: int, beta_tokens: int) -> None:
+    def __init__(self, vc: VirtualCluster, alpha_tokens: int, beta_tokens: int,
+                 ranks: list[int] | None = None) -> None:
         self._vc = vc
         self._alpha = alpha_tokens
         self._beta = beta_tokens
+        self._rank = ranks if ranks is not None else list(range(len(vc.engine_ids)))
         self._cls: dict[int, int] = {}
-        self._heaps: dict[int, list[tuple[int, int]]] = {C2: [], C3: []}
+        self._heaps: dict[int, list[tuple[int, int, int]]] = {C2: [], C3: []}
+        rank = self._rank
         for e in vc.pe_engines:
             c = self._class_of(e)
             self._cls[e] = c
             if c != C1:
-                self._heaps[c].append((vc.tok[e], e))
+                self._heaps[c].append((vc.tok[e], rank[e], e))
         for h in self._heaps.values():
             heapq.heapify(h)
 
@@ -51,7 +55,7 @@ class PrefillSelector:
         cls = self._cls
         tok = self._vc.tok
         while heap:
-            t, e = heap[0]
+            t, _, e = heap[0]
             if cls[e] == c and tok[e] == t:
                 return e
             heapq.heappop(heap)
@@ -82,4 +86,4 @@ class PrefillSelector:
             if c != old or m == engine:
                 cls[m] = c
                 if c != C1:
-                    heapq.heappush(self._heaps[c], (tok[m], m))
+                    heapq.heappush(self._heaps[c], (tok[m], self._rank[m], m))

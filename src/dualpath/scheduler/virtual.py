@@ -58,3 +58,39 @@ class VirtualCluster:
 
     def charge_node(self, node: int, tokens: int) -> None:
         self.read_q[node] += tokens
+
+    def fair_ranks(self, engines: list[int], after_engine_id: int | None) -> list[int]:
+        """Tie-break rank of each engine index (only those in `engines` are meaningful).
+
+        The order interleaves nodes (the first engine of every node, then the second, ...)
+        and starts just after the engine with id `after_engine_id` (the one that got the
+        last request before this call), so equal candidates take turns across calls and
+        across nodes instead of the lowest id always winning.
+        """
+        by_node: dict[int, list[int]] = {}
+        for e in engines:
+            by_node.setdefault(self.engine_node[e], []).append(e)
+        groups = list(by_node.values())
+        order = [g[k] for k in range(max((len(g) for g in groups), default=0))
+                 for g in groups if k < len(g)]
+        return _rotated_ranks(order, [self.engine_ids[e] for e in order], after_engine_id,
+                              len(self.engine_ids))
+
+    def node_ranks(self, nodes: list[int], after_node_id: int | None) -> list[int]:
+        """Tie-break rank of each node position in `nodes`, starting after `after_node_id`."""
+        return _rotated_ranks(nodes, [self.node_ids[n] for n in nodes], after_node_id,
+                              len(self.node_ids))
+
+
+def _rotated_ranks(order: list[int], ids: list[int], after_id: int | None, size: int) -> list[int]:
+    start = 0
+    if after_id is not None:
+        for pos, i in enumerate(ids):
+            if i == after_id:
+                start = pos + 1
+                break
+    n = len(order)
+    ranks = [0] * size
+    for pos, index in enumerate(order):
+        ranks[index] = (pos - start) % n
+    return ranks
