@@ -22,7 +22,9 @@ from dualpath.workload.metrics import TurnRecord
 DEFAULT_PD: dict[str, tuple[int, int]] = {"ds-660b": (2, 4), "qwen-32b": (1, 2), "ds-27b": (1, 1)}
 DEFAULT_MODEL = "ds-660b"
 
-AgentTurns = tuple[float, list[tuple[int, int]]]
+# (arrival_s, [(append, gen), ...]) or, when the first append's content is named by hash
+# ids (Mooncake traces), (arrival_s, turns, (hash_ids, tokens per hash id)).
+AgentTurns = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,17 @@ class SimRun:
 
 
 def agents_from_workload(workload: Any) -> tuple[list[AgentTurns], list[int]]:
-    """(arrival_s, [(append, gen), ...]) per agent of a `dualpath.workload.Workload`."""
+    """`AgentTurns` per agent of a `dualpath.workload.Workload` (with its hash ids, if any,
+    so shared prefixes hit in the simulator as they do in the HTTP target)."""
     agents: list[AgentTurns] = []
     ids: list[int] = []
     for a in workload.agents:
-        agents.append((float(a.arrival_s), [(t.append_tokens, t.gen_tokens) for t in a.trajectory.turns]))
+        traj = a.trajectory
+        turns = [(t.append_tokens, t.gen_tokens) for t in traj.turns]
+        if traj.prefix_hash_ids:
+            agents.append((float(a.arrival_s), turns, (tuple(traj.prefix_hash_ids), traj.hash_block_tokens)))
+        else:
+            agents.append((float(a.arrival_s), turns))
         ids.append(int(a.agent_id))
     return agents, ids
 

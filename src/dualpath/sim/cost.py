@@ -1,11 +1,15 @@
-"""Roofline times: a model preset on a hardware preset, for one engine (GPU).
+"""Roofline times: a model preset on a hardware preset, for one engine (GPU) of an EP group.
 
-prefill batch time = max(FLOPs / (peak x prefill_mfu), weight bytes / HBM bandwidth)
-                     + prefill_batch_overhead_s
-decode step time   = max(FLOPs / (peak x decode_mfu), (weights + KV read) / (HBM x decode_mbu))
-                     + decode_step_overhead_s
-The efficiency constants and overheads are the hardware preset's (each with its source).
-Expert/data parallel layouts (`ModelCost.parallelism`) decide the weight bytes per GPU.
+prefill member time = max(FLOPs / (peak x prefill_mfu), weight bytes / HBM bandwidth)
+decode member time  = max(FLOPs / (peak x decode_mfu), (weights + KV read) / (HBM x decode_mbu))
+A forward of an expert-parallel group is lockstep (`sim.prefill`, `sim.decode`): it takes the
+slowest member's time plus the fixed per-forward overhead (`prefill_batch_overhead_s`,
+`decode_step_overhead_s`). The efficiency constants and overheads are the hardware preset's
+(each with its source).
+
+Weights per GPU follow the EP group, not the cluster: routed experts are sharded over the
+`ModelCost.prefill_ep_gpus` / `decode_ep_gpus` GPUs of one group (an instance), so a bigger
+cluster is more instances with the same per-GPU weights, KV room and step time.
 """
 
 from __future__ import annotations
@@ -26,21 +30,14 @@ EP_BYTES_PER_ELEMENT = 1 + 2
 class CostModel:
     model: ModelCost
     hw: HardwareSpec
-    num_pe_gpus: int
-    num_de_gpus: int
-    num_pe_nodes: int
 
     @cached_property
     def peak_flops(self) -> float:
         return self.hw.flops(self.model.compute_dtype)
 
-    @cached_property
-    def pe_weight_bytes(self) -> float:
-        return self.model.weight_bytes_per_gpu(self.num_pe_gpus)
-
-    @cached_property
-    def de_weight_bytes(self) -> float:
-        return self.model.weight_bytes_per_gpu(self.num_de_gpus)
+    def weight_bytes(self, ep_gpus: int) -> float:
+        """HBM one GPU's weights take in an EP group of `ep_gpus` GPUs."""
+        return self.model.weight_bytes_per_gpu(ep_gpus)
 
     def kv_hbm_bytes(self, weight_bytes: float) -> float:
         """HBM left for KV after weights and the activation reserve (at least 1 GB)."""
@@ -52,35 +49,47 @@ class CostModel:
         """Predicted attention time (the batch-formation quota's unit, DESIGN.md 3)."""
         return self.model.attention_flops(context_tokens, new_tokens) / (self.peak_flops * self.hw.prefill_mfu)
 
-    def prefill_time_s(self, flops: float) -> float:
+    def prefill_member_s(self, flops: float, weight_bytes: float) -> float:
+        """One member's share of a group forward (no fixed overhead)."""
         compute = flops / (self.peak_flops * self.hw.prefill_mfu)
-        weights = self.pe_weight_bytes / self.hw.hbm_bytes_s
-        return max(compute, weights) + self.hw.prefill_batch_overhead_s
+        weights = weight_bytes / self.hw.hbm_bytes_s
+        return compute if compute > weights else weights
 
-    def prefill_tokens_per_s(self, context_tokens: int, new_tokens: int) -> float:
+    def prefill_time_s(self, flops: float, weight_bytes: float) -> float:
+        """A forward of one (balanced) member's batch, with the per-forward overhead."""
+        return self.prefill_member_s(flops, weight_bytes) + self.hw.prefill_batch_overhead_s
+
+    def prefill_tokens_per_s(self, context_tokens: int, new_tokens: int, weight_bytes: float) -> float:
         """Prompt tokens (hit + miss) one PE processes per second for such requests (β)."""
-        t = self.prefill_time_s(self.model.prefill_flops(context_tokens, new_tokens))
+        t = self.prefill_time_s(self.model.prefill_flops(context_tokens, new_tokens), weight_bytes)
         return (context_tokens + new_tokens) / t
 
-    @cached_property
-    def ep_bytes_per_token(self) -> float:
-        """CNIC bytes one prefill token's expert all-to-all puts on its GPU's NIC."""
+    def ep_bytes_per_token(self, group_nodes: int) -> float:
+        """CNIC bytes one prefill token's expert all-to-all puts on its GPU's NIC, in an EP
+        group spanning `group_nodes` nodes (only the other nodes' share crosses the CNIC)."""
         m = self.model
-        if m.parallelism != "ep" or not m.num_routed_experts or self.num_pe_nodes <= 1:
+        if m.parallelism != "ep" or not m.num_routed_experts or group_nodes <= 1:
             return 0.0
-        n = self.num_pe_nodes
+        n = group_nodes
         remote = min(MAX_ROUTED_NODES, n) * (n - 1) / n
         moe_layers = m.num_layers - m.num_dense_layers
         return remote * m.hidden_size * EP_BYTES_PER_ELEMENT * moe_layers
 
     # -- decode ----------------------------------------------------------------------------
-    def decode_step_s(self, batch: int, mean_context_tokens: float) -> float:
+    def decode_member_s(self, batch: int, mean_context_tokens: float, weight_bytes: float) -> float:
+        """One member's decode step (no fixed overhead); 0 for an empty batch."""
         if batch <= 0:
             return 0.0
         m = self.model
         ctx = max(1, int(mean_context_tokens))
         flops = batch * m.decode_flops(ctx)
-        bytes_read = self.de_weight_bytes + batch * m.decode_kv_read_bytes(ctx)
-        t = max(flops / (self.peak_flops * self.hw.decode_mfu),
-                bytes_read / (self.hw.hbm_bytes_s * self.hw.decode_mbu))
-        return t + self.hw.decode_step_overhead_s
+        bytes_read = weight_bytes + batch * m.decode_kv_read_bytes(ctx)
+        a = flops / (self.peak_flops * self.hw.decode_mfu)
+        b = bytes_read / (self.hw.hbm_bytes_s * self.hw.decode_mbu)
+        return a if a > b else b
+
+    def decode_step_s(self, batch: int, mean_context_tokens: float, weight_bytes: float) -> float:
+        """A decode step of one (balanced) member, with the per-step overhead."""
+        if batch <= 0:
+            return 0.0
+        return self.decode_member_s(batch, mean_context_tokens, weight_bytes) + self.hw.decode_step_overhead_s
