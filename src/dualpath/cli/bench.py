@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "frontend": ("dualpath.bench.frontend_bench", "HTTP front-end requests/s and SmolLM2 TTFT/TPOT under load"),
     "sim-validate": ("dualpath.bench.sim_validate", "simulator vs the paper's published numbers"),
     "sim-scale": ("dualpath.bench.sim_scale", "simulator wall time and memory at cluster scale"),
+    "sim-vs-runtime": ("dualpath.bench.sim_vs_runtime", "the storage-bound scenario on the live runtime and in the simulator"),
     "offline": ("dualpath.bench.offline", "offline (RL rollout) workload against a server or the simulator"),
     "online": ("dualpath.bench.online", "online (Poisson agents) workload against a server or the simulator"),
     "compare": ("dualpath.bench.compare", "print the ratios of two result JSON files side by side"),

@@ -14,6 +14,7 @@ from typing import Any
 
 from dualpath.sim.config import SimConfig, parse_pd
 from dualpath.sim.hardware import HardwareSpec, load_hardware
+from dualpath.sim.model_cost import ModelCost
 from dualpath.sim.report import sim_report, ttft_breakdown, turn_records
 from dualpath.sim.simulator import Simulator
 from dualpath.workload.metrics import TurnRecord
@@ -53,14 +54,16 @@ def agents_from_workload(workload: Any) -> tuple[list[AgentTurns], list[int]]:
 
 
 def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int] | None = None,
-             hardware: HardwareSpec | None = None, progress: bool = False) -> SimRun:
+             hardware: HardwareSpec | None = None, progress: bool = False,
+             model: ModelCost | None = None) -> SimRun:
     """Run one configuration on the given agents; deterministic for a given input.
 
     progress: a bar of finished turns on stderr (only when stderr is a terminal).
+    model: a cost preset outside `MODEL_PRESETS` (None: `config.model`'s).
     """
     with no_cyclic_gc(), _progress_bar(progress, config.system) as bar:
         t0 = time.perf_counter()
-        sim = Simulator(config, agents, hardware)
+        sim = Simulator(config, agents, hardware, model)
         sim.run(progress=bar)
         wall = time.perf_counter() - t0
         breakdown = ttft_breakdown(sim.finished)

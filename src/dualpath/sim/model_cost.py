@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from dualpath.core.errors import UserInputError
+from dualpath.core.model_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -227,3 +228,15 @@ def model_cost(name: str) -> ModelCost:
         raise UserInputError(
             f"unknown model preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}"
         ) from None
+
+
+def model_cost_of_config(config: ModelConfig) -> ModelCost:
+    """The cost preset of a runtime model (`dualpath.core.model_config.ModelConfig`: a dense
+    Llama / Qwen2 decoder with GQA), so the simulator can model our own runtime cluster."""
+    return ModelCost(
+        name=config.name, num_layers=config.num_layers, hidden_size=config.hidden_size,
+        num_heads=config.num_heads, vocab_size=config.vocab_size, attention="gqa",
+        head_dim=config.head_dim, num_kv_heads=config.num_kv_heads,
+        intermediate_size=config.intermediate_size, kv_dtype_bytes=config.kv_dtype_bytes,
+        weight_dtype_bytes=config.kv_dtype_bytes, compute_dtype="bf16", parallelism="dp",
+    )

@@ -32,7 +32,7 @@ from dualpath.sim.state import Engine, PrefillGroup, SimRequest
 if TYPE_CHECKING:
     from dualpath.sim.simulator import Simulator
 
-PREFILL_PART = frozenset({ChargePart.PREFILL})
+PREFILL = ChargePart.PREFILL
 
 # Entries of a PE's ready queue that batch formation looks at (a 300 ms quota never holds
 # more than a few dozen turns; the bound keeps formation O(1) per batch).
@@ -51,6 +51,10 @@ class PrefillStage:
         self.free_io = sim.free_io
         self.quota_s = sim.quota_s
         self.overhead_s = sim.hw.prefill_batch_overhead_s
+        # SimConfig.prefill_batch_requests: an engine that runs a batch's requests one after
+        # another (our runtime's PE) is a forward per request.
+        limit = sim.cfg.prefill_batch_requests
+        self.lookahead = BATCH_LOOKAHEAD if limit is None else min(BATCH_LOOKAHEAD, limit)
 
     def ready(self, now: float, req: SimRequest) -> Any:
         """`req`'s prefix is in a buffer: queue it at its PE; start a forward if idle."""
@@ -72,7 +76,7 @@ class PrefillStage:
         """Form `pe.batch`; returns (FLOPs, prefix tokens to stream in, new tokens)."""
         ready = pe.ready
         queue = ((r.cached + r.done_new, r.prompt - r.cached - r.done_new, r.cached + r.done_new)
-                 for r in islice(ready, BATCH_LOOKAHEAD))
+                 for r in islice(ready, self.lookahead))
         if self.layerwise or self.free_io:
             kv_limit = pe.kv_hbm_bytes * self.model.num_layers / self.kvb
         else:
@@ -106,7 +110,7 @@ class PrefillStage:
                 continue
             flops, in_tokens, new_tokens = self._form(m)
             working.append(m)
-            t = self.cost.prefill_member_s(flops, g.weight_bytes)
+            t = self.cost.prefill_member_s(flops, g.weight_bytes, in_tokens, new_tokens)
             if t > slowest:
                 slowest = t
             flows.append((m, in_tokens * kvb, g.coll_bytes_per_token * new_tokens))
@@ -178,7 +182,7 @@ class PrefillStage:
                 if req.done_new >= req.prompt - req.cached:
                     req.first_s = now
                     req.prefilled = True
-                    req.charge.apply(sim, PREFILL_PART, -1)
+                    req.charge.apply_part(sim, PREFILL, -1)
                     events.extend(transfer.prefill_done(now, req) or ())
             m.batch = []
         g.busy = False

@@ -9,6 +9,10 @@ own tokens), and the runtime finds in its store the longest run of whole storage
 persists a prompt's whole blocks when it emits the first token; blocks that also hold
 answer tokens never match another request's prompt.
 
+An agent may instead say how many leading tokens of its first prompt are already stored
+(an int: a trajectory resumed mid-way whose context an earlier run persisted, as in
+`dualpath bench storage-bound`).
+
 `PrefixStore` reproduces that without tokens: a trie over hash-id sequences whose nodes keep
 the most tokens any persisted request covered through them. Request B then hits
 max over earlier A of min(A's persisted shared tokens, B's hash-covered tokens,
@@ -25,7 +29,8 @@ class PrefixStore:
     """Per agent: the first turn's hash ids (or none); `persisted` / `stored_tokens`."""
 
     def __init__(self, hash_ids: Sequence[tuple[int, ...] | None], hash_block_tokens: Sequence[int],
-                 block_tokens: int) -> None:
+                 block_tokens: int, stored: dict[int, int] | None = None) -> None:
+        self._fixed = dict(stored or {})  # agent -> first-prompt tokens stored before the run
         self._ids = list(hash_ids)
         self._size = list(hash_block_tokens)
         self._block = block_tokens
@@ -34,22 +39,26 @@ class PrefixStore:
 
     @classmethod
     def for_agents(cls, agents: Sequence[Sequence[Any]], block_tokens: int) -> PrefixStore | None:
-        """From simulator agents `(arrival, turns[, (hash_ids, hash_block_tokens)])`; None
-        when no agent names its content (every first turn then misses, as with random
-        tokens)."""
+        """From simulator agents `(arrival, turns[, (hash_ids, hash_block_tokens) or stored
+        tokens])`; None when no agent names its content or a stored prefix (every first
+        turn then misses, as with random tokens)."""
         ids: list[tuple[int, ...] | None] = []
         sizes: list[int] = []
-        for a in agents:
+        stored: dict[int, int] = {}
+        for i, a in enumerate(agents):
             prefix = a[2] if len(a) > 2 else None
+            if isinstance(prefix, int):
+                stored[i] = prefix
+                prefix = None
             if prefix and prefix[0]:
                 ids.append(tuple(prefix[0]))
                 sizes.append(int(prefix[1]))
             else:
                 ids.append(None)
                 sizes.append(1)
-        if all(i is None for i in ids):
+        if all(i is None for i in ids) and not stored:
             return None
-        return cls(ids, sizes, block_tokens)
+        return cls(ids, sizes, block_tokens, stored)
 
     def _covered(self, agent: int, prompt: int) -> int:
         ids = self._ids[agent]
@@ -82,7 +91,8 @@ class PrefixStore:
         """Leading tokens of agent `agent`'s first-turn prompt found in storage (whole blocks)."""
         ids = self._ids[agent]
         if not ids:
-            return 0
+            fixed = min(self._fixed.get(agent, 0), prompt_tokens)
+            return fixed // self._block * self._block
         size = self._size[agent]
         covered = self._covered(agent, prompt_tokens)
         node = 0

@@ -30,7 +30,7 @@ from dualpath.sim.cost import CostModel
 from dualpath.sim.decode import DecodeStage
 from dualpath.sim.events import EventLoop
 from dualpath.sim.hardware import HardwareSpec, load_hardware
-from dualpath.sim.model_cost import model_cost
+from dualpath.sim.model_cost import ModelCost, model_cost
 from dualpath.sim.prefill import K_BATCH_IN, PrefillStage
 from dualpath.sim.prefix import PrefixStore
 from dualpath.sim.reads import StorageReads
@@ -40,7 +40,6 @@ from dualpath.sim.transfer import KVTransfer
 logger = logging.getLogger(__name__)
 
 NO_READ_PARTS = frozenset({ChargePart.PREFILL, ChargePart.DECODE})
-DECODE_PART = frozenset({ChargePart.DECODE})
 
 # One agent: (arrival_s, [(append_tokens, gen_tokens), ...]) and optionally a third item,
 # (hash_ids, tokens per hash id), naming the first append's content block by block.
@@ -51,13 +50,15 @@ class Simulator:
     """One run: `Simulator(config, agents).run()` -> finished `SimRequest`s."""
 
     def __init__(self, config: SimConfig, agents: Sequence[Agent],
-                 hardware: HardwareSpec | None = None) -> None:
+                 hardware: HardwareSpec | None = None, model: ModelCost | None = None) -> None:
+        """model: a cost preset not in `MODEL_PRESETS` (e.g. one built from a runtime model's
+        config); None = `model_cost(config.model)`."""
         self.cfg = config
         self.spec = system_spec(config.system)
         self.free_io = self.spec.free_io
         self.layerwise = self.spec.layerwise
         self.hw = hardware if hardware is not None else load_hardware(config.hardware)
-        self.model = model_cost(config.model)
+        self.model = model if model is not None else model_cost(config.model)
         self.kvb = self.model.kv_bytes_per_token
         self.cost = CostModel(self.model, self.hw)
         self.arrivals = [float(a[0]) for a in agents]
@@ -73,6 +74,7 @@ class Simulator:
         self._sched_pending = False
         self._last_sched_s = -1e18
         self.waiting: dict[int, SimRequest] = {}
+        self.waiting_info: dict[int, RequestInfo] = {}  # the same turns, as the scheduler sees them
         self.reads = StorageReads(self)
         self.transfer = KVTransfer(self)
         self.decode = DecodeStage(self)
@@ -80,6 +82,11 @@ class Simulator:
                                 self.reads.on_read_done, self._on_cnic_done)
         self.nodes = cluster.nodes
         self.engines = cluster.engines
+        # The scheduler's view, rebuilt only for engines / nodes whose books changed.
+        self._engine_states = [self._engine_state(e.eid) for e in self.engines]
+        self._node_states = [self._node_state(n.nid) for n in self.nodes]
+        self._dirty_engines: set[int] = set()
+        self._dirty_nodes: set[int] = set()
         self.prefill_groups = cluster.prefill_groups
         self.decode_groups = cluster.decode_groups
         self._build_scheduler()
@@ -161,6 +168,7 @@ class Simulator:
     def _on_arrive(self, now: float, req: SimRequest) -> Any:
         req.start_s = now
         self.waiting[req.rid] = req
+        self.waiting_info[req.rid] = req.info
         return self.want_schedule(now)
 
     def want_schedule(self, now: float) -> Any:
@@ -169,12 +177,25 @@ class Simulator:
         self._sched_pending = True
         return ((max(now, self._last_sched_s + self.cfg.sched_interval_s), self._on_schedule, None),)
 
+    def _engine_state(self, eid: int) -> EngineState:
+        e = self.engines[eid]
+        return EngineState(eid, e.node.nid, "prefill" if e.role == "prefill" else "decode",
+                           e.seq, e.tok, max(0, e.free_kv_tokens))
+
+    def _node_state(self, nid: int) -> NodeState:
+        n = self.nodes[nid]
+        return NodeState(nid, "prefill" if n.role == "prefill" else "decode", n.read_q)
+
     def cluster_view(self) -> ClusterView:
-        engines = [EngineState(e.eid, e.node.nid, "prefill" if e.role == "prefill" else "decode",
-                               e.seq, e.tok, max(0, e.free_kv_tokens)) for e in self.engines]
-        nodes = [NodeState(n.nid, "prefill" if n.role == "prefill" else "decode", n.read_q)
-                 for n in self.nodes]
-        return ClusterView(tuple(engines), tuple(nodes))
+        states = self._engine_states
+        for eid in self._dirty_engines:
+            states[eid] = self._engine_state(eid)
+        self._dirty_engines.clear()
+        nstates = self._node_states
+        for nid in self._dirty_nodes:
+            nstates[nid] = self._node_state(nid)
+        self._dirty_nodes.clear()
+        return ClusterView(tuple(states), tuple(nstates))
 
     def _on_schedule(self, now: float, _: Any) -> Any:
         self._sched_pending = False
@@ -183,14 +204,17 @@ class Simulator:
             return None
         self.sched_calls += 1
         waiting = self.waiting
-        infos = [r.info for r in waiting.values()]
+        infos = list(self.waiting_info.values())
         view = self.cluster_view()
         if self.cfg.record_scheduler_inputs:
             self.sched_inputs.append((tuple(infos), view))
         result = self.scheduler.schedule(infos, view)
         events: list[Any] = []
+        waiting_info = self.waiting_info
         for p in result.placements:
-            req = waiting.pop(int(p.request_id))
+            rid = int(p.request_id)
+            del waiting_info[rid]
+            req = waiting.pop(rid)
             ev = self._apply(now, req, p)
             if ev:
                 events.extend(ev)
@@ -224,7 +248,7 @@ class Simulator:
         req.end_s = now
         self.finished.append(req)
         block = self.cfg.block_tokens
-        req.charge.apply(self, DECODE_PART, -1)
+        req.charge.apply_part(self, ChargePart.DECODE, -1)
         req.charge = None
         events: list[Any] = []
         total = req.prompt + req.gen
@@ -234,7 +258,8 @@ class Simulator:
             # counted, not simulated as a flow.
             req.de.node.bytes_written += new_blocks * block * self.kvb
         if req.turn + 1 < len(self.turns[req.agent]):
-            events.append((now, self._on_arrive, self._new_turn(req.agent, req.turn + 1, total)))
+            nxt = self._new_turn(req.agent, req.turn + 1, total)
+            events.append((now + self.hw.turn_gap_s, self._on_arrive, nxt))
         events.extend(self.want_schedule(now) or ())
         return events
 
@@ -244,9 +269,11 @@ class Simulator:
         e.seq += seq
         e.tok += tok
         e.free_kv_tokens -= kv
+        self._dirty_engines.add(engine)
 
     def charge_node(self, node: int, tokens: int) -> None:
         self.nodes[node].read_q += tokens
+        self._dirty_nodes.add(node)
 
     def _on_cnic_done(self, now: float, token: tuple[int, Any]) -> Any:
         kind, obj = token
