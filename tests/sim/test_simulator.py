@@ -45,7 +45,7 @@ def test_every_turn_completes_once_and_every_read_byte_arrives(system: str) -> N
         assert (e.seq, e.tok, e.d_n, len(e.ready), e.batch) == (0, 0, 0, 0, [])
     assert not any(g.busy or g.working for g in sim.prefill_groups)
     assert all(g.d_n == 0 and not g.heap for g in sim.decode_groups)
-    assert all(r.pd_pending == 0 and r.pe_buf_bytes == 0 and r.de_buf_bytes == 0 for r in done)
+    assert all(r.room != 1 and r.pe_buf_bytes == 0 and r.de_buf_bytes == 0 for r in done)
     # Turn order inside an agent and the causal order inside a turn.
     by_agent: dict[int, list] = {}
     for r in done:

@@ -144,7 +144,7 @@ class PrefillStage:
             send = self.sim.transfer.send_chunk
             for m in working:
                 for req, c in m.batch:
-                    events.extend(send(now, m, req, c) or ())
+                    send(now, m, req, c)
         else:
             g.phase = 1
             if g.pending == 0:
@@ -177,7 +177,7 @@ class PrefillStage:
             m.busy_s += span
             for req, c in m.batch:
                 if send_after:
-                    events.extend(transfer.send_chunk(now, m, req, c) or ())
+                    transfer.send_chunk(now, m, req, c)
                 req.done_new += c
                 if req.done_new >= req.prompt - req.cached:
                     req.first_s = now

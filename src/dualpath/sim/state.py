@@ -24,7 +24,7 @@ class SimRequest:
 
     __slots__ = (
         "agent", "cached", "charge", "de", "de_buf_bytes", "done_new", "end_s", "first_s", "gen", "info",
-        "pd_pending", "pd_wait_bytes", "pe", "pe_buf_bytes", "pe_read", "pending_reads", "placed_s",
+        "pd_end", "pd_wait_bytes", "pe", "pe_buf_bytes", "pe_read", "pending_reads", "placed_s",
         "prefilled", "prompt", "read_done_s", "rid", "room", "second_s", "side", "sjoin", "start_s", "turn",
     )
 
@@ -52,7 +52,7 @@ class SimRequest:
         self.pe_buf_bytes = 0.0  # held in the prefill node's DRAM buffer
         self.de_buf_bytes = 0.0  # held (reserved) in the decode node's DRAM buffer
         self.done_new = 0
-        self.pd_pending = 0  # PE -> DE KV transfers in flight (or waiting for DE buffer room)
+        self.pd_end = 0.0  # when the PE -> DE KV streams started so far are through
         self.room = 0  # DE buffer room for the PE -> DE stream: 0 not asked, 1 waiting, 2 held
         self.pd_wait_bytes = 0.0  # KV waiting for that room
         self.prefilled = False

@@ -40,27 +40,27 @@ class KVTransfer:
         self.room_waits = 0  # streams that had to wait for decode-buffer room
 
     # -- the PE -> DE stream ---------------------------------------------------------------
-    def send_chunk(self, now: float, pe: Engine, req: SimRequest, chunk: int) -> Any:
+    def send_chunk(self, now: float, pe: Engine, req: SimRequest, chunk: int) -> None:
         """Stream one chunk's KV (plus, with the first chunk, the PE-read prefix)."""
         tokens = chunk + (req.pe_read if req.done_new == 0 else 0)
         nbytes = tokens * self.kvb
         if req.room == ROOM_HELD:
-            return self._start(now, pe, req, nbytes)
+            self._start(now, pe, req, nbytes)
+            return
         if req.room == ROOM_WAITING:
             req.pd_wait_bytes += nbytes
-            return None
+            return
         node = req.de.node
         # A turn whose room is already reserved (DE read path) never queues: the FIFO holds
         # only turns that still need room, so it cannot wait behind them (no deadlock).
         if req.prompt * self.kvb <= req.de_buf_bytes or (not node.room_wait and self._grant(node, req)):
             req.room = ROOM_HELD
-            return self._start(now, pe, req, nbytes)
+            self._start(now, pe, req, nbytes)
+            return
         req.room = ROOM_WAITING
         self.room_waits += 1
-        req.pd_wait_bytes = nbytes
-        req.pd_pending += 1  # the waiting bytes go as one stream once room is granted
+        req.pd_wait_bytes = nbytes  # goes as one stream once room is granted
         node.room_wait.append(req)
-        return None
 
     def _grant(self, node: Node, req: SimRequest) -> bool:
         need = req.prompt * self.kvb - req.de_buf_bytes
@@ -81,27 +81,32 @@ class KVTransfer:
         while wait and self._grant(node, wait[0]):
             req = wait.popleft()
             nbytes, req.pd_wait_bytes = req.pd_wait_bytes, 0.0
-            req.pd_pending -= 1  # `_start` counts it again
-            events.extend(self._start(now, req.pe, req, nbytes))
+            self._start(now, req.pe, req, nbytes)
+            if req.prefilled:
+                events.extend(self._after_streams(now, req))
         return events
 
-    def _start(self, now: float, pe: Engine, req: SimRequest, nbytes: float) -> Any:
-        req.pd_pending += 1
+    @staticmethod
+    def _start(now: float, pe: Engine, req: SimRequest, nbytes: float) -> None:
+        """FIFO through the PE's send side and the DE's receive side: the stream is through
+        when it is through both (no event: the hand-off waits for the latest end)."""
         end = pe.tx.reserve(now, nbytes)
         end_rx = req.de.rx.reserve(now, nbytes)
-        return ((end if end > end_rx else end_rx, self._pd_done, req),)
-
-    def _pd_done(self, now: float, req: SimRequest) -> Any:
-        req.pd_pending -= 1
-        if req.pd_pending == 0 and req.prefilled:
-            return self._handoff(now, req)
-        return None
+        if end_rx > end:
+            end = end_rx
+        if end > req.pd_end:
+            req.pd_end = end
 
     def prefill_done(self, now: float, req: SimRequest) -> Any:
         """The prefill engine computed the last chunk (called by `prefill`)."""
-        if req.pd_pending == 0:
+        if req.room == ROOM_WAITING:
+            return None  # `pump_room` hands it off once its stream has room
+        return self._after_streams(now, req)
+
+    def _after_streams(self, now: float, req: SimRequest) -> Any:
+        if req.pd_end <= now:
             return self._handoff(now, req)
-        return None
+        return ((req.pd_end, self._handoff, req),)
 
     def _handoff(self, now: float, req: SimRequest) -> Any:
         """All prompt KV is in the DE buffer: release the PE buffer, copy into HBM."""
