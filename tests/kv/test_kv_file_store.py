@@ -30,7 +30,7 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> FileKVStore:
 
 
 def _file(store: FileKVStore, h: str) -> Path:
-    return store.root / h[:2] / f"{h}.kvb"
+    return Path(store.path_of(h))
 
 
 def _flip_byte(path: Path, offset: int) -> None:
@@ -53,7 +53,7 @@ def _assert_corrupt_miss(store: FileKVStore, h: str, caplog: pytest.LogCaptureFi
     s = store.stats()
     assert s.corrupt_blocks == 1 and s.quarantined_blocks == 1
     assert not path.exists()  # moved aside, never read again
-    assert len(list((store.root / ".quarantine").iterdir())) == 1
+    assert len(list((store.dir / ".quarantine").iterdir())) == 1
     assert store.longest_prefix([h]) == 0
 
 
@@ -68,7 +68,9 @@ def test_payload_is_page_aligned_in_full_block_layout(store: FileKVStore) -> Non
     assert raw[off:] == b.tobytes()
     assert raw[:8] == b"DPKVBLK\0"
     # Per-layer checksums are plain CRC-32 (zlib's), whichever implementation computed them.
-    stored = struct.unpack_from(f"<{store.geometry.num_layers}I", raw, 36 + len(h))
+    # (after the key comes the parent field: its length, 0 here, and no characters)
+    assert struct.unpack_from("<I", raw, 36 + len(h)) == (0,)
+    stored = struct.unpack_from(f"<{store.geometry.num_layers}I", raw, 36 + len(h) + 4)
     step = store.geometry.layer_block_bytes
     assert list(stored) == [zlib.crc32(b.tobytes()[i * step : (i + 1) * step]) for i in range(store.geometry.num_layers)]
 
@@ -136,10 +138,10 @@ def test_truncated_file_is_a_miss_for_get_layer(store: FileKVStore, caplog: pyte
 def test_block_of_another_geometry_is_a_miss(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     other = BlockGeometry(SMALL.num_layers, SMALL.block_tokens * 2, SMALL.bytes_per_token_per_layer)
     h = hex_hash(1)
-    FileKVStore(tmp_path / "other", other).put(h, random_block(1, other))
+    other_store = FileKVStore(tmp_path / "other", other)
+    other_store.put(h, random_block(1, other))
     store = FileKVStore(tmp_path / "store", SMALL)
-    _file(store, h).parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp_path / "other" / h[:2] / f"{h}.kvb", _file(store, h))
+    os.replace(other_store.path_of(h), _file(store, h))
     _assert_corrupt_miss(store, h, caplog, "wrong geometry")
 
 
@@ -190,10 +192,12 @@ def test_survives_reopening(tmp_path: Path) -> None:
         assert got is not None and np.array_equal(got, b)
 
 
-def test_reopening_with_another_geometry_is_refused(tmp_path: Path) -> None:
-    FileKVStore(tmp_path / "store", SMALL)
-    with pytest.raises(StoreError, match="separate root"):
-        FileKVStore(tmp_path / "store", BlockGeometry(SMALL.num_layers + 1, 4, 16))
+def test_tampered_geometry_metadata_is_refused(tmp_path: Path) -> None:
+    store = FileKVStore(tmp_path / "store", SMALL)
+    meta = store.dir / "dualpath-kvstore.json"
+    meta.write_text(meta.read_text().replace('"num_layers": 3', '"num_layers": 4'))
+    with pytest.raises(StoreError, match="changed by hand"):
+        FileKVStore(tmp_path / "store", SMALL)
 
 
 def test_bad_hash_rejected(store: FileKVStore) -> None:
@@ -207,7 +211,7 @@ def test_temp_files_are_invisible_and_stale_ones_swept(tmp_path: Path) -> None:
     root = tmp_path / "store"
     store = FileKVStore(root, SMALL)
     store.put(hex_hash(1), random_block(1))
-    sub = root / hex_hash(1)[:2]
+    sub = store.dir / hex_hash(1)[:2]
     fresh, stale = sub / ".fresh.1.2.ab.tmp", sub / ".stale.1.2.cd.tmp"
     fresh.write_bytes(b"partial")
     stale.write_bytes(b"partial")

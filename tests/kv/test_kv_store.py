@@ -1,4 +1,5 @@
-"""Behaviour every KVStore shares, run against MemoryKVStore and FileKVStore alike."""
+"""Behaviour every KVStore shares, run against MemoryKVStore, FileKVStore and RedisKVStore alike
+(the last on a real redis-server; skipped when it is not installed)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from kv_helpers import SMALL, hex_hash, random_block
+from redis_helpers import isolated_url
 
 from dualpath.kv import BlockGeometry, BlockLayoutError, FileKVStore, KVStore, MemoryKVStore
+from dualpath.kv.redis_store import RedisKVStore
 
 Factory = Callable[[BlockGeometry], KVStore]
 
 
-@pytest.fixture(params=["memory", "file"])
+@pytest.fixture(params=["memory", "file", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     if request.param == "memory":
         return MemoryKVStore
+    if request.param == "redis":
+        url = isolated_url(request.getfixturevalue("redis_server"))
+        return lambda g: RedisKVStore(url, g)
     return lambda g: FileKVStore(tmp_path / "store", g)
 
 

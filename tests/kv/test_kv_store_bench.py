@@ -48,3 +48,24 @@ def test_bad_flags_are_user_errors(tmp_path: Path) -> None:
 
     with pytest.raises(UserInputError, match="block-tokens"):
         store_bench.run(_args(tmp_path, "--block-tokens", "x"))
+
+
+def test_store_bench_against_redis_reports_efficiencies(tmp_path: Path) -> None:
+    from redis_helpers import require_redis_server
+
+    require_redis_server()
+    out = tmp_path / "net.json"
+    rc = main(["bench", "store", "--start-redis", "--total-mib", "1", "--block-tokens", "8,16",
+               "--repeats", "1", "--io-threads", "2", "--pipeline-blocks", "2", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["backend"] == "redis" and result["started_server"] is True
+    assert result["server"]["aof_enabled"] == 1 and result["server"]["redis_version"]
+    for key in ("read_efficiency", "write_efficiency", "get_layer_efficiency", "prefix_check_s"):
+        assert result[key] > 0
+    for size in result["sizes"].values():
+        for key in ("store_read_bytes_s", "raw_read_bytes_s", "store_write_bytes_s",
+                    "raw_write_bytes_s", "store_get_layer_bytes_s", "raw_get_layer_bytes_s",
+                    "store_prefix_check_s", "raw_prefix_check_s"):
+            assert size[key] > 0
+    assert result["read_efficiency"] == result["sizes"]["8"]["read_efficiency"]

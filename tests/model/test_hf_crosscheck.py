@@ -18,7 +18,12 @@ from dualpath.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
-TOL = 1e-4
+# fp32 agreement, relative to the largest value compared (logits reach +-30).
+TOL = 3e-5
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 
 
 def _hf_model(model: Transformer) -> torch.nn.Module:
@@ -56,7 +61,7 @@ def test_logits_and_decode_match_transformers(preset: str) -> None:
         ref = hf(torch.tensor([prompt])).logits[0]
     ours = model.prefill(prompt, logits="all")
     assert ours.logits is not None
-    assert float((ours.logits - ref).abs().max()) <= TOL
+    assert _rel_diff(ours.logits, ref) <= TOL
     # greedy decode steps: each step's logits equal transformers' on the whole sequence
     kv = DenseKV.from_layers(model.config, ours.new_kv)
     seq = list(prompt)
@@ -66,7 +71,7 @@ def test_logits_and_decode_match_transformers(preset: str) -> None:
         step = model.decode([token], [kv])[0]
         with torch.inference_mode():
             ref_step = hf(torch.tensor([seq])).logits[0, -1]
-        assert float((step - ref_step).abs().max()) <= TOL
+        assert _rel_diff(step, ref_step) <= TOL
         token = int(step.argmax())
     assert kv.num_tokens == len(seq)
 
@@ -81,7 +86,7 @@ def test_batched_decode_of_different_lengths_matches_single(tiny: tuple) -> None
         batched = model.decode(tokens, caches)
         for b in range(3):
             single = model.decode([tokens[b]], [singles[b]])[0]
-            assert float((batched[b] - single).abs().max()) <= TOL
+            assert _rel_diff(batched[b], single) <= TOL
         tokens = [int(t) for t in batched.argmax(-1)]
     assert [c.num_tokens for c in caches] == [6, 43, 20]
 
@@ -113,7 +118,7 @@ def test_hf_checkpoint_directory_loads(preset: str, tmp_path: Path) -> None:
     a = model.prefill(prompt, logits="all").logits
     b = loaded.prefill(prompt, logits="all").logits
     assert a is not None and b is not None
-    assert float((a - b).abs().max()) <= TOL
+    assert _rel_diff(a, b) <= TOL
     assert tokenizer.encode_chat([{"role": "user", "content": "abc"}]) == [0, 1, 2]
     # the digest is stable: loading again gives the same identity
     assert load_model(str(tmp_path))[0].config.identity == loaded.config.identity

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from dualpath.cli.main import main
 from dualpath.core.errors import UserInputError
 from dualpath.model.loader import load_model
+from dualpath.model.threads import set_torch_threads, torch_threads
 
 
 def test_unknown_spec_lists_choices() -> None:
@@ -60,3 +63,27 @@ def test_generate_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> N
     assert main(["generate", "--model", "nope", "hi"]) == 2
     assert "unknown model" in capsys.readouterr().err
     assert main(["generate", "--model", "tiny", "hi", "--max-tokens", "0"]) == 2
+
+
+def test_config_and_tokenizer_load_without_torch() -> None:
+    """The scheduler process reads the config and tokenizer only: no torch, no weights."""
+    code = ("import sys\n"
+            "from dualpath.model.source import load_config_and_tokenizer\n"
+            "config, tok = load_config_and_tokenizer('tiny', quantization='int4')\n"
+            "assert config.weights_id == 'random-seed-0+int4', config.weights_id\n"
+            "assert tok.vocab_size == config.vocab_size\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_set_torch_threads() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert set_torch_threads(2) == before
+        assert torch_threads() == 2
+        assert set_torch_threads(1) == 2
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UserInputError):
+            set_torch_threads(bad)  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """Property: however the prefix KV arrives, prefill + greedy decode give the same answer.
 
 For a random tiny model and random prompt / prefix lengths (block-aligned or not), the greedy
-tokens are identical and fp32 logits agree within 1e-4 (max-abs) between
+tokens are identical and fp32 logits agree within 3e-5 of their largest magnitude between
 
 - full recompute,
 - the prefix supplied whole,
@@ -32,7 +32,12 @@ from dualpath.model.kv_bytes import full_block_to_layers, kv_from_bytes, layers_
 from dualpath.model.loader import load_model
 from dualpath.model.transformer import Past, Transformer
 
-TOL = 1e-4
+# fp32 agreement, relative to the largest value compared (logits reach +-30).
+TOL = 3e-5
+
+
+def _rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(1.0, float(b.abs().max()))
 NEW_TOKENS = 4
 
 
@@ -189,11 +194,11 @@ def test_every_prefix_source_matches_recompute(case: Case, model_name: str) -> N
         got = source(model, case)
         assert got.token_ids == reference.token_ids, name
         for a, b in zip(got.logits, reference.logits, strict=True):
-            diff = float((a - b).abs().max())
+            diff = _rel_diff(a, b)
             assert diff <= TOL, f"{name}: logits differ by {diff}"
         # the decode cache holds the same KV as recompute
         for layer in range(model.config.num_layers):
-            diff = float((got.kv.layer_kv(layer) - reference.kv.layer_kv(layer)).abs().max())
+            diff = _rel_diff(got.kv.layer_kv(layer), reference.kv.layer_kv(layer))
             assert diff <= TOL, f"{name}: KV of layer {layer} differs by {diff}"
 
 
@@ -206,4 +211,4 @@ def test_prefix_logits_of_all_new_tokens_match() -> None:
     part = model.prefill(prompt[37:], start_pos=37, past=prefix, logits="all")
     assert full.logits is not None and part.logits is not None
     assert part.logits.shape == (63, model.config.vocab_size)
-    assert float((full.logits[37:] - part.logits).abs().max()) <= TOL
+    assert _rel_diff(part.logits, full.logits[37:]) <= TOL

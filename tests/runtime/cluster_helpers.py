@@ -50,12 +50,12 @@ async def assert_idle(cluster: LocalCluster, capacity: dict[int, int]) -> None:
     every live engine, its tasks, buffer, parked messages and KV blocks (`capacity`: each
     engine's free KV tokens at start-up)."""
     await asyncio.sleep(1.2)  # stats go out every 0.5 s
-    for e in cluster.state.engines.values():
-        assert (e.seq, e.tok, e.kv_used_tokens) == (0, 0, 0), e
-    assert all(q == 0 for q in cluster.state.read_queue.values()), cluster.state.read_queue
-    assert cluster._requests == {} and cluster._waiting == []
+    ledger = cluster.books.ledger
+    assert ledger.idle(), ledger.engines
+    assert cluster.books.num_live == 0
+    cluster.books.check_integrity()
     for engine_id, c in cluster.counters().items():
-        if not cluster.state.alive(engine_id):
+        if not ledger.alive(engine_id):
             continue
         assert c["buffer.used_bytes"] == 0, (engine_id, c)
         assert (c["load.seq"], c["load.tok"], c["early.parked"]) == (0, 0, 0), (engine_id, c)
@@ -64,4 +64,4 @@ async def assert_idle(cluster: LocalCluster, capacity: dict[int, int]) -> None:
 
 
 def kv_capacity(cluster: LocalCluster) -> dict[int, int]:
-    return {e.engine_id: e.kv_capacity_tokens for e in cluster.state.engines.values()}
+    return {e.engine_id: e.kv_capacity_tokens for e in cluster.books.ledger.engines.values()}

@@ -56,10 +56,10 @@ async def _start_victim(cluster: LocalCluster, side: str) -> tuple[asyncio.Task[
     await asyncio.sleep(2.0)  # the DE persists blocks 0 and 1 through the slow SNIC
     victim_prompt = warm_prompt + warm.tokens + [(7 * i) % 256 for i in range(40)]
     victim = asyncio.create_task(run_request(cluster, "victim", victim_prompt))
-    while (req := cluster._requests.get("victim")) is None or getattr(req, side) is None:
+    while (rec := cluster.books.record("victim")) is None or rec.attempt is None:
         await asyncio.sleep(0.005)
-    reader = getattr(req, side)
-    assert req.cached_tokens == 128 and req.read_node == cluster.state.engines[reader].node_id
+    assert rec.cached_tokens == 128 and rec.attempt.placement.read.side == side
+    reader = rec.attempt.pe if side == "pe" else rec.attempt.de
     return victim, reader, victim_prompt
 
 
@@ -85,7 +85,7 @@ def test_cluster_is_idle_after_aborts_one_token_answers_and_a_killed_engine(
             assert others[0].finish.finish_reason == "length" and len(others[0].tokens) == 1
             assert len(others[1].tokens) == 8
             assert others[2] >= 2 and others[3] >= 2
-            assert not cluster.state.alive(killed)
+            assert not cluster.books.ledger.alive(killed)
             await assert_idle(cluster, capacity)
         finally:
             await cluster.shutdown()
@@ -105,7 +105,7 @@ def test_cluster_is_idle_after_a_prefill_engine_is_killed_mid_read(tmp_path: Pat
             victim, killed, victim_prompt = await _start_victim(cluster, "pe")
             cluster.kill_engine(killed)
             result = await asyncio.wait_for(victim, 30)
-            assert not cluster.state.alive(killed)
+            assert not cluster.books.ledger.alive(killed)
             again = await run_request(cluster, "again", victim_prompt)
             assert result.tokens == again.tokens and len(result.tokens) == 8
             await assert_idle(cluster, capacity)

@@ -14,8 +14,8 @@ from cluster_helpers import assert_idle, kv_capacity, run_request
 
 from dualpath.core.config import ClusterConfig
 from dualpath.engine.base import INJECT_SEND_FAILURES_ENV
-from dualpath.runtime import protocol as proto
 from dualpath.runtime.cluster import LocalCluster
+from dualpath.wire import control as ctl
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -32,17 +32,18 @@ def test_failed_kv_sends_are_rerun_with_the_same_answer(tmp_path: Path,
         )
         cluster = LocalCluster(config)
         await cluster.start()
-        reports: list[proto.TransferFailed] = []
-        handle = cluster._transfer_failed
+        reports: list[ctl.TransferFailed] = []
+        handle = cluster.books.on_message
 
-        def record(msg: proto.TransferFailed) -> Any:
-            reports.append(msg)
-            return handle(msg)
+        def record(sender: int, msg: ctl.ToScheduler) -> Any:
+            if isinstance(msg, ctl.TransferFailed):
+                reports.append(msg)
+            return handle(sender, msg)
 
-        cluster._transfer_failed = record  # type: ignore[method-assign]
+        cluster.books.on_message = record  # type: ignore[method-assign]
         try:
             capacity = kv_capacity(cluster)
-            pe, de = (next(e for e in cluster.state.engines.values() if e.role == role)
+            pe, de = (next(e for e in cluster.books.ledger.engines.values() if e.role == role)
                       for role in ("prefill", "decode"))
             prompt = [(11 * i + 5) % 256 for i in range(150)]
             first = await asyncio.wait_for(run_request(cluster, "first", prompt), 60)

@@ -9,6 +9,7 @@ from typing import Any
 
 from dualpath.server.app import ServerState, create_app
 from dualpath.server.backend import Backend
+from dualpath.server.http_limits import HttpLimits
 from dualpath.server.run import DrainingServer, make_server
 
 
@@ -57,7 +58,8 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
-def start_server(backend: Backend, **kwargs: Any) -> RunningServer:
+def start_server(backend: Backend, *, limits: HttpLimits | None = None,
+                 **kwargs: Any) -> RunningServer:
     app = create_app(backend, **kwargs)
     ready = threading.Event()
     ports: list[int] = []
@@ -66,7 +68,8 @@ def start_server(backend: Backend, **kwargs: Any) -> RunningServer:
         ports.append(port)
         ready.set()
 
-    server = make_server(app, host="127.0.0.1", port=0, drain_timeout_s=5, on_ready=on_ready)
+    server = make_server(app, host="127.0.0.1", port=0, drain_timeout_s=5, on_ready=on_ready,
+                         limits=limits)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     if not ready.wait(30):

@@ -70,7 +70,9 @@ def test_draining_refuses_new_work_and_finishes_in_flight(serve: Serve) -> None:
     status, headers, raw = srv.request("POST", "/v1/completions", {"prompt": "new"})
     assert status == 503 and "retry-after" in headers
     assert json.loads(raw)["error"]["code"] == "draining"
-    assert srv.request("GET", "/health")[0] == 503
+    status, _, raw = srv.request("GET", "/ready")
+    assert status == 503 and json.loads(raw)["reasons"] == ["draining"]
+    assert srv.request("GET", "/health")[0] == 200  # alive while draining: not a restart
     a.join()
     assert results[0][0] == 200 and results[0][1]["usage"]["completion_tokens"] == 30
     srv.thread.join(timeout=15)

@@ -151,7 +151,7 @@ class WaveSimulator(Simulator):
 def _run_sim(cluster: LocalCluster) -> WaveSimulator:
     sc = cluster._scheduler.config if cluster._scheduler else None
     assert sc is not None
-    capacity = {e.kv_capacity_tokens for e in cluster.state.engines.values() if e.role == "decode"}
+    capacity = {e.kv_capacity_tokens for e in cluster.books.ledger.engines.values() if e.role == "decode"}
     assert len(capacity) == 1
     cfg = SimConfig(
         model="ds-27b", system="dualpath", pd=PD, block_tokens=BLOCK, read_path="auto",

@@ -14,6 +14,7 @@ from dualpath.core.errors import TransferError
 from dualpath.transfer.arena import Arena
 from dualpath.transfer.mooncake_transport import mooncake_available
 from dualpath.transfer.nic import EmulatedNic, NicSpec, TrafficClass
+from dualpath.wire.data import Probe
 
 needs_mooncake = pytest.mark.skipif(
     not mooncake_available(),
@@ -45,15 +46,16 @@ def test_round_trip_between_processes(spawn: SpawnContext) -> None:
         with MooncakeTransport(arena_bytes=32 * MiB) as transport:
             for i, klass in enumerate([TrafficClass.KV, TrafficClass.MODEL]):
                 payload = random_payload(rng)
-                transport.send(peer, {"layer": i}, payload, traffic_class=klass)
+                transport.send(peer, Probe(seq=i), payload, traffic_class=klass)
                 reply = transport.recv(timeout_s=30)
                 assert reply is not None and reply.sender == peer
-                assert reply.header["layer"] == i and reply.traffic_class == klass
-                for got, sent in zip(reply.payload, payload, strict=True):
+                assert reply.header == Probe(seq=i) and reply.traffic_class == klass
+                *echoed, owndata = reply.payload
+                for got, sent in zip(echoed, payload, strict=True):
                     assert got.dtype == sent.dtype and got.shape == sent.shape
                     np.testing.assert_array_equal(got, sent)
                 # Non-empty arrays are views into the receive arena (no copy).
-                assert reply.header["owndata"][:3] == [False, False, False]
+                assert owndata.tolist()[:3] == [0, 0, 0]
     finally:
         child.join(timeout=30)
     assert child.exitcode == 0
@@ -69,16 +71,16 @@ def test_arena_space_returns_when_messages_are_dropped(tmp_path: Path) -> None:
             MooncakeTransport(arena_bytes=16 * MiB) as b:
         held = []
         for _ in range(2):
-            a.send(b.address, {}, [block])
+            a.send(b.address, Probe(), [block])
             m = b.recv(timeout_s=10)
             assert m is not None
             held.append(m)
         with pytest.raises(TransferError, match="no room"):
-            a.send(b.address, {}, [block], timeout_s=0.3)
+            a.send(b.address, Probe(), [block], timeout_s=0.3)
         held.clear()
         gc.collect()
         for _ in range(4):  # 24 MiB through a 16 MiB arena
-            a.send(b.address, {}, [block])
+            a.send(b.address, Probe(), [block])
             m = b.recv(timeout_s=10)
             assert m is not None and int(m.payload[0][-1]) == 5
             del m
@@ -90,4 +92,4 @@ def test_unreachable_peer_is_a_transfer_error() -> None:
     from dualpath.transfer.mooncake_transport import MooncakeTransport
 
     with MooncakeTransport(arena_bytes=MiB) as a, pytest.raises(TransferError):
-        a.send("tcp://127.0.0.1:9", {}, [np.zeros(10, np.uint8)], timeout_s=0.3)
+        a.send("tcp://127.0.0.1:9", Probe(), [np.zeros(10, np.uint8)], timeout_s=0.3)

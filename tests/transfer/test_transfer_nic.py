@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rates import assert_shaped_rate
 from transfer_helpers import MB, MiB, saturate, saturate_child
 
 from dualpath.core.errors import ConfigError
@@ -31,7 +32,7 @@ def test_rate_holds_with_threads(tmp_path: Path, threads: int) -> None:
     transfers = 48 // threads  # 48 MiB in all: ~0.5 s
     start, end = saturate(spec, threads, transfers, MiB)
     measured = 48 * MiB / (end - start)
-    assert measured == pytest.approx(100 * MB, rel=0.10)
+    assert_shaped_rate(measured, 100 * MB)
     stats = EmulatedNic(spec).stats().lanes["tx.kv"]
     assert stats.bytes == 48 * MiB
     assert stats.transfers == 48
@@ -57,7 +58,7 @@ def test_rate_holds_across_processes(tmp_path: Path, spawn: SpawnContext) -> Non
     start = min(s for s, _ in spans)
     end = max(e for _, e in spans)
     total = procs * threads * transfers * MiB
-    assert total / (end - start) == pytest.approx(100 * MB, rel=0.10)
+    assert_shaped_rate(total / (end - start), 100 * MB)
     assert EmulatedNic(spec).stats().lanes["tx.kv"].bytes == total
 
 
@@ -113,7 +114,7 @@ def test_high_priority_keeps_latency_while_kv_saturates(tmp_path: Path) -> None:
 def test_kv_alone_gets_full_rate_and_is_not_starved(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "cnic", 200 * MB)
     start, end = saturate(spec, 1, 40, MiB)
-    assert 40 * MiB / (end - start) == pytest.approx(200 * MB, rel=0.10)
+    assert_shaped_rate(40 * MiB / (end - start), 200 * MB)
 
     # Saturating high traffic: KV still gets its weighted share (99:1), not more.
     nic = EmulatedNic(spec)

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from local_transport import LocalHub, LocalTransport
+from rates import assert_shaped_rate
 from transfer_helpers import MB, MiB, echo_child, random_payload
 
 from dualpath.core.errors import TransferError
-from dualpath.transfer.local_transport import LocalHub, LocalTransport
 from dualpath.transfer.nic import EmulatedNic, NicSpec, TrafficClass
 from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.wire.data import Probe
 
 
 def test_multi_frame_round_trip_between_processes(spawn: SpawnContext) -> None:
@@ -30,20 +32,20 @@ def test_multi_frame_round_trip_between_processes(spawn: SpawnContext) -> None:
             for i in range(rounds):
                 payload = random_payload(rng)
                 klass = TrafficClass.MODEL if i % 2 else TrafficClass.KV
-                transport.send(peer, {"layer": i, "hashes": ["ab", "cd"]}, payload,
-                               traffic_class=klass)
+                transport.send(peer, Probe(seq=i), payload, traffic_class=klass)
                 reply = transport.recv(timeout_s=30)
                 assert reply is not None
                 assert reply.sender == peer
                 assert reply.traffic_class == klass
-                assert reply.header["layer"] == i and reply.header["hashes"] == ["ab", "cd"]
-                assert reply.nbytes == sum(a.nbytes for a in payload)
-                for got, sent in zip(reply.payload, payload, strict=True):
+                assert reply.header == Probe(seq=i)
+                *echoed, owndata = reply.payload
+                assert reply.nbytes == sum(a.nbytes for a in payload) + owndata.nbytes
+                for got, sent in zip(echoed, payload, strict=True):
                     assert got.dtype == sent.dtype and got.shape == sent.shape
                     np.testing.assert_array_equal(got, sent)
                     # Zero copy on receive: views over the zmq frames, writable.
                     assert not got.flags.owndata and got.flags.writeable
-                assert reply.header["owndata"] == [False] * len(payload)
+                assert owndata.tolist() == [0] * len(payload)
     finally:
         child.join(timeout=30)
     assert child.exitcode == 0
@@ -52,7 +54,7 @@ def test_multi_frame_round_trip_between_processes(spawn: SpawnContext) -> None:
 def test_non_contiguous_arrays_and_raw_buffers_are_sent(tmp_path: Path) -> None:
     with ZmqTransport() as a, ZmqTransport() as b:
         base = np.arange(64, dtype=np.uint8).reshape(8, 8)
-        a.send(b.address, {}, [base[:, ::2], b"raw", memoryview(bytearray(b"xy"))])
+        a.send(b.address, Probe(), [base[:, ::2], b"raw", memoryview(bytearray(b"xy"))])
         m = b.recv(timeout_s=10)
         assert m is not None
         np.testing.assert_array_equal(m.payload[0], base[:, ::2])
@@ -63,26 +65,26 @@ def test_unreachable_peer_is_a_transfer_error_within_the_timeout() -> None:
     with ZmqTransport() as a:
         t0 = time.monotonic()
         with pytest.raises(TransferError, match="unreachable"):
-            a.send("tcp://127.0.0.1:9", {}, [np.zeros(10, np.uint8)], timeout_s=0.3)
+            a.send("tcp://127.0.0.1:9", Probe(), [np.zeros(10, np.uint8)], timeout_s=0.3)
         assert time.monotonic() - t0 < 5.0
         with pytest.raises(TransferError, match="bad destination"):
-            a.send("nonsense", {}, [])
-        with pytest.raises(TransferError, match="msgpack"):
-            a.send(a.address, {"x": object()}, [])
+            a.send("nonsense", Probe(), [])
+        with pytest.raises(TransferError, match="cannot be encoded"):
+            a.send(a.address, object(), [])  # type: ignore[arg-type]
 
 
 def test_bind_conflict_and_closed_use_are_transfer_errors() -> None:
     with ZmqTransport() as a, pytest.raises(TransferError, match="cannot bind"):
         ZmqTransport(a.address)
     with pytest.raises(TransferError, match="closed"):
-        a.send(a.address, {}, [])
+        a.send(a.address, Probe(), [])
 
 
 def test_close_stops_every_thread(tmp_path: Path) -> None:
     before = threading.active_count()
     nic = EmulatedNic(NicSpec("c", str(tmp_path / "c.nic"), 100 * MB))
     transports = [ZmqTransport(cnic=nic) for _ in range(3)]
-    transports[0].send(transports[1].address, {"x": 1}, [np.ones(10, np.uint8)])
+    transports[0].send(transports[1].address, Probe(), [np.ones(10, np.uint8)])
     assert transports[1].recv(timeout_s=10) is not None
     for t in transports:
         t.close()
@@ -101,7 +103,7 @@ def test_paced_transport_holds_the_cnic_rate_and_counts_both_ends(tmp_path: Path
 
         def sender() -> None:
             for i in range(per_thread):
-                a.send(b.address, {"i": i}, [block])
+                a.send(b.address, Probe(seq=i), [block])
 
         threads = [threading.Thread(target=sender) for _ in range(2)]
         for t in threads:
@@ -112,7 +114,7 @@ def test_paced_transport_holds_the_cnic_rate_and_counts_both_ends(tmp_path: Path
         for t in threads:
             t.join()
     total = 2 * per_thread * block.nbytes
-    assert total / elapsed == pytest.approx(100 * MB, rel=0.10)
+    assert_shaped_rate(total / elapsed, 100 * MB)
     assert tx_nic.stats().lanes["tx.kv"].bytes == total
     assert rx_nic.stats().lanes["rx.kv"].bytes == total
 
@@ -123,14 +125,14 @@ def test_local_transport_delivers_and_paces(tmp_path: Path) -> None:
     with LocalTransport(hub, "pe0", cnic=nic) as a, LocalTransport(hub) as b:
         assert a.address == "local://pe0"
         layer = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
-        a.send(b.address, {"layer": 0}, [layer], traffic_class=TrafficClass.MODEL)
+        a.send(b.address, Probe(seq=0), [layer], traffic_class=TrafficClass.MODEL)
         m = b.recv(timeout_s=5)
-        assert m is not None and m.sender == "local://pe0" and m.header == {"layer": 0}
+        assert m is not None and m.sender == "local://pe0" and m.header == Probe(seq=0)
         np.testing.assert_array_equal(m.payload[0], layer)
         assert nic.stats().lanes["tx.model"].bytes == 12
         assert b.recv(timeout_s=0.01) is None
         with pytest.raises(TransferError, match="unreachable"):
-            a.send("local://nobody", {}, [])
+            a.send("local://nobody", Probe(), [])
         with pytest.raises(TransferError, match="in use"):
             LocalTransport(hub, "pe0")
 
@@ -148,7 +150,7 @@ def test_incast_is_limited_by_the_receivers_cnic(tmp_path: Path) -> None:
 
         def send_all(t: ZmqTransport) -> None:
             for i in range(per_sender):
-                t.send(receiver.address, {"i": i}, [block])
+                t.send(receiver.address, Probe(seq=i), [block])
 
         threads = [threading.Thread(target=send_all, args=(s,)) for s in senders]
         for t in threads:
@@ -161,5 +163,5 @@ def test_incast_is_limited_by_the_receivers_cnic(tmp_path: Path) -> None:
     for s in senders:
         s.close()
     total = 2 * per_sender * block.nbytes
-    assert total / elapsed == pytest.approx(100 * MB, rel=0.10)
+    assert_shaped_rate(total / elapsed, 100 * MB)
     assert rx_nic.stats().lanes["rx.kv"].bytes == total

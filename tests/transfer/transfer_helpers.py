@@ -45,7 +45,8 @@ def saturate_child(spec: NicSpec, threads: int, transfers: int, nbytes: int,
 
 
 def echo_child(ready: object, count: int) -> None:
-    """Serve `count` messages: send each one back (same header, same arrays) to its sender."""
+    """Serve `count` messages: send each one back (same header, same arrays, plus a frame of
+    per-array `owndata` flags) to its sender."""
     from dualpath.transfer.zmq_transport import ZmqTransport
 
     with ZmqTransport() as transport:
@@ -54,8 +55,9 @@ def echo_child(ready: object, count: int) -> None:
             message = transport.recv(timeout_s=30)
             if message is None:
                 return
-            header = dict(message.header, owndata=[bool(a.flags.owndata) for a in message.payload])
-            transport.send(message.sender, header, message.payload,
+            # The reply carries one more frame: which received arrays owned their memory.
+            owndata = np.array([a.flags.owndata for a in message.payload], dtype=np.uint8)
+            transport.send(message.sender, message.header, [*message.payload, owndata],
                            traffic_class=message.traffic_class)
         time.sleep(0.2)  # let the last reply leave before the context closes
 
@@ -80,8 +82,9 @@ def mooncake_echo_child(ready: object, count: int) -> None:
             message = transport.recv(timeout_s=30)
             if message is None:
                 return
-            header = dict(message.header, owndata=[bool(a.flags.owndata) for a in message.payload])
-            transport.send(message.sender, header, message.payload,
+            # The reply carries one more frame: which received arrays owned their memory.
+            owndata = np.array([a.flags.owndata for a in message.payload], dtype=np.uint8)
+            transport.send(message.sender, message.header, [*message.payload, owndata],
                            traffic_class=message.traffic_class)
             del message
         time.sleep(0.2)

@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="skip the unlimited-storage dualpath-vs-oracle scenario")
     p.add_argument("--work-dir", default=None, help="where the stores go (a temp dir)")
     p.add_argument("--plot", default=None, metavar="DIR", help="write jct_per_system.png here")
+    p.add_argument("--testbed", choices=["local", "netns"], default="local",
+                   help="local: one host, NICs emulated in software (default); netns: five "
+                        "network namespaces, NICs shaped by the kernel, Redis store (root)")
 
 
 def build_workload(args: argparse.Namespace) -> tuple[Workload, Workload]:
@@ -118,6 +121,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if snic is None:
         raise UserInputError("--snic-bandwidth must be finite for a storage-bound scenario")
     cnic = snic * args.cnic_factor
+    if getattr(args, "testbed", "local") == "netns":
+        from dualpath.bench import storage_bound_netns
+
+        out_netns = storage_bound_netns.run(args, systems, snic, cnic)
+        if args.plot:
+            _plot(out_netns["systems"], Path(args.plot))
+        return out_netns
     warm_wl, measured_wl = build_workload(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dualpath-storage-bound-"))
     work.mkdir(parents=True, exist_ok=True)

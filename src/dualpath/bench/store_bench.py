@@ -1,4 +1,6 @@
-"""`dualpath bench store`: FileKVStore throughput against plain sequential file I/O.
+"""`dualpath bench store`: FileKVStore throughput against plain sequential file I/O
+(or, with `--store redis://...` / `--start-redis`, RedisKVStore against the raw Redis client:
+`store_bench_net`).
 
 For each block size, the same total bytes are written and read twice in the same directory
 and run: once through `FileKVStore` (one file per Full Block, header + per-layer CRC-32s,
@@ -32,6 +34,7 @@ from dualpath.core.errors import UserInputError
 from dualpath.core.model_config import KV_DTYPE_BYTES
 from dualpath.kv import BlockGeometry, FileKVStore, block_hashes, block_io
 from dualpath.kv.layout import aligned_empty
+from dualpath.kv.open_store import store_kind
 
 # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M config.json): 30 layers, 3 KV heads, head_dim 576/9 = 64.
 SMOLLM2_LAYERS, SMOLLM2_KV_HEADS, SMOLLM2_HEAD_DIM = 30, 3, 64
@@ -42,6 +45,14 @@ _PHASES = 10  # writes x2, reads x3, layer reads x3, serial store reads x2 (8 wi
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", help="directory to measure in (default: a fresh temp dir); "
                         "put it on the disk or shared mount you want to measure")
+    parser.add_argument("--store", metavar="SPEC",
+                        help="the store to measure: a directory (same as --dir) or a networked "
+                        "store URL (redis://[:PASSWORD@]HOST:PORT/DB, rediss://, unix://): "
+                        "RedisKVStore vs the raw Redis client on that server")
+    parser.add_argument("--start-redis", action="store_true",
+                        help="start a throwaway local redis-server (AOF everysec) and measure it")
+    parser.add_argument("--pipeline-blocks", type=int, default=4,
+                        help="networked store: blocks per round trip (RedisKVStore pipeline_blocks)")
     parser.add_argument("--total-mib", type=float, default=256.0, help="bytes per side and size (MiB)")
     parser.add_argument("--block-tokens", default="64,256",
                         help="comma-separated block sizes in tokens; the first is the primary size")
@@ -72,6 +83,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.total_mib <= 0 or args.repeats < 1:
         raise UserInputError("--total-mib must be > 0 and --repeats >= 1")
     bptpl = 2 * SMOLLM2_KV_HEADS * SMOLLM2_HEAD_DIM * KV_DTYPE_BYTES[args.kv_dtype]
+    if args.start_redis or (args.store and store_kind(args.store) == "redis"):
+        if args.pipeline_blocks < 1 or args.io_threads < 1:
+            raise UserInputError("--pipeline-blocks and --io-threads must be >= 1")
+        from dualpath.bench import store_bench_net
+
+        net = store_bench_net.run(args, sizes, bptpl, SMOLLM2_LAYERS)
+        net["model_geometry"] = {"name": "SmolLM2-135M", "num_layers": SMOLLM2_LAYERS,
+                                 "bytes_per_token_per_layer": bptpl, "kv_dtype": args.kv_dtype}
+        net["prefill"], net["prefill_skipped"] = None, "not run with a networked --store"
+        return net
+    if args.store:
+        if args.dir and args.dir != args.store:
+            raise UserInputError("give either --dir or --store DIRECTORY, not both")
+        args.dir = args.store[len("file://"):] if args.store.startswith("file://") else args.store
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="dualpath-store-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     total_bytes = int(args.total_mib * 2**20)

@@ -30,6 +30,7 @@ from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
 from dualpath.core.units import parse_bandwidth, parse_bytes
 from dualpath.transfer.nic import EmulatedNic, NicSpec, TrafficClass
+from dualpath.wire.data import Probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,9 +46,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sender threads in the shaped-accuracy phase (default 2)")
     parser.add_argument("--mooncake", action="store_true",
                         help="also measure MooncakeTransport (TCP protocol); needs mooncake installed")
+    parser.add_argument("--testbed", choices=["local", "netns"], default="local",
+                        help="netns: between two network namespaces over a kernel-shaped link, "
+                             "CURVE on, vs a raw socket on the same link (root)")
+    parser.add_argument("--link-rate", default="50MB/s",
+                        help="--testbed netns: the compute link's HTB rate (50MB/s)")
+    parser.add_argument("--netns-bytes", default="100MB",
+                        help="--testbed netns: bytes per round (100MB)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "testbed", "local") == "netns":
+        from dualpath.bench import transfer_netns
+
+        return transfer_netns.run(args)
     total = parse_bytes(args.bytes)
     message = parse_bytes(args.message_bytes)
     shaped_rate = parse_bandwidth(args.shaped_rate)
@@ -167,7 +179,7 @@ def _transport_round(transport: Any, dest: str, frames: list[np.ndarray], per_th
     """Send per_thread[i] messages from thread i; seconds until the sink confirmed all."""
     def sender(count: int) -> None:
         for i in range(count):
-            transport.send(dest, {"i": i}, frames, traffic_class=TrafficClass.KV)
+            transport.send(dest, Probe(seq=i), frames, traffic_class=TrafficClass.KV)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=sender, args=(n,)) for n in per_thread]
@@ -176,7 +188,7 @@ def _transport_round(transport: Any, dest: str, frames: list[np.ndarray], per_th
     for t in threads:
         t.join()
     done = transport.recv(timeout_s=600)
-    if done is None or not done.header.get("done"):
+    if done is None or not isinstance(done.header, Probe):
         raise RuntimeError("transfer bench: the sink did not confirm the round")
     return time.perf_counter() - t0
 
@@ -211,7 +223,7 @@ def _transport_sink(ready: Any, backend: str, rounds: list[int]) -> None:
                         return
                     received += message.nbytes
                     sender = message.sender
-                transport.send(sender, {"done": True, "bytes": received})
+                transport.send(sender, Probe(seq=received))  # the round's confirmation
             time.sleep(0.5)  # let the last confirmation leave
 
 

@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "sim-vs-runtime": ("dualpath.bench.sim_vs_runtime", "the storage-bound scenario on the live runtime and in the simulator"),
     "offline": ("dualpath.bench.offline", "offline (RL rollout) workload against a server or the simulator"),
     "online": ("dualpath.bench.online", "online (Poisson agents) workload against a server or the simulator"),
+    "isolation": ("dualpath.bench.isolation", "MODEL-class p99 latency idle vs KV-saturated on the netns testbed (root)"),
     "compare": ("dualpath.bench.compare", "print the ratios of two result JSON files side by side"),
 }
 

@@ -47,6 +47,8 @@ def register(sub: Any) -> None:
                    help="sampling seed, and weight seed of random presets (0)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="weights and KV dtype (float32)")
+    p.add_argument("--quantization", default="none", choices=["none", "int8", "int4"],
+                   help="weight-only quantized linear layers (none)")
     p.add_argument("--store", metavar="DIR", default=None,
                    help="KV file store: load the prompt's cached prefix, persist new full blocks")
     p.add_argument("--block-size", type=int, default=64, help="tokens per KV block (64)")
@@ -113,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model, tokenizer = load_model(args.model, dtype=args.dtype, seed=args.seed)
+    model, tokenizer = load_model(args.model, dtype=args.dtype, seed=args.seed,
+                                  quantization=args.quantization)
     load_s = time.perf_counter() - t0
     chat = args.chat if args.chat is not None else tokenizer.chat_template is not None
     if chat:

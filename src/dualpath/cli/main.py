@@ -18,6 +18,7 @@ from dualpath.core.errors import DualPathError, UserInputError
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dualpath.cli.serve",
+    "dualpath.cli.node",
     "dualpath.cli.simulate",
     "dualpath.cli.bench",
     "dualpath.cli.trace",

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from dualpath.core.errors import UserInputError
 from dualpath.core.requests import GenerateEvent, GenerateRequest
 
 
@@ -60,13 +61,29 @@ class Tokenizer(Protocol):
 class AdmissionLimits:
     """How many requests the server hands to the backend at once, and how many may wait.
 
-    A request that finds `max_running` requests in flight waits in the server's FIFO queue;
-    one that finds `max_waiting` requests already waiting is refused with 429 + Retry-After.
+    A request that finds `max_running` requests in the backend waits in the server's FIFO
+    queue; one that finds `max_waiting` requests already waiting is refused with 429 +
+    Retry-After. The two bounds are separate: at most max_running + max_waiting requests are
+    in the server at any time (like vLLM's `--max-num-seqs` for the first).
     """
 
     max_running: int = 256
     max_waiting: int = 1024
     retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_running < 1 or self.max_waiting < 0 or self.retry_after_s < 0:
+            raise UserInputError(
+                "admission limits need max_running >= 1, max_waiting >= 0, retry_after_s >= 0; "
+                f"got {self.max_running}, {self.max_waiting}, {self.retry_after_s}")
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the backend can take requests now, and if not, why (shown in /ready's 503)."""
+
+    ready: bool
+    reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,7 +91,9 @@ class BackendMetrics:
     """A point-in-time snapshot of backend state for /metrics. Every field is optional.
 
     Label keys are the backend's own names (node "pe0", engine "de1.2", NIC "pe0/snic").
-    Counters (`*_total`) are cumulative since the backend started.
+    Counters (`*_total`) are cumulative since the backend started. /metrics shows exactly the
+    labels of the latest snapshot: an engine or node left out of it (dead, removed) disappears
+    from the scrape at once.
     """
 
     num_running: int | None = None  # requests being prefilled or decoded
@@ -86,6 +105,10 @@ class BackendMetrics:
     engine_seqs: Mapping[str, int] = field(default_factory=dict)  # engine -> seq_e
     buffer_bytes_in_use: Mapping[str, int] = field(default_factory=dict)  # node -> bytes
     kv_store_bytes: int | None = None  # bytes persisted in the KV store
+    # internal-plane frames dropped by a validating decoder, by reason (cumulative)
+    internal_frames_rejected: Mapping[str, int] = field(default_factory=dict)
+    kv_store_evictions_total: int | None = None  # blocks evicted by the store's capacity bound
+    engine_restarts_total: int | None = None  # engine processes restarted after dying
 
 
 class Backend(abc.ABC):
@@ -129,8 +152,17 @@ class Backend(abc.ABC):
         return AdmissionLimits()
 
     def is_ready(self) -> bool:
-        """True once the backend can serve (engines up); /health answers 503 until then."""
+        """True once the backend can serve (engines up). The default of `readiness()`."""
         return True
+
+    def readiness(self) -> Readiness:
+        """Whether the backend can take requests now; GET /ready answers 503 with the reasons
+        while not. Called on every /ready probe (keep it cheap, never block). The default
+        asks `is_ready()`; a cluster overrides it (scheduler loop ticking, at least one
+        prefill and one decode engine heard from recently)."""
+        if self.is_ready():
+            return Readiness(True)
+        return Readiness(False, ("backend not ready",))
 
     async def start(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Called once by the app's lifespan before the first request."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from dualpath.core.errors import ConfigError
 from dualpath.core.systems import READ_PATH_MODES, system_spec
+from dualpath.core.units import parse_bytes
 
 
 @dataclass(frozen=True)
@@ -26,12 +27,20 @@ class ClusterConfig:
 
     model: str = "smollm2"
     model_seed: int = 0
+    # How the engines run the model: activations/KV dtype, weight-only quantization, and
+    # torch intra-op threads per engine process (an engine stands for one GPU).
+    dtype: str = "float32"
+    quantization: str = "none"
+    threads: int = 1
     prefill_nodes: int = 1
     decode_nodes: int = 2
     engines_per_node: int = 1
     block_size: int = 64
     store_path: str = "./kvstore"
     use_kv_store: bool = True
+    # Capacity of the KV store root in bytes (None = unbounded): least recently used leaf
+    # blocks are evicted to stay under it (`FileKVStore(max_bytes=...)`).
+    store_max_bytes: int | None = None
     system: str = "dualpath"
     read_path: str = "auto"
     # Emulated NICs (bytes/s; None = unlimited). SNIC: one per node, shared by its engines.
@@ -39,6 +48,10 @@ class ClusterConfig:
     # CNIC: one per engine. Two classes: model-execution traffic (high) and KV (low).
     cnic_bytes_s: float | None = None
     cnic_high_weight: float = 0.99
+    # "software": the engines pace every byte on emulated NICs at the rates above (one host);
+    # "kernel": the rates only inform the scheduler (α), the network enforces them (the netns
+    # testbed's tc shaping, or real NICs).
+    nic_shaping: str = "software"
     # Synthetic model-execution collective traffic: bytes per prefill token per layer that
     # an expert-parallel all-to-all would move (high-priority CNIC class; 0 = none).
     collective_bytes_per_token: int = 0
@@ -63,15 +76,42 @@ class ClusterConfig:
     max_decode_batch: int = 64
     # Admission: requests queued in the scheduler beyond this are refused (HTTP 429).
     max_waiting_requests: int = 1024
-    host: str = "127.0.0.1"
+    # Admission: requests handed to the cluster at once (vLLM's --max-num-seqs); the rest
+    # wait in the server's queue (at most max_waiting_requests of them).
+    max_running_requests: int = 256
+    host: str = "127.0.0.1"  # the public HTTP API
     port: int = 8000
+    # The internal plane (engine control and KV data) binds here, never on the public host.
+    internal_host: str = "127.0.0.1"
+    # The scheduler's control port that engines and `dualpath node` agents connect to
+    # (0 = any free port; remote nodes need a fixed one).
+    control_port: int = 0
+    # File holding the cluster secret every internal key derives from (mode 0600); None = a
+    # fresh one in the run directory (a purely local cluster).
+    cluster_secret_path: str | None = None
+    # Start the configured nodes as local engine processes (False: remote nodes join).
+    local_engines: bool = True
+    # Accept `dualpath node --join` agents while running.
+    accept_nodes: bool = False
+    # An engine silent for this long (no report at all; stats go out every 0.5 s) is dead.
+    engine_heartbeat_timeout_s: float = 10.0
+    # Engine ids are < this bound (it bounds the key table of the internal plane).
+    max_engines: int = 1024
     api_key: str | None = None
     served_model_name: str | None = None
     engine_start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size",
-                     "decode_kv_bytes", "max_decode_batch", "max_waiting_requests"):
+        if self.nic_shaping not in ("software", "kernel"):
+            raise ConfigError(f"nic_shaping must be software or kernel, got {self.nic_shaping!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.quantization not in ("none", "int8", "int4"):
+            raise ConfigError(f"quantization must be none, int8 or int4, got "
+                              f"{self.quantization!r}")
+        for name in ("prefill_nodes", "decode_nodes", "engines_per_node", "block_size", "threads",
+                     "decode_kv_bytes", "max_decode_batch", "max_waiting_requests",
+                     "max_running_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         system_spec(self.system)  # raises with the list of valid names
@@ -85,8 +125,19 @@ class ClusterConfig:
                 raise ConfigError(f"{name} must be positive (or omitted for unlimited)")
         if not 0.0 < self.cnic_high_weight < 1.0:
             raise ConfigError("cnic_high_weight must be in (0, 1)")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        for name in ("port", "control_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be in [0, 65535], got {getattr(self, name)}")
+        if self.engine_heartbeat_timeout_s <= 0:
+            raise ConfigError("engine_heartbeat_timeout_s must be positive")
+        if not self.local_engines and not self.accept_nodes:
+            raise ConfigError("a cluster without local engines must accept remote nodes")
+        if self.num_engines > self.max_engines:
+            raise ConfigError(f"{self.num_engines} engines exceed max_engines={self.max_engines}")
+        if isinstance(self.store_max_bytes, str):  # "2GB" in a config file
+            object.__setattr__(self, "store_max_bytes", parse_bytes(self.store_max_bytes))
+        if self.store_max_bytes is not None and self.store_max_bytes < 1:
+            raise ConfigError(f"store_max_bytes must be positive, got {self.store_max_bytes}")
         if self.prefill_quota_s <= 0:
             raise ConfigError("prefill_quota_s must be positive")
 

@@ -4,6 +4,7 @@
 
     DualPathError
     ├── UserInputError          bad CLI flag, config value, request parameter (clear message)
+    │   ├── InvalidFieldError   one named request field is invalid (`field`; HTTP 400 param)
     │   ├── ConfigError         a config file or preset that cannot be used
     │   └── TraceFormatError    a malformed trace / trajectory file (carries the line number)
     ├── ModelLoadError          a checkpoint that cannot be read or is not supported
@@ -27,6 +28,14 @@ class DualPathError(Exception):
 
 class UserInputError(DualPathError, ValueError):
     """Something the user gave us (flag, config, request field) is invalid."""
+
+
+class InvalidFieldError(UserInputError):
+    """A request field is invalid; `field` names it (the OpenAI error's `param`)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ConfigError(UserInputError):

@@ -7,6 +7,10 @@ and its node's SNIC (shared with the node's other engines, across processes) car
 storage byte. The engine loop is the nano-vllm triple: `step()` = schedule, run, postprocess;
 data-plane messages arrive on a receiver thread and are handed to `on_data` (subclasses lock
 what they share with the loop).
+
+Every frame is decoded by `dualpath.wire`'s validating decoder; a frame that fails — or a data
+message whose content does not fit its attempt (`FrameRejected` from a handler) — is dropped
+and counted (`wire.rejected.<reason>` in the engine's stats), and never ends a loop or thread.
 """
 
 from __future__ import annotations
@@ -22,20 +26,25 @@ from dataclasses import asdict
 import numpy as np
 import zmq
 
+from dualpath import wire
 from dualpath.core.config import ClusterConfig
 from dualpath.core.errors import TransferError
+from dualpath.core.secret import ClusterSecret
 from dualpath.core.systems import system_spec
-from dualpath.engine.kv_messages import DataSender
-from dualpath.kv.file_store import FileKVStore
+from dualpath.engine.data_sender import DataSender
+from dualpath.engine.nics import cnic_spec, snic_spec
+from dualpath.engine.shaped_store import ShapedStore
+from dualpath.kv.block_value import value_bytes
 from dualpath.kv.layout import BlockGeometry
+from dualpath.kv.open_store import open_store, store_options
 from dualpath.model.loader import load_model
-from dualpath.runtime import protocol as proto
-from dualpath.runtime.nics import cnic_spec, snic_spec
 from dualpath.transfer.base import Message
 from dualpath.transfer.buffer_pool import BufferPool
+from dualpath.transfer.curve import ClusterKeys, engine_of, make_client
 from dualpath.transfer.nic import EmulatedNic
-from dualpath.transfer.shaped_store import ShapedStore
-from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.transfer.zmq_transport import DataSecurity, ZmqTransport
+from dualpath.wire import control as ctl
+from dualpath.wire.types import AttemptId
 
 logger = logging.getLogger(__name__)
 
@@ -50,28 +59,40 @@ class EngineBase:
     role = "engine"
 
     def __init__(self, config: ClusterConfig, engine_id: int, node_id: int,
-                 control_address: str, run_dir: str) -> None:
+                 control_address: str, run_dir: str, secret: ClusterSecret) -> None:
         self.config = config
         self.engine_id = engine_id
         self.node_id = node_id
         self.spec = system_spec(config.system)
-        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed)
+        self.model, self.tokenizer = load_model(config.model, seed=config.model_seed,
+                                                dtype=config.dtype,
+                                                quantization=config.quantization)
         self.model_config = self.model.config
         self.block_size = config.block_size
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
         free_io = self.spec.free_io
         self.snic = EmulatedNic(snic_spec(config, run_dir, node_id, free_io=free_io))
         self.cnic = EmulatedNic(cnic_spec(config, run_dir, engine_id, free_io=free_io))
-        self.store = ShapedStore(FileKVStore(config.store_path, self.geometry), self.snic)
-        self.transport = ZmqTransport(f"tcp://{config.host}:0", cnic=self.cnic)
+        # --no-kv-store: nothing is read from or written to the store (it is not even opened).
+        self.store = (ShapedStore(open_store(config.store_path, self.geometry,
+                                             **store_options(config)), self.snic)
+                      if config.use_kv_store else None)
+        keys = ClusterKeys(secret, config.max_engines - 1)
+        me = keys.engine(engine_id)
+        # Data: only other engines may send here (never a node agent or a stranger).
+        self.transport = ZmqTransport(f"tcp://{config.internal_host}:0", cnic=self.cnic,
+                                      security=DataSecurity(keys, me, _is_engine))
         self.sender = DataSender(self.transport, on_failure=self._send_failed,
+                                 failed_for_s=config.peer_retry_after_s,
                                  inject_failures=_injected_failures())
-        self._local_aborts: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._deferred: list[proto.ControlMessage] = []  # read by handle_aborts_now
+        self.rejections = wire.Rejections()  # control frames and data that fit no attempt
+        self._local_aborts: queue.SimpleQueue[AttemptId] = queue.SimpleQueue()
+        self._deferred: list[ctl.ToEngine] = []  # read by handle_aborts_now
         self._ctx = zmq.Context()
         self._ctrl = self._ctx.socket(zmq.DEALER)
         self._ctrl.setsockopt(zmq.LINGER, 0)
         self._ctrl.setsockopt(zmq.IDENTITY, str(engine_id).encode())
+        make_client(self._ctrl, me, keys.control_server.public)
         self._ctrl.connect(control_address)
         self._ctrl_lock = threading.Lock()
         self._stop = threading.Event()
@@ -90,12 +111,13 @@ class EngineBase:
     def prefill_tokens_per_s(self) -> float:
         return 0.0
 
-    def on_control(self, msg: proto.ControlMessage) -> None:
+    def on_control(self, msg: ctl.ToEngine) -> None:
         """Handle a scheduler message (runs on the loop thread)."""
         raise NotImplementedError
 
     def on_data(self, msg: Message) -> None:
-        """Handle a data-plane message (runs on the receiver thread)."""
+        """Handle a data-plane message (runs on the receiver thread); raise
+        `wire.FrameRejected` for one that does not fit its attempt."""
         raise NotImplementedError
 
     def step(self) -> bool:
@@ -114,14 +136,28 @@ class EngineBase:
 
     # ---- plumbing ------------------------------------------------------------------------
 
-    def send_control(self, msg: proto.ControlMessage) -> None:
+    def send_control(self, msg: ctl.ToScheduler) -> None:
         with self._ctrl_lock:
-            self._ctrl.send(proto.encode(msg))
+            self._ctrl.send(wire.encode(msg))
+
+    def _read_control(self) -> list[ctl.ToEngine]:
+        """Every control frame waiting now, decoded; rejected frames are counted (caller
+        holds the control lock)."""
+        msgs = []
+        for _ in range(64):
+            if not self._ctrl.poll(0):
+                break
+            try:
+                msgs.append(wire.decode_to_engine(self._ctrl.recv()))
+            except wire.FrameRejected as exc:
+                self.rejections.count(exc.reason)
+                logger.warning("engine %d: dropped a control frame: %s", self.engine_id, exc)
+        return msgs
 
     def run(self) -> None:
         self._receiver.start()
-        self.send_control(proto.Hello(
-            engine_id=self.engine_id, node_id=self.node_id, role=self.role,
+        self.send_control(ctl.Hello(
+            engine_id=self.engine_id, node_id=self.node_id, role=self.role,  # type: ignore[arg-type]
             data_address=self.transport.address, kv_capacity_tokens=self.kv_capacity_tokens(),
             pid=os.getpid(), prefill_tokens_per_s=self.prefill_tokens_per_s(),
         ))
@@ -135,20 +171,29 @@ class EngineBase:
                 timeout_ms = 0 if busy else 5
                 with self._ctrl_lock:
                     events = dict(poller.poll(timeout_ms))
-                    raw = [self._ctrl.recv() for _ in range(64)
-                           if self._ctrl.poll(0)] if events else []
-                msgs, self._deferred = self._deferred, []
-                for msg in [*msgs, *(proto.decode(data) for data in raw)]:
-                    if isinstance(msg, proto.Shutdown):
+                    fresh = self._read_control() if events else []
+                msgs, self._deferred = [*self._deferred, *fresh], []
+                for msg in msgs:
+                    if isinstance(msg, ctl.Shutdown):
                         self._stop.set()
                         break
-                    self.on_control(msg)
+                    self._handle_control(msg)
                 while not self._local_aborts.empty():
-                    self.on_control(proto.Abort(self._local_aborts.get()))
+                    self._handle_control(ctl.Abort(self._local_aborts.get()))
                 busy = self.step()
                 self._maybe_report()
         finally:
             self.close()
+
+    def _handle_control(self, msg: ctl.ToEngine) -> None:
+        try:
+            self.on_control(msg)
+        except wire.FrameRejected as exc:
+            self.rejections.count(exc.reason)
+            logger.warning("engine %d: dropped a control message: %s", self.engine_id, exc)
+        except Exception:  # one bad assignment must not end the engine's loop
+            logger.exception("engine %d: handling %s failed", self.engine_id,
+                             type(msg).__name__)
 
     def handle_aborts_now(self) -> None:
         """For a loop thread blocked inside `step()` (waiting for a peer's KV): act on the
@@ -157,73 +202,75 @@ class EngineBase:
         Abort twice is harmless, and one that overtook its request's assignment is repeated
         after it)."""
         with self._ctrl_lock:
-            while self._ctrl.poll(0):
-                self._deferred.append(proto.decode(self._ctrl.recv()))
+            self._deferred.extend(self._read_control())
         for msg in self._deferred:
-            if isinstance(msg, proto.Abort):
-                self.on_control(msg)
+            if isinstance(msg, ctl.Abort):
+                self._handle_control(msg)
         while not self._local_aborts.empty():
-            self.on_control(proto.Abort(self._local_aborts.get()))
+            self._handle_control(ctl.Abort(self._local_aborts.get()))
 
-    def report_transfer_failed(self, rid: str, peer_address: str, error: str) -> None:
-        """Attempt `rid` lost its KV path to `peer_address`: tell the scheduler (it re-runs or
+    def report_transfer_failed(self, attempt: AttemptId, peer_address: str, error: str) -> None:
+        """`attempt` lost its KV path to `peer_address`: tell the scheduler (it re-runs or
         ends the request) and drop the attempt here, on the loop thread, as an Abort would.
         Safe from any thread."""
-        logger.warning("request %s: transfer with %s failed: %s", rid, peer_address, error)
-        self.send_control(proto.TransferFailed(self.engine_id, rid, peer_address, error))
-        self._local_aborts.put(rid)
+        logger.warning("request %s: transfer with %s failed: %s", attempt, peer_address, error)
+        self.send_control(ctl.TransferFailed(self.engine_id, attempt, peer_address,
+                                             error[:4096]))
+        self._local_aborts.put(attempt)
 
-    def _send_failed(self, rid: str, dest: str, exc: TransferError) -> None:
-        self.report_transfer_failed(rid, dest, str(exc))
+    def _send_failed(self, attempt: AttemptId, dest: str, exc: TransferError) -> None:
+        self.report_transfer_failed(attempt, dest, str(exc))
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    def read_hit_blocks(self, rid: str, hashes: Sequence[str],
+    def read_hit_blocks(self, attempt: AttemptId, hashes: Sequence[str],
                         alive: Callable[[], bool]) -> list[np.ndarray]:
-        """Read a request's stored prefix into this engine's buffer (reader threads).
+        """Read an attempt's stored prefix into this engine's buffer (reader threads).
 
         Reserves buffer room first, waiting while the bounded buffer is full (a prefix larger
         than the whole buffer is loaded as far as it fits). Stops at the first missing or
         corrupt block, and on any unexpected error, so the rest is recomputed and the request
         never waits forever. Reports ReadDone to the scheduler. `alive()` turns False when
-        the request was aborted.
+        the attempt was aborted.
         """
         usable = list(hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes])
         blocks: list[np.ndarray] = []
         try:
             while alive():
                 try:
-                    self.buffer.reserve(rid, len(usable) * self.geometry.full_block_bytes)
+                    self.buffer.reserve(attempt, len(usable) * self.geometry.full_block_bytes)
                     break
                 except TransferError:
                     time.sleep(0.01)
             for block_hash in usable:
-                if not alive():
+                if not alive() or self.store is None:
                     break
                 block = self.store.get(block_hash)
                 if block is None:
                     logger.warning("request %s: block %s unreadable; recomputing from there",
-                                   rid, block_hash[:16])
+                                   attempt, block_hash[:16])
                     break
                 blocks.append(block)
         except Exception:
-            logger.exception("request %s: storage read failed; recomputing", rid)
-        self.bytes_read += sum(b.nbytes for b in blocks)
-        self.send_control(proto.ReadDone(self.engine_id, rid, len(hashes) * self.block_size,
-                                         len(blocks) * self.block_size))
+            logger.exception("request %s: storage read failed; recomputing", attempt)
+        # What crossed the storage network: each block as stored (its header + the Full Block).
+        self.bytes_read += sum(value_bytes(self.geometry, h) for h in usable[:len(blocks)])
+        self.send_control(ctl.ReadDone(self.engine_id, attempt, len(hashes) * self.block_size,
+                                       len(blocks) * self.block_size))
         return blocks
 
     def _receive_loop(self) -> None:
         while not self._stop.is_set():
-            msg = self.transport.recv(timeout_s=0.1)
-            if msg is None:
-                continue
             try:
-                self.on_data(msg)
+                msg = self.transport.recv(timeout_s=0.1)
+                if msg is not None:
+                    self.on_data(msg)
+            except wire.FrameRejected as exc:
+                self.rejections.count(exc.reason)
+                logger.warning("engine %d: dropped a data message: %s", self.engine_id, exc)
             except Exception:  # a bad message must not kill the engine's data plane
-                logger.exception("engine %d: failed to handle data message %s",
-                                 self.engine_id, msg.header.get("kind"))
+                logger.exception("engine %d: failed to handle a data message", self.engine_id)
 
     def _maybe_report(self) -> None:
         now = time.monotonic()
@@ -235,15 +282,18 @@ class EngineBase:
         for prefix, nic in (("snic", self.snic), ("cnic", self.cnic)):
             for key, value in nic.stats().flat().items():
                 counters[f"{prefix}.{key}"] = value
-        for key, value in asdict(self.store.stats()).items():
-            counters[f"store.{key}"] = float(value)
+        if self.store is not None:
+            for key, value in asdict(self.store.stats()).items():
+                counters[f"store.{key}"] = float(value)
         counters["buffer.used_bytes"] = float(self.buffer.stats().reserved_bytes)
         counters["load.seq"], counters["load.tok"] = float(seq), float(tok)
+        rejected = self.rejections.snapshot()
+        for reason, n in self.transport.rejections.snapshot().items():
+            rejected[reason] = rejected.get(reason, 0) + n
+        for reason, n in rejected.items():
+            counters[f"wire.rejected.{reason}"] = float(n)
         counters.update(self.extra_counters())
-        self.send_control(proto.EngineStats(
-            engine_id=self.engine_id, seq=seq, tok=tok,
-            free_kv_tokens=self.kv_capacity_tokens(), read_queue_tokens=0, counters=counters,
-        ))
+        self.send_control(ctl.EngineStats(engine_id=self.engine_id, counters=counters))
 
     def close(self) -> None:
         self._stop.set()
@@ -254,6 +304,10 @@ class EngineBase:
         self._ctx.term()
         self.snic.close()
         self.cnic.close()
+
+
+def _is_engine(user: str) -> bool:
+    return engine_of(user) is not None
 
 
 def _injected_failures() -> dict[str, int]:

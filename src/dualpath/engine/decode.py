@@ -13,6 +13,7 @@ reader only enqueue events for it.
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
 import queue
@@ -23,22 +24,33 @@ from typing import Any
 
 import numpy as np
 
+from dualpath.core.stop_rule import FinishReason
 from dualpath.engine.base import EngineBase
-from dualpath.engine.kv_messages import EarlyMessages
+from dualpath.engine.early_messages import EarlyMessages
 from dualpath.engine.sampler import sample_token
 from dualpath.kv.hashing import block_hashes
 from dualpath.model.kv_bytes import kv_from_bytes
 from dualpath.model.kv_cache import PagedKVCache
-from dualpath.runtime import protocol as proto
 from dualpath.transfer.base import Message
+from dualpath.transfer.curve import engine_of
+from dualpath.wire import FrameRejected
+from dualpath.wire import control as ctl
+from dualpath.wire.data import HitLayer, HitReady, KvLayer, PrefillFailed, PrefillResult
+from dualpath.wire.types import AttemptId
 
 logger = logging.getLogger(__name__)
 
 
+class TaskState(enum.Enum):
+    WAITING = "waiting"  # for the prompt's KV and the first token
+    RUNNING = "running"  # in the decode batch
+    FAILED = "failed"  # reported as a failed transfer; dropped on the loop thread
+
+
 @dataclass
 class DecodeTask:
-    assign: proto.AssignDecode
-    state: str = "waiting"  # waiting (for KV) | running | failed
+    assign: ctl.AssignDecode
+    state: TaskState = TaskState.WAITING
     # Since when the KV wait has gone without news (None while our own DE-path read runs).
     waiting_since_s: float | None = None
     hit_tokens: int = 0
@@ -49,8 +61,13 @@ class DecodeTask:
     persisted_blocks: int = 0  # leading blocks already in the store
 
     @property
-    def rid(self) -> str:
-        return self.assign.request_id
+    def rid(self) -> AttemptId:
+        return self.assign.attempt
+
+    @property
+    def key(self) -> str:
+        """The attempt's name in the paged KV cache."""
+        return str(self.assign.attempt)
 
     @property
     def prompt_len(self) -> int:
@@ -65,13 +82,11 @@ class DecodeEngine(EngineBase):
         per_block = self.block_size * self.model_config.kv_bytes_per_token
         num_blocks = max(1, self.config.decode_kv_bytes // per_block)
         self.cache = PagedKVCache(self.model_config, num_blocks, self.block_size)
-        self._tasks: dict[str, DecodeTask] = {}
+        self._tasks: dict[AttemptId, DecodeTask] = {}
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._early = EarlyMessages()  # PE data that overtook our AssignDecode
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="de-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="de-persist")
-        eos = self.tokenizer.eos_token_ids or self.model_config.eos_token_ids
-        self.eos_ids = tuple(eos)
         self.blocks_persisted = 0
 
     def kv_capacity_tokens(self) -> int:
@@ -82,36 +97,38 @@ class DecodeEngine(EngineBase):
 
     # ---- inputs ------------------------------------------------------------------------------
 
-    def on_control(self, msg: proto.ControlMessage) -> None:
-        if isinstance(msg, proto.AssignDecode):
+    def on_control(self, msg: ctl.ToEngine) -> None:
+        if isinstance(msg, ctl.AssignDecode):
             self._assign(msg)
-        elif isinstance(msg, proto.Abort):
-            task = self._tasks.pop(msg.request_id, None)
-            self.sender.drop(msg.request_id)
-            self._early.forget(msg.request_id)
-            self.buffer.release(msg.request_id)
+        elif isinstance(msg, ctl.Abort):
+            task = self._tasks.pop(msg.attempt, None)
+            self.sender.drop(msg.attempt)
+            self._early.forget(msg.attempt)
+            self.buffer.release(msg.attempt)
             if task is not None:
-                self.cache.free(task.rid)
+                self.cache.free(task.key)
 
     def on_data(self, msg: Message) -> None:
+        if not isinstance(msg.header, KvLayer | PrefillResult | PrefillFailed):
+            raise FrameRejected("unexpected", f"a decode engine got {type(msg.header).__name__}")
         self._events.put(("data", msg))
 
-    def _assign(self, a: proto.AssignDecode) -> None:
-        need = len(a.prompt_token_ids) + a.max_tokens
+    def _assign(self, a: ctl.AssignDecode) -> None:
+        need = max(a.kv_tokens, len(a.prompt_token_ids) + 1)
         if not self.cache.can_allocate(need):
-            self._early.forget(a.request_id)  # the PE's KV for it must not be parked forever
-            self.send_control(proto.Finished(self.engine_id, a.request_id, "error",
-                                             len(a.prompt_token_ids), 0, 0,
-                                             error="decode engine out of KV memory"))
+            self._early.forget(a.attempt)  # the PE's KV for it must not be parked forever
+            self.send_control(ctl.Finished(self.engine_id, a.attempt, FinishReason.ERROR,
+                                           len(a.prompt_token_ids), 0, 0,
+                                           error="decode engine out of KV memory"))
             return
-        self.cache.allocate(a.request_id, need)
+        self.cache.allocate(str(a.attempt), need)
         task = DecodeTask(a, hashes=list(a.hit_hashes))
-        self._tasks[a.request_id] = task
+        self._tasks[a.attempt] = task
         if a.read_path == "de" and a.hit_hashes:
             self._readers.submit(self._read_blocks, task)
         else:
             task.waiting_since_s = time.monotonic()
-        for early in self._early.take(a.request_id):
+        for early in self._early.take(a.attempt):
             self._events.put(("data", early))
 
     def _read_blocks(self, task: DecodeTask) -> None:
@@ -125,13 +142,13 @@ class DecodeEngine(EngineBase):
         # Tell the PE how much it gets, then stream it layer by layer (the PE consumes layer
         # i just before running layer i; the CNICs pace the bytes).
         dest = task.assign.prefill_address
-        self.sender.submit(dest, {"kind": "hit_ready", "rid": task.rid, "hit_tokens": hit_tokens})
+        self.sender.submit(dest, HitReady(task.rid, hit_tokens))
         last = self.model_config.num_layers - 1
         for layer in range(self.model_config.num_layers if blocks else 0):
             # The buffer is free again once the last layer has left.
             done = functools.partial(self._release_buffer, task.rid) if layer == last else None
-            self.sender.submit(dest, {"kind": "hit_layer", "rid": task.rid, "layer": layer},
-                               [b[layer] for b in blocks], on_done=done)
+            self.sender.submit(dest, HitLayer(task.rid, layer), [b[layer] for b in blocks],
+                               on_done=done)
         if not blocks:
             self.buffer.release(task.rid)
         self._events.put(("loaded", (task.rid, blocks)))
@@ -141,7 +158,7 @@ class DecodeEngine(EngineBase):
     def step(self) -> bool:
         busy = self._drain_events()
         self._expire_kv_waits()
-        running = [t for t in self._tasks.values() if t.state == "running"]
+        running = [t for t in self._tasks.values() if t.state == TaskState.RUNNING]
         if running:
             batch = running[: self.config.max_decode_batch]
             try:
@@ -150,7 +167,8 @@ class DecodeEngine(EngineBase):
                 logger.exception("decode step failed")
                 for task in batch:
                     if task.rid in self._tasks:
-                        self._finish(task, "error", error=f"{type(exc).__name__}: {exc}")
+                        self._finish(task, FinishReason.ERROR,
+                                     error=f"{type(exc).__name__}: {exc}")
             busy = True
         return busy
 
@@ -167,7 +185,7 @@ class DecodeEngine(EngineBase):
                 task = self._tasks.get(rid)
                 if task is not None:
                     task.waiting_since_s = time.monotonic()
-                    self.cache.import_blocks(rid, blocks)
+                    self.cache.import_blocks(task.key, blocks)
                     task.hit_tokens = len(blocks) * self.block_size
                     for layer in range(self.model_config.num_layers):
                         task.layer_tokens[layer] = max(task.layer_tokens.get(layer, 0),
@@ -176,34 +194,57 @@ class DecodeEngine(EngineBase):
             else:
                 try:
                     self._on_data(payload)
+                except FrameRejected as exc:  # does not fit its attempt: dropped, counted
+                    self.rejections.count(exc.reason)
+                    logger.warning("engine %d: dropped a data message: %s", self.engine_id, exc)
                 except Exception as exc:
                     logger.exception("bad data message")
-                    task = self._tasks.get(payload.header.get("rid"))
+                    task = self._tasks.get(payload.header.attempt)
                     if task is not None:
-                        self._finish(task, "error", error=f"{type(exc).__name__}: {exc}")
+                        self._finish(task, FinishReason.ERROR,
+                                     error=f"{type(exc).__name__}: {exc}")
 
     def _on_data(self, msg: Message) -> None:
         h = msg.header
-        task = self._tasks.get(h["rid"])
+        assert isinstance(h, KvLayer | PrefillResult | PrefillFailed)  # checked by on_data
+        task = self._tasks.get(h.attempt)
         if task is None:
-            self._early.keep(h["rid"], msg)
+            self._early.keep(h.attempt, msg)
             return
-        kind = h["kind"]
+        if msg.peer is not None and engine_of(msg.peer) != task.assign.prefill_engine:
+            raise FrameRejected("identity", f"{h.attempt}: KV from {msg.peer}, not from "
+                                            f"engine {task.assign.prefill_engine}")
+        if task.state != TaskState.WAITING:
+            raise FrameRejected("invalid", f"{h.attempt}: {type(h).__name__} after the prefill")
         if task.waiting_since_s is not None:
             task.waiting_since_s = time.monotonic()
-        if kind == "kv_layer":
-            layer, start = int(h["layer"]), int(h["start"])
-            parts = msg.payload
-            arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-            self.cache.write(task.rid, layer, start, kv_from_bytes(arr, self.model_config))
-            task.layer_tokens[layer] = start + int(h["n"])
-        elif kind == "prefill_result":
-            task.first_token = int(h["first_token"])
-            task.hit_tokens = int(h["cached_tokens"])
-        elif kind == "prefill_failed":
-            self._finish(task, "error", error=str(h.get("error")))
+        if isinstance(h, KvLayer):
+            arr = self._layer_rows(task, h, msg.payload)
+            self.cache.write(task.key, h.layer, h.start, kv_from_bytes(arr, self.model_config))
+            task.layer_tokens[h.layer] = h.start + h.n
+        elif isinstance(h, PrefillResult):
+            if h.first_token >= self.model_config.vocab_size or h.cached_tokens > task.prompt_len:
+                raise FrameRejected("invalid", f"{h.attempt}: prefill result out of range")
+            task.first_token = h.first_token
+            task.hit_tokens = h.cached_tokens
+        else:
+            self._finish(task, FinishReason.ERROR, error=h.error)
             return
         self._maybe_start(task)
+
+    def _layer_rows(self, task: DecodeTask, h: KvLayer, parts: list[np.ndarray]) -> np.ndarray:
+        """The [n, B] uint8 rows a KvLayer brings, checked against the attempt's prompt."""
+        width = self.model_config.kv_bytes_per_token_per_layer
+        if (h.layer >= self.model_config.num_layers or h.start + h.n > task.prompt_len
+                or not parts or any(p.dtype != np.uint8 or p.ndim != 2 or p.shape[1] != width
+                                    for p in parts)):
+            raise FrameRejected("invalid", f"{h.attempt}: KV of layer {h.layer} does not fit "
+                                           f"the request")
+        arr = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if arr.shape[0] != h.n:
+            raise FrameRejected("invalid", f"{h.attempt}: {arr.shape[0]} KV rows, header "
+                                           f"says {h.n}")
+        return arr
 
     def _expire_kv_waits(self) -> None:
         """A request whose prompt KV stopped coming for `kv_wait_timeout_s` is reported to the
@@ -211,8 +252,8 @@ class DecodeEngine(EngineBase):
         now, limit = time.monotonic(), self.config.kv_wait_timeout_s
         for task in list(self._tasks.values()):
             since = task.waiting_since_s
-            if task.state == "waiting" and since is not None and now - since > limit:
-                task.state = "failed"
+            if task.state == TaskState.WAITING and since is not None and now - since > limit:
+                task.state = TaskState.FAILED
                 self.report_transfer_failed(
                     task.rid, task.assign.prefill_address,
                     f"request {task.rid}: no KV from the prefill engine for {limit:g} s")
@@ -220,41 +261,37 @@ class DecodeEngine(EngineBase):
     def _maybe_start(self, task: DecodeTask) -> None:
         """Join the decode batch once every layer holds the whole prompt and token 1 is here."""
         n = task.prompt_len
-        if task.state != "waiting" or task.first_token is None:
+        if task.state != TaskState.WAITING or task.first_token is None:
             return
         if any(task.layer_tokens.get(i, 0) < n for i in range(self.model_config.num_layers)):
             return
-        self.cache.commit(task.rid, n - self.cache.num_tokens(task.rid))
+        self.cache.commit(task.key, n - self.cache.num_tokens(task.key))
         task.persisted_blocks = task.hit_tokens // self.block_size
-        task.state = "running"
+        task.state = TaskState.RUNNING
         self._emit(task, task.first_token)
 
     def _decode(self, batch: list[DecodeTask]) -> None:
         last = [t.generated[-1] for t in batch]
-        logits = self.model.decode(last, [self.cache.sequence(t.rid) for t in batch])
+        logits = self.model.decode(last, [self.cache.sequence(t.key) for t in batch])
         for row, task in enumerate(batch):
             a = task.assign
-            banned = self.eos_ids if len(task.generated) < a.min_tokens and not a.ignore_eos else ()
+            n = len(task.generated)
             token = sample_token(logits[row], temperature=a.temperature, top_p=a.top_p,
-                                 seed=a.seed, step=len(task.generated), banned_token_ids=banned)
+                                 seed=a.seed, step=n, banned_token_ids=a.stop.banned(n))
             self._emit(task, token)
 
     def _emit(self, task: DecodeTask, token: int) -> None:
-        a = task.assign
         task.generated.append(token)
-        self.send_control(proto.Tokens(self.engine_id, task.rid, [token]))
+        self.send_control(ctl.Tokens(self.engine_id, task.rid, [token]))
         self._persist_full_blocks(task)
-        n = len(task.generated)
-        stop_ids = set(a.stop_token_ids) | (set() if a.ignore_eos else set(self.eos_ids))
-        if n >= a.min_tokens and token in stop_ids:
-            self._finish(task, "stop")
-        elif n >= a.max_tokens:
-            self._finish(task, "length")
+        reason = task.assign.stop.finish_reason(task.generated)
+        if reason is not None:
+            self._finish(task, reason)
 
     def _persist_full_blocks(self, task: DecodeTask) -> None:
         """Persist every block that became full and is not in the store yet."""
-        fresh = [i for i in self.cache.take_full_blocks(task.rid) if i >= task.persisted_blocks]
-        if not fresh:
+        fresh = [i for i in self.cache.take_full_blocks(task.key) if i >= task.persisted_blocks]
+        if not fresh or self.store is None:
             return
         tokens = [*task.assign.prompt_token_ids, *task.generated]
         while len(task.hashes) <= fresh[-1]:
@@ -264,25 +301,28 @@ class DecodeEngine(EngineBase):
             task.hashes.extend(block_hashes(chunk, self.block_size, self.model_config.identity,
                                             parent=parent))
         for index in fresh:
-            block = self.cache.export_block(task.rid, index)  # a copy: safe after free
-            self._writer.submit(self._put, task.hashes[index], block)
+            block = self.cache.export_block(task.key, index)  # a copy: safe after free
+            parent = task.hashes[index - 1] if index else None
+            self._writer.submit(self._put, task.hashes[index], block, parent)
 
-    def _release_buffer(self, rid: str) -> None:
-        self.buffer.release(rid)
+    def _release_buffer(self, attempt: AttemptId) -> None:
+        self.buffer.release(attempt)
 
-    def _put(self, block_hash: str, block: np.ndarray) -> None:
+    def _put(self, block_hash: str, block: np.ndarray, parent: str | None) -> None:
+        assert self.store is not None  # only queued when there is a store
         try:
-            self.store.put(block_hash, block)
+            self.store.put(block_hash, block, parent)
             self.blocks_persisted += 1
         except Exception:
             logger.exception("persisting block %s failed", block_hash[:16])
 
-    def _finish(self, task: DecodeTask, reason: str, error: str | None = None) -> None:
+    def _finish(self, task: DecodeTask, reason: FinishReason, error: str | None = None) -> None:
         self._tasks.pop(task.rid, None)
         self._early.forget(task.rid)
-        self.cache.free(task.rid)
-        self.send_control(proto.Finished(self.engine_id, task.rid, reason, task.prompt_len,
-                                         len(task.generated), task.hit_tokens, error=error))
+        self.cache.free(task.key)
+        self.send_control(ctl.Finished(self.engine_id, task.rid, reason, task.prompt_len,
+                                       len(task.generated), task.hit_tokens,
+                                       error=None if error is None else error[:4096]))
 
     def extra_counters(self) -> dict[str, float]:
         return {"bytes_read_de_path": float(self.bytes_read),

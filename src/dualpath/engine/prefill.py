@@ -12,6 +12,7 @@ a request that does not fit is chunk-prefilled.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 import time
@@ -25,13 +26,17 @@ import torch
 
 from dualpath.core.errors import TransferError
 from dualpath.engine.base import EngineBase
-from dualpath.engine.kv_messages import EarlyMessages
+from dualpath.engine.early_messages import EarlyMessages
 from dualpath.engine.sampler import sample_token
 from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes
-from dualpath.runtime import protocol as proto
 from dualpath.scheduler import FlopsAttentionPredictor, PrefillWork, form_prefill_batch
 from dualpath.transfer.base import Message
+from dualpath.transfer.curve import engine_of
 from dualpath.transfer.nic import Direction, TrafficClass
+from dualpath.wire import FrameRejected
+from dualpath.wire import control as ctl
+from dualpath.wire.data import HitLayer, HitReady, KvLayer, PrefillFailed, PrefillResult
+from dualpath.wire.types import AttemptId
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +45,18 @@ class _PeerSilent(TransferError):
     """The DE's hit KV for a request did not come in time."""
 
 
+class TaskState(enum.Enum):
+    READING = "reading"  # the hit prefix is being read (PE path) or awaited from the DE
+    READY = "ready"  # prefill may run
+    FAILED = "failed"  # reported as a failed transfer; dropped on the loop thread
+
+
 @dataclass
 class PrefillTask:
     """A request at this PE. Fields after `assign` are mutated by the loop / reader threads."""
 
-    assign: proto.AssignPrefill
-    state: str = "reading"  # reading | ready | failed
+    assign: ctl.AssignPrefill
+    state: TaskState = TaskState.READING
     hit_tokens: int = 0
     blocks: list[np.ndarray] = field(default_factory=list)  # PE path: Full Blocks read
     hit_layers: dict[int, list[np.ndarray]] = field(default_factory=dict)  # DE path
@@ -55,8 +66,8 @@ class PrefillTask:
     assigned_s: float = field(default_factory=time.monotonic)
 
     @property
-    def rid(self) -> str:
-        return self.assign.request_id
+    def rid(self) -> AttemptId:
+        return self.assign.attempt
 
     @property
     def prompt_len(self) -> int:
@@ -68,7 +79,7 @@ class PrefillEngine(EngineBase):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._tasks: dict[str, PrefillTask] = {}  # FIFO by insertion
+        self._tasks: dict[AttemptId, PrefillTask] = {}  # FIFO by insertion
         self._cond = threading.Condition()
         # Data can overtake control: the DE may answer before our AssignPrefill is read.
         self._early = EarlyMessages()
@@ -78,27 +89,30 @@ class PrefillEngine(EngineBase):
 
     # ---- control ---------------------------------------------------------------------------
 
-    def on_control(self, msg: proto.ControlMessage) -> None:
-        if isinstance(msg, proto.AssignPrefill):
+    def on_control(self, msg: ctl.ToEngine) -> None:
+        if isinstance(msg, ctl.AssignPrefill):
             task = PrefillTask(msg)
             with self._cond:
-                self._tasks[msg.request_id] = task
-                for early in self._early.take(msg.request_id):
-                    self._apply_data(task, early)
+                self._tasks[msg.attempt] = task
+                for early in self._early.take(msg.attempt):
+                    try:
+                        self._apply_data(task, early)
+                    except FrameRejected as exc:
+                        self.rejections.count(exc.reason)
             if not msg.hit_hashes:
-                task.state = "ready"
+                task.state = TaskState.READY
             elif msg.read_path == "pe":
                 self._readers.submit(self._read_blocks, task)
-            # DE path: "hit_ready" from the DE makes it ready.
-        elif isinstance(msg, proto.Abort):
+            # DE path: HitReady from the DE makes it ready.
+        elif isinstance(msg, ctl.Abort):
             with self._cond:
-                self._early.forget(msg.request_id)
-                gone = self._tasks.pop(msg.request_id, None)
+                self._early.forget(msg.attempt)
+                gone = self._tasks.pop(msg.attempt, None)
                 if gone is not None:
                     gone.aborted = True
                     self._cond.notify_all()
-            self.sender.drop(msg.request_id)
-            self.buffer.release(msg.request_id)
+            self.sender.drop(msg.attempt)
+            self.buffer.release(msg.attempt)
 
     def _read_blocks(self, task: PrefillTask) -> None:
         """PE read path: Full Blocks from storage into the PE buffer (reader thread)."""
@@ -108,28 +122,52 @@ class PrefillEngine(EngineBase):
             self.buffer.release(task.rid)
         task.hit_tokens = len(task.blocks) * self.block_size
         with self._cond:
-            task.state = "ready"
+            task.state = TaskState.READY
             self._cond.notify_all()
 
     # ---- data plane (receiver thread) ----------------------------------------------------
 
     def on_data(self, msg: Message) -> None:
+        h = msg.header
+        if not isinstance(h, HitReady | HitLayer):
+            raise FrameRejected("unexpected", f"a prefill engine got {type(h).__name__}")
         with self._cond:
-            task = self._tasks.get(msg.header["rid"])
+            task = self._tasks.get(h.attempt)
             if task is None:
-                self._early.keep(msg.header["rid"], msg)
+                self._early.keep(h.attempt, msg)
                 return
             self._apply_data(task, msg)
 
     def _apply_data(self, task: PrefillTask, msg: Message) -> None:
         """Apply a DE message to its task (caller holds the condition)."""
         h = msg.header
-        if h["kind"] == "hit_ready" and task.state == "reading":
-            task.hit_tokens = int(h["hit_tokens"])
-            task.state = "ready"
-        elif h["kind"] == "hit_layer":
-            task.hit_layers[int(h["layer"])] = msg.payload
+        a = task.assign
+        if msg.peer is not None and engine_of(msg.peer) != a.decode_engine:
+            raise FrameRejected("identity", f"{h.attempt}: hit KV from {msg.peer}, not from "  # type: ignore[union-attr]
+                                            f"engine {a.decode_engine}")
+        if isinstance(h, HitReady):
+            if h.hit_tokens > len(a.hit_hashes) * self.block_size or h.hit_tokens % self.block_size:
+                raise FrameRejected("invalid", f"{h.attempt}: {h.hit_tokens} hit tokens for "
+                                               f"{len(a.hit_hashes)} blocks")
+            if task.state == TaskState.READING:
+                task.hit_tokens = h.hit_tokens
+                task.state = TaskState.READY
+        elif isinstance(h, HitLayer):
+            self._check_hit_layer(task, h.layer, msg.payload)
+            task.hit_layers[h.layer] = msg.payload
         self._cond.notify_all()
+
+    def _check_hit_layer(self, task: PrefillTask, layer: int, parts: list[np.ndarray]) -> None:
+        """A hit layer is one [block_tokens, B] uint8 array per hit block, of a real layer."""
+        width = self.model_config.kv_bytes_per_token_per_layer
+        if layer >= self.model_config.num_layers or len(parts) > len(task.assign.hit_hashes):
+            raise FrameRejected("invalid", f"{task.rid}: hit layer {layer} with {len(parts)} "
+                                           f"blocks does not fit the request")
+        for part in parts:
+            if part.dtype != np.uint8 or part.shape != (self.block_size, width):
+                raise FrameRejected("invalid", f"{task.rid}: hit block of shape {part.shape} "
+                                               f"{part.dtype}, expected ({self.block_size}, "
+                                               f"{width}) uint8")
 
     # ---- the loop --------------------------------------------------------------------------
 
@@ -140,16 +178,15 @@ class PrefillEngine(EngineBase):
     def step(self) -> bool:
         self._expire_hit_waits()
         with self._cond:
-            ready = [t for t in self._tasks.values() if t.state == "ready"]
+            ready = [t for t in self._tasks.values() if t.state == TaskState.READY]
         if not ready:
             return False
-        queue = [PrefillWork(t.rid, t.hit_tokens, t.prompt_len - t.hit_tokens, t.computed)
-                 for t in ready]
+        queue = [PrefillWork(i, t.hit_tokens, t.prompt_len - t.hit_tokens, t.computed)
+                 for i, t in enumerate(ready)]
         plan = form_prefill_batch(queue, self.config.prefill_quota_s, self.predictor,
                                   align_tokens=self.block_size)
-        by_id: dict[object, PrefillTask] = {t.rid: t for t in ready}
         for item in plan.items:
-            task = by_id[item.request_id]
+            task = ready[int(item.request_id)]
             try:
                 self._run_chunk(task, item.chunk_tokens, item.last_chunk)
             except _PeerSilent as exc:
@@ -190,12 +227,10 @@ class PrefillEngine(EngineBase):
             new_bytes = kv_to_bytes(kv_new)
             if send_hit:
                 payload = [b[layer] for b in task.blocks] + [new_bytes]
-                header = {"kind": "kv_layer", "rid": a.request_id, "layer": layer, "start": 0,
-                          "n": task.hit_tokens + chunk}
+                header = KvLayer(a.attempt, layer, 0, task.hit_tokens + chunk)
             else:
                 payload = [new_bytes]
-                header = {"kind": "kv_layer", "rid": a.request_id, "layer": layer,
-                          "start": start, "n": chunk}
+                header = KvLayer(a.attempt, layer, start, chunk)
             self.sender.submit(a.decode_address, header, payload)
 
         out = self.model.prefill(ids, start_pos=start, past=past, on_layer_kv=on_layer,
@@ -208,10 +243,8 @@ class PrefillEngine(EngineBase):
         assert out.logits is not None
         first = sample_token(out.logits, temperature=a.temperature, top_p=a.top_p, seed=a.seed,
                              step=0, banned_token_ids=tuple(a.banned_first_token_ids))
-        self.sender.submit(a.decode_address, {
-            "kind": "prefill_result", "rid": a.request_id, "first_token": first,
-            "prompt_tokens": task.prompt_len, "cached_tokens": task.hit_tokens,
-        })
+        self.sender.submit(a.decode_address, PrefillResult(a.attempt, first, task.prompt_len,
+                                                           task.hit_tokens))
         self._finish(task)
 
     def _past(self, task: PrefillTask) -> list[torch.Tensor] | Callable[[int], torch.Tensor]:
@@ -268,7 +301,7 @@ class PrefillEngine(EngineBase):
         (reported to the scheduler) after `kv_wait_timeout_s` instead of waiting forever."""
         now = time.monotonic()
         with self._cond:
-            silent = [t for t in self._tasks.values() if t.state == "reading"
+            silent = [t for t in self._tasks.values() if t.state == TaskState.READING
                       and t.assign.read_path == "de"
                       and now - t.assigned_s > self.config.kv_wait_timeout_s]
         for task in silent:
@@ -278,7 +311,7 @@ class PrefillEngine(EngineBase):
     def _peer_failed(self, task: PrefillTask, error: str) -> None:
         """Report the attempt's transfer failed; the loop then drops the task (as an Abort)."""
         with self._cond:
-            task.state = "failed"
+            task.state = TaskState.FAILED
         self.report_transfer_failed(task.rid, task.assign.decode_address, error)
 
     def _finish(self, task: PrefillTask) -> None:
@@ -286,13 +319,12 @@ class PrefillEngine(EngineBase):
             self._tasks.pop(task.rid, None)
             self._early.forget(task.rid)
         self.buffer.release(task.rid)
-        self.send_control(proto.PrefillDone(self.engine_id, task.rid, task.hit_tokens))
+        self.send_control(ctl.PrefillDone(self.engine_id, task.rid, task.hit_tokens))
 
     def _fail(self, task: PrefillTask, error: str) -> None:
         logger.error("prefill of %s failed: %s", task.rid, error)
         if not task.aborted:
-            self.sender.submit(task.assign.decode_address,
-                               {"kind": "prefill_failed", "rid": task.rid, "error": error})
+            self.sender.submit(task.assign.decode_address, PrefillFailed(task.rid, error[:4096]))
         self._finish(task)
 
     def _profile(self) -> FlopsAttentionPredictor:

@@ -12,6 +12,7 @@ from dualpath.kv.layout import (
     layer_view,
     split_layers,
 )
+from dualpath.kv.open_store import open_store
 from dualpath.kv.prefix_index import PrefixIndex
 from dualpath.kv.store import KVStore, MemoryKVStore, StoreStats
 
@@ -27,5 +28,6 @@ __all__ = [
     "block_hashes",
     "concat_layers",
     "layer_view",
+    "open_store",
     "split_layers",
 ]

@@ -1,10 +1,10 @@
-"""`FileKVStore`: Full Blocks as files under one directory, local or on a shared file system.
+"""`FileKVStore`: Full Blocks as files under one root, local or on a shared file system.
 
-Layout: `root/dualpath-kvstore.json` (format + geometry, written once) and one file per
-block at `root/<first 2 hex chars of hash>/<hash>.kvb` (format in `block_file`). Only plain
-POSIX calls are used (open, pread, write, rename, stat, listdir), so the same code runs on
-a local disk or on a distributed FS mount (3FS, CephFS, Lustre, NFS) shared by every
-engine of every node; restarting is reopening.
+Layout (`store_root`): one directory per block geometry under the root, so one root holds any
+number of models and block sizes; each holds `<first 2 hex chars>/<hash>.kvb` files (format
+in `block_file`), owner-only. Only plain POSIX calls are used (open, pread, write, rename,
+stat, flock, listdir), so the same code runs on a local disk or on a distributed FS mount
+(3FS, CephFS, Lustre, NFSv4) shared by every engine of every node; restarting is reopening.
 
 Writes are atomic: the block goes to a unique hidden temp file in the target directory, is
 optionally fsync'ed, then `os.replace`d onto its name, so a reader sees a whole file or no
@@ -12,43 +12,42 @@ file, and several processes putting the same block at once just replace one comp
 with an identical one. Without fsync a crash can leave a torn file under the final name;
 checksums catch that on read.
 
+Capacity (`max_bytes`, see `capacity`): every put reserves its size in the root's shared
+ledger first; past the cap, least recently used leaf blocks of the prefix trie are evicted
+(any process, any geometry), and a put that cannot make room is dropped. Reads touch the
+block's mtime (recency) and hold a shared flock while reading, so eviction never deletes a
+block being read; a block deleted between open and lock is a miss.
+
 Reads verify everything they return: the header (magic, version, header CRC, geometry,
 key) and the CRC-32 of each Layer Block read. A block that fails is logged (hash, path,
-reason), counted in `stats().corrupt_blocks`, returned as a miss, and moved aside to
-`root/.quarantine/` so it is never read again and the next `put` of that hash rewrites it
-(deleting would lose the evidence; leaving it would make `put` skip it forever). A missing
+reason), counted in `stats().corrupt_blocks`, returned as a miss, and moved aside to the
+geometry directory's `.quarantine/` (counted against the cap and evicted first). A missing
 file is a plain miss. Any other OSError becomes a StoreError.
 
-Speed (what `dualpath bench store` measures against plain sequential file I/O):
-- `get` reads header and payload in one request, with O_DIRECT straight into a page-aligned
-  buffer (`BlockGeometry.empty_full_block`), so the data is copied once (device -> buffer)
-  and the page cache is neither used nor polluted; other buffers or file systems without
-  O_DIRECT fall back to buffered reads.
-- `get_many` / `put_many` keep `io_threads` blocks in flight (preadv, writev, fsync and
-  the CRC release the GIL): one file per block only reaches a device's or a network FS's
-  streaming bandwidth with several requests outstanding.
-- CRC-32 comes from ISA-L when installed (tens of GB/s), and the verified per-layer CRCs of
-  recent blocks are cached, so layer-by-layer `get_layer` reads touch only layer bytes.
+Speed (`dualpath bench store`): `get` reads header and payload in one request, with O_DIRECT
+into a page-aligned buffer when it can; batches keep `io_threads` blocks in flight
+(`store_batches`); CRC-32 is ISA-L's when installed; verified per-layer CRCs of recent blocks
+are cached, so layer-by-layer `get_layer` reads touch only layer bytes.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from dualpath.core.errors import CorruptBlockError, StoreError
-from dualpath.kv import block_file, block_io
+from dualpath.kv import block_file, block_io, store_root
+from dualpath.kv.capacity import STALE_TEMP_S, SUFFIX, Capacity
 from dualpath.kv.layout import (
     BlockGeometry,
     aligned_empty,
@@ -57,19 +56,22 @@ from dualpath.kv.layout import (
     check_layer_index,
 )
 from dualpath.kv.prefix_index import PrefixIndex
-from dualpath.kv.store import KVStore, StatsCounter, StoreStats
+from dualpath.kv.store import StatsCounter, StoreStats
+from dualpath.kv.store_batches import BatchedStore
 
 logger = logging.getLogger(__name__)
 
-META_NAME = "dualpath-kvstore.json"
-SUFFIX = ".kvb"
-QUARANTINE_DIR = ".quarantine"
+META_NAME = store_root.META_NAME
+QUARANTINE_DIR = store_root.QUARANTINE_DIR
 _HASH_RE = re.compile(r"[0-9a-f]{4,128}")
 _CHECKSUM_CACHE_BLOCKS = 8192  # one list of num_layers ints each: ~10 MB at 30 layers
-_STALE_TEMP_S = 3600.0  # a temp file this old belongs to a writer that died
 
 
-class FileKVStore(KVStore):
+class _Evicted(Exception):
+    """The block was deleted between our open and our lock: a plain miss."""
+
+
+class FileKVStore(BatchedStore):
     """A KVStore of one file per Full Block under `root`; see the module docstring."""
 
     def __init__(
@@ -80,49 +82,67 @@ class FileKVStore(KVStore):
         fsync: bool = False,
         io_threads: int = 8,
         direct_io: bool = True,
+        max_bytes: int | None = None,
+        low_watermark: float = 0.9,
+        touch_reads: bool = True,
     ) -> None:
-        """Open (creating if needed) the store at `root`.
+        """Open (creating or migrating if needed) the store at `root` for `geometry`.
 
         fsync: each put fsyncs its file before the rename (durable once put returns).
-        io_threads: blocks `get_many`/`put_many` keep in flight at once; several concurrent
-        requests are what lets a disk or a network FS reach its streaming bandwidth on
-        one-file-per-block I/O (1 = strictly one at a time).
-        direct_io: `get` reads with O_DIRECT (straight from the device into the caller's
-        buffer, no page-cache copy, no cache pollution, like 3FS's no-DRAM-cache reads) when
-        the buffer is page-aligned (`BlockGeometry.empty_full_block`) and the FS supports
-        it; otherwise buffered reads.
+        io_threads: blocks `get_many`/`put_many` keep in flight at once (1 = one at a time).
+        direct_io: `get` reads with O_DIRECT into page-aligned buffers where the FS allows.
+        max_bytes: cap of the whole root (all geometries, all processes), None = unbounded;
+        eviction frees down to `low_watermark` x max_bytes. touch_reads=False: reads leave
+        recency alone (a verifier or a backup must not keep blocks alive).
         """
         if io_threads < 1:
             raise StoreError(f"io_threads must be >= 1, got {io_threads}")
+        if max_bytes is not None and max_bytes < 1:
+            raise StoreError(f"max_bytes must be positive, got {max_bytes}")
+        if not 0.0 < low_watermark <= 1.0:
+            raise StoreError(f"low_watermark must be in (0, 1], got {low_watermark}")
+        super().__init__(io_threads)
         self.root = Path(root)
-        self._root_str = os.fspath(self.root)
         self.geometry = geometry
         self.fsync = fsync
-        self.io_threads = io_threads
         self.direct_io = direct_io
+        self.max_bytes = max_bytes
+        self.touch_reads = touch_reads
         self._checksums = block_file.ChecksumCache(_CHECKSUM_CACHE_BLOCKS)
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
         self._stats = StatsCounter()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._check_meta()
-            self.index = PrefixIndex(self._scan())
+            self.dir = store_root.prepare(self.root, geometry)
+            self._dir_str = os.fspath(self.dir)
+            self.capacity = Capacity(self.root, max_bytes, low_watermark)
+            # Sized for the blocks the cap can hold, with room for other geometries' share
+            # of the cap (unbounded without a cap, like the store).
+            bound = None if max_bytes is None else 2 * max_bytes // store_root.block_file_bytes(geometry) + 1024
+            self.index = PrefixIndex(store_root.block_names(self.dir, STALE_TEMP_S), bound)
         except OSError as exc:
             raise StoreError(f"cannot open KV store at {self.root}: {exc}") from exc
+
+    def path_of(self, block_hash: str) -> str:
+        """Where the block `block_hash` is (or would be) stored."""
+        # A plain string: pathlib would cost more than the syscall on small layer reads.
+        return f"{self._dir_str}/{block_hash[:2]}/{block_hash}{SUFFIX}"
+
+    def stored_bytes(self) -> int:
+        """Bytes held under the root (every geometry, every process), from the ledger."""
+        return self.capacity.stored_bytes()
 
     # -- queries (no block data read) -------------------------------------------------------
 
     def contains_many(self, hashes: Sequence[str]) -> list[bool]:
-        known = self.index.contains_many(hashes)
-        return [k or self._exists(h) for h, k in zip(hashes, known, strict=True)]
+        return [self._exists(h) for h in hashes]
 
     def longest_prefix(self, hashes: Sequence[str]) -> int:
-        """Trust the index for the leading blocks, then extend with `os.stat` per block.
-
-        Blocks found this way (written by other processes since open) join the index.
-        """
+        """Trust the index for the leading blocks once its deepest claim is still on disk
+        (eviction takes leaves first, so that one goes first), then extend with `os.stat`;
+        blocks found this way (written by other processes since open) join the index."""
         n = self.index.longest_prefix(hashes)
+        while n > 0 and not self._exists(hashes[n - 1]):
+            self.index.discard(hashes[n - 1])
+            n -= 1
         while n < len(hashes) and self._exists(hashes[n]):
             self.index.add(hashes[n])
             n += 1
@@ -145,24 +165,31 @@ class FileKVStore(KVStore):
             return None
         fd, direct = opened
         try:
+            size = self._lock_for_read(fd)
             # Header and payload in one request: one round trip to the disk / server.
             bufs = [header.data.cast("B"), out.data.cast("B")]
             got = block_io.read_into(fd, bufs, 0, retry_short=not direct)
             if got < offset:
                 raise CorruptBlockError(f"truncated file: {got} bytes, shorter than the header")
-            checksums = self._check_header(fd, header.data, block_hash)
+            checksums = self._check_header(header.data, block_hash, size)
             if got < offset + g.full_block_bytes:
-                self._reread_buffered(block_hash, bufs, 0)
+                self._reread_buffered(fd, bufs, 0)
             flat, step = bufs[1], g.layer_block_bytes
             for layer, crc in enumerate(checksums):
                 if block_file.crc32(flat[layer * step : (layer + 1) * step]) != crc:
                     raise CorruptBlockError(f"checksum mismatch in layer {layer}")
+            if self.touch_reads:
+                _touch(fd)
+        except _Evicted:
+            self._evicted_under_read(block_hash)
+            self._stats.add(gets=1)
+            return None
         except CorruptBlockError as exc:
             self._corrupt(block_hash, fd, str(exc))
             self._stats.add(gets=1)
             return None
         except OSError as exc:
-            raise StoreError(f"reading KV block {block_hash} at {self._path(block_hash)}: {exc}") from exc
+            raise self._read_error(block_hash, exc) from exc
         finally:
             os.close(fd)
         self._stats.add(gets=1, get_hits=1, bytes_read=g.full_block_bytes, direct_reads=int(direct))
@@ -184,6 +211,7 @@ class FileKVStore(KVStore):
             return None
         fd, direct = opened
         try:
+            size = self._lock_for_read(fd)
             if not direct:  # no readahead beyond the asked ranges; ask for both before waiting
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
                 if checksums is None:
@@ -193,20 +221,26 @@ class FileKVStore(KVStore):
                 header = aligned_empty((offset,))
                 if block_io.read_into(fd, [header.data], 0, retry_short=not direct) < offset:
                     raise CorruptBlockError("truncated file: shorter than the header")
-                checksums = self._check_header(fd, header.data, block_hash)
+                checksums = self._check_header(header.data, block_hash, size)
             else:
-                self._check_size(fd, offset)
+                self._check_size(size, offset)
             flat = out.data.cast("B")
             if block_io.read_into(fd, [flat], start, retry_short=not direct) < len(flat):
-                self._reread_buffered(block_hash, [flat], start)
+                self._reread_buffered(fd, [flat], start)
             if block_file.crc32(flat) != checksums[layer]:
                 raise CorruptBlockError(f"checksum mismatch in layer {layer}")
+            if layer == 0 and self.touch_reads:  # one touch per layerwise walk of the block
+                _touch(fd)
+        except _Evicted:
+            self._evicted_under_read(block_hash)
+            self._stats.add(layer_gets=1)
+            return None
         except CorruptBlockError as exc:
             self._corrupt(block_hash, fd, str(exc))
             self._stats.add(layer_gets=1)
             return None
         except OSError as exc:
-            raise StoreError(f"reading KV block {block_hash} at {self._path(block_hash)}: {exc}") from exc
+            raise self._read_error(block_hash, exc) from exc
         finally:
             os.close(fd)
         self._stats.add(layer_gets=1, layer_hits=1, bytes_read=g.layer_block_bytes)
@@ -214,92 +248,74 @@ class FileKVStore(KVStore):
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, block_hash: str, block: np.ndarray) -> None:
+    def put(self, block_hash: str, block: np.ndarray, parent: str | None = None) -> None:
+        """Store a block (see `KVStore.put`); `parent` is the hash of the block before it in
+        its prompt (None for a first block), which lets eviction keep inner blocks."""
         _check_hash(block_hash)
+        if parent is not None:
+            _check_hash(parent)
         check_full_block(block, self.geometry)
-        path = self._path(block_hash)
+        path = self.path_of(block_hash)
         if self._exists(block_hash):
             self.index.add(block_hash)
             self._stats.add(puts=1, puts_skipped=1)
             return
         header = block_file.encode_header(
-            block_hash, self.geometry, block_file.layer_checksums(block, self.geometry)
-        )
-        parent = os.path.dirname(path)
-        tmp = f"{parent}/.{block_hash}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp"
+            block_hash, self.geometry, block_file.layer_checksums(block, self.geometry), parent)
+        need = len(header) + block.nbytes
+        parent_dir = os.path.dirname(path)
+        # The temp name carries the parent: an eviction listing this write in flight keeps
+        # the parent, which is about to stop being a leaf.
+        tmp = (f"{parent_dir}/.{block_hash}.{parent or '-'}.{os.getpid()}."
+               f"{threading.get_ident()}.{secrets.token_hex(4)}.tmp")
         try:
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, store_root.FILE_MODE)
             except FileNotFoundError:
-                os.makedirs(parent, exist_ok=True)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                store_root.private_mkdir(Path(parent_dir))
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, store_root.FILE_MODE)
             try:
-                block_io.write_all(fd, [header, block.data.cast("B")])
-                if self.fsync:
-                    os.fsync(fd)
+                done = self.capacity.reserve(need, tmp, on_evict=self._forget)
+                if done.evicted_blocks:
+                    self._stats.add(evictions=done.evicted_blocks, evicted_bytes=done.evicted_bytes)
+                if not done.reserved:
+                    block_io.unlink_quietly(tmp)
+                    self._stats.add(puts=1, puts_dropped=1)
+                    return
+                try:
+                    block_io.write_all(fd, [header, block.data.cast("B")])
+                    if self.fsync:
+                        os.fsync(fd)
+                except OSError:
+                    self.capacity.release(need)
+                    raise
             finally:
                 os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
             block_io.unlink_quietly(tmp)
             raise StoreError(f"writing KV block {block_hash} to {path}: {exc}") from exc
+        self.capacity.remember_parent(block_hash, parent)
         self.index.add(block_hash)
-        self._stats.add(puts=1, bytes_written=len(header) + block.nbytes)
+        self._stats.add(puts=1, bytes_written=need)
 
     def stats(self) -> StoreStats:
         return self._stats.snapshot()
 
-    # -- batches: several requests in flight (preadv, write, fsync and crc32 release the GIL) --
-
-    def get_many(
-        self, hashes: Sequence[str], outs: Sequence[np.ndarray | None] | None = None
-    ) -> list[np.ndarray | None]:
-        targets = list(outs) if outs is not None else [None] * len(hashes)
-        if len(targets) != len(hashes):
-            raise StoreError(f"get_many: {len(hashes)} hashes but {len(targets)} output buffers")
-        if self.io_threads == 1 or len(hashes) <= 1:
-            return [self.get(h, out=o) for h, o in zip(hashes, targets, strict=True)]
-        return list(self._executor().map(self.get, hashes, targets))
-
-    def get_layer_many(
-        self, hashes: Sequence[str], layer: int, outs: Sequence[np.ndarray | None] | None = None
-    ) -> list[np.ndarray | None]:
-        targets = list(outs) if outs is not None else [None] * len(hashes)
-        if len(targets) != len(hashes):
-            raise StoreError(f"get_layer_many: {len(hashes)} hashes but {len(targets)} output buffers")
-        if self.io_threads == 1 or len(hashes) <= 1:
-            return [self.get_layer(h, layer, out=o) for h, o in zip(hashes, targets, strict=True)]
-        return list(self._executor().map(lambda h, o: self.get_layer(h, layer, out=o), hashes, targets))
-
-    def put_many(self, items: Sequence[tuple[str, np.ndarray]]) -> None:
-        if self.io_threads == 1 or len(items) <= 1:
-            for h, block in items:
-                self.put(h, block)
-            return
-        list(self._executor().map(lambda item: self.put(*item), items))
-
     def close(self) -> None:
-        with self._pool_lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        super().close()
+        self.capacity.close()
 
-    def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.io_threads, thread_name_prefix="kvstore-io")
-            return self._pool
+    def _forget(self, block_hash: str) -> None:
+        self.index.discard(block_hash)
+        self._checksums.discard(block_hash)
 
     # -- internals -------------------------------------------------------------------------
-
-    def _path(self, block_hash: str) -> str:
-        # A plain string: pathlib would cost more than the syscall on small layer reads.
-        return f"{self._root_str}/{block_hash[:2]}/{block_hash}{SUFFIX}"
 
     def _exists(self, block_hash: str) -> bool:
         _check_hash(block_hash)
         try:
-            os.stat(self._path(block_hash))
+            os.stat(self.path_of(block_hash))
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -310,100 +326,66 @@ class FileKVStore(KVStore):
         """(fd, O_DIRECT on?) of a stored block, or None if there is no such file."""
         _check_hash(block_hash)
         try:
-            return block_io.open_for_read(self._path(block_hash), direct)
+            return block_io.open_for_read(self.path_of(block_hash), direct)
         except FileNotFoundError:
             self.index.discard(block_hash)
             return None
         except OSError as exc:
             raise StoreError(f"opening KV block {block_hash}: {exc}") from exc
 
-    def _check_header(self, fd: int, header: memoryview, block_hash: str) -> list[int]:
+    def _lock_for_read(self, fd: int) -> int:
+        """Hold a shared lock (eviction skips locked blocks); the file's size. Raises
+        _Evicted if the block was deleted after we opened it."""
+        fcntl.flock(fd, fcntl.LOCK_SH)  # released by close
+        st = os.fstat(fd)
+        if st.st_nlink == 0:
+            raise _Evicted
+        return st.st_size
+
+    def _evicted_under_read(self, block_hash: str) -> None:
+        self.index.discard(block_hash)
+        self._stats.add(evicted_reads=1)
+
+    def _read_error(self, block_hash: str, exc: OSError) -> StoreError:
+        if exc.errno == errno.ESTALE:  # deleted by another NFS client while we read
+            self.index.discard(block_hash)
+        return StoreError(f"reading KV block {block_hash} at {self.path_of(block_hash)}: {exc}")
+
+    def _check_header(self, header: memoryview, block_hash: str, size: int) -> list[int]:
         """Verify the header and the file size; return the per-layer CRCs."""
         checksums = block_file.decode_header(header, block_hash, self.geometry)
-        self._check_size(fd, len(header))
+        self._check_size(size, len(header))
         self._checksums.put(block_hash, checksums)
         return checksums
 
-    def _reread_buffered(self, block_hash: str, bufs: list[memoryview], offset: int) -> None:
+    def _reread_buffered(self, fd: int, bufs: list[memoryview], offset: int) -> None:
         """Finish a read cut short although the file has the right size (an O_DIRECT quirk)."""
-        with open(self._path(block_hash), "rb", buffering=0) as f:
-            if block_io.read_into(f.fileno(), bufs, offset) < sum(len(b) for b in bufs):
-                raise CorruptBlockError("truncated file: short read")
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        if flags & block_io.O_DIRECT:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~block_io.O_DIRECT)
+        if block_io.read_into(fd, bufs, offset) < sum(len(b) for b in bufs):
+            raise CorruptBlockError("truncated file: short read")
 
-    def _check_size(self, fd: int, payload_offset: int) -> None:
-        size = os.fstat(fd).st_size
+    def _check_size(self, size: int, payload_offset: int) -> None:
         expected = payload_offset + self.geometry.full_block_bytes
         if size != expected:
             kind = "truncated" if size < expected else "oversized"
             raise CorruptBlockError(f"{kind} file: {size} bytes, expected {expected}")
 
     def _corrupt(self, block_hash: str, fd: int, reason: str) -> None:
-        path = self._path(block_hash)
-        self.index.discard(block_hash)
-        self._checksums.discard(block_hash)
-        moved = self._quarantine(block_hash, fd, reason)
+        path = self.path_of(block_hash)
+        self._forget(block_hash)
+        moved = store_root.quarantine(self.dir, path, fd, block_hash, reason)
         where = f"moved to {moved}" if moved else "left in place (already replaced or moved)"
         logger.warning("corrupt KV block %s at %s: %s; treated as a miss, %s", block_hash, path, reason, where)
         self._stats.add(corrupt_blocks=1, quarantined_blocks=1 if moved else 0)
 
-    def _quarantine(self, block_hash: str, fd: int, reason: str) -> Path | None:
-        """Move the bad file aside, unless another writer already replaced it with a new one."""
-        path = self._path(block_hash)
-        try:
-            if os.stat(path).st_ino != os.fstat(fd).st_ino:
-                return None
-            qdir = self.root / QUARANTINE_DIR
-            qdir.mkdir(exist_ok=True)
-            slug = re.sub(r"[^a-z0-9]+", "-", reason.lower()).strip("-")[:40]
-            target = qdir / f"{block_hash}.{os.getpid()}.{time.time_ns()}.{slug}{SUFFIX}"
-            os.replace(path, target)
-        except OSError:
-            return None
-        return target
 
-    def _check_meta(self) -> None:
-        """Record the geometry on first open; refuse to open a root made for another geometry."""
-        meta_path = self.root / META_NAME
-        want = {"format": "dualpath-kv-file-store", "version": block_file.FORMAT_VERSION,
-                "geometry": asdict(self.geometry)}
-        if not meta_path.exists():
-            # The 256 fan-out directories up front: puts then never create directories.
-            for i in range(256):
-                (self.root / f"{i:02x}").mkdir(exist_ok=True)
-            tmp = self.root / f".{META_NAME}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-            tmp.write_text(json.dumps(want, indent=2) + "\n")
-            try:
-                os.link(tmp, meta_path)  # fails if another process created it first
-            except FileExistsError:
-                pass
-            finally:
-                block_io.unlink_quietly(tmp)
-        try:
-            have = json.loads(meta_path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise StoreError(f"KV store metadata {meta_path} is unreadable: {exc}") from exc
-        if have != want:
-            raise StoreError(
-                f"KV store at {self.root} was created for {have.get('geometry')} "
-                f"(format {have.get('format')} v{have.get('version')}), not {asdict(self.geometry)}; "
-                "use a separate root per model / block size"
-            )
-
-    def _scan(self) -> list[str]:
-        """Names of stored blocks (directory listings only), sweeping stale temp files."""
-        found: list[str] = []
-        now = time.time()
-        with os.scandir(self.root) as top:
-            subdirs = [e.path for e in top if len(e.name) == 2 and e.is_dir()]
-        for sub in subdirs:
-            with os.scandir(sub) as entries:
-                for e in entries:
-                    name = e.name
-                    if name.endswith(SUFFIX) and not name.startswith("."):
-                        found.append(name[: -len(SUFFIX)])
-                    elif name.endswith(".tmp") and name.startswith("."):
-                        block_io.sweep_if_stale(e.path, now, _STALE_TEMP_S)
-        return found
+def _touch(fd: int) -> None:
+    """Mark a block as just used (its mtime is its recency for eviction, in every process);
+    best effort (e.g. a root shared with another user)."""
+    with contextlib.suppress(OSError):
+        os.utime(fd)
 
 
 def _check_hash(block_hash: str) -> None:

@@ -19,11 +19,17 @@ Consistency model (the index is a *hint*, the files are the truth):
   corrupt block aside, or an operator deleted files); then the read that misses removes
   the node. A claimed block is therefore never trusted for data: `get` re-verifies it.
 
+Bounded when asked (`max_entries`): blocks evicted by other processes leave the index only
+when a lookup notices, so an index that is never trimmed would grow with every block ever
+written. Past the bound the oldest entries are forgotten first; a forgotten block is found
+again by `FileKVStore`'s existence checks, so the bound costs a `stat`, never a wrong answer.
+
 Thread-safe: one lock around the map (operations are O(chain length) dict lookups).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -31,9 +37,19 @@ from collections.abc import Iterable, Sequence
 class PrefixIndex:
     """Set of stored block hashes, queried as a trie of chained hashes. Mutated by add/discard."""
 
-    def __init__(self, hashes: Iterable[str] = ()) -> None:
+    def __init__(self, hashes: Iterable[str] = (), max_entries: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._nodes: set[str] = set(hashes)
+        self._max_entries = max_entries
+        self._nodes: dict[str, None] = dict.fromkeys(hashes)  # insertion order = age
+        self._trim()
+
+    def _trim(self) -> None:
+        if self._max_entries is None:
+            return
+        excess = len(self._nodes) - self._max_entries
+        if excess > 0:
+            for h in list(itertools.islice(self._nodes, excess)):
+                del self._nodes[h]
 
     def __len__(self) -> int:
         return len(self._nodes)
@@ -44,16 +60,18 @@ class PrefixIndex:
     def add(self, block_hash: str) -> None:
         """Record that `block_hash` is stored (after a put, or when seen on disk)."""
         with self._lock:
-            self._nodes.add(block_hash)
+            self._nodes[block_hash] = None
+            self._trim()
 
     def add_many(self, hashes: Iterable[str]) -> None:
         with self._lock:
-            self._nodes.update(hashes)
+            self._nodes.update(dict.fromkeys(hashes))
+            self._trim()
 
     def discard(self, block_hash: str) -> None:
         """Forget `block_hash` (its file turned out to be missing or corrupt)."""
         with self._lock:
-            self._nodes.discard(block_hash)
+            self._nodes.pop(block_hash, None)
 
     def longest_prefix(self, hashes: Sequence[str]) -> int:
         """Number of leading `hashes` present: the depth reached walking the chain down the trie."""

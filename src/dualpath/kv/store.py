@@ -8,9 +8,12 @@ Who calls what:
 - Engines on the read path call `get` (a Full Block into a buffer) or `get_layer` (one Layer
   Block, for layerwise streaming). A miss — absent, corrupt, truncated — is `None`; the
   caller recomputes. Reads never mutate stored blocks (a corrupt one may be moved aside).
-- Decode engines call `put` when a block of new KV is complete. `put` is the only call that
-  adds data; it is atomic (readers see the whole block or nothing) and idempotent (putting
-  a stored hash again is a no-op: same hash = same prefix = same bytes).
+- Decode engines call `put` when a block of new KV is complete (`FileKVStore.put` also
+  takes `parent`, the block before it in the prompt, which eviction uses). `put` is the only call that adds data; it is
+  atomic (readers see the whole block or nothing) and idempotent (putting a stored hash
+  again is a no-op: same hash = same prefix = same bytes). A store with a capacity may
+  evict blocks to make room (least recently used leaves of the prefix trie first, see
+  `capacity`) or drop the put when it cannot; a later read of that block is a miss.
 
 `stats()` returns a snapshot of this instance's counters (not shared between processes).
 """
@@ -47,6 +50,10 @@ class StoreStats:
     bytes_read: int = 0
     bytes_written: int = 0
     direct_reads: int = 0  # Full Block reads done with O_DIRECT (FileKVStore)
+    puts_dropped: int = 0  # puts refused because the capacity could not be freed
+    evictions: int = 0  # blocks this instance deleted to stay under the capacity
+    evicted_bytes: int = 0
+    evicted_reads: int = 0  # reads that found their block evicted under them (misses)
 
     @property
     def get_misses(self) -> int:
@@ -105,9 +112,11 @@ class KVStore(ABC):
         """
 
     @abstractmethod
-    def put(self, block_hash: str, block: np.ndarray) -> None:
+    def put(self, block_hash: str, block: np.ndarray, parent: str | None = None) -> None:
         """Store a Full Block under `block_hash`: atomic, idempotent. Called by decode engines.
 
+        `parent` is the hash of the block before it in its prompt (None for a first block):
+        stores with a capacity bound evict leaves of that prefix tree first.
         Raises BlockLayoutError if `block` does not have this store's geometry.
         """
 
@@ -194,7 +203,7 @@ class MemoryKVStore(KVStore):
         self._stats.add(layer_gets=1, layer_hits=1, bytes_read=src.nbytes)
         return out
 
-    def put(self, block_hash: str, block: np.ndarray) -> None:
+    def put(self, block_hash: str, block: np.ndarray, parent: str | None = None) -> None:
         check_full_block(block, self.geometry)
         with self._lock:
             if block_hash in self._blocks:

@@ -1,14 +1,18 @@
 """Loading a llama.cpp GGUF checkpoint (Llama / Qwen2 architectures) into a `Transformer`.
 
 Quantized tensors (Q4_x, Q8_0, F16, ...) are dequantized with `gguf.quants.dequantize` to
-float32 and then cast to the requested dtype. llama.cpp's converter permutes the rows of Llama
-q/k projections to suit its own RoPE kernel; `_unpermute` undoes that so the HF rotate-half
-RoPE used here is correct (Qwen2 GGUFs are not permuted).
+float32 and then cast to the requested dtype, one tensor at a time; for quantized execution
+Q4_0 / Q4_1 / Q8_0 tensors can instead be handed over in block form (`gguf_blocks`).
+llama.cpp's converter permutes the rows of Llama q/k projections to suit its own RoPE
+kernel; `_unpermute` undoes that so the HF rotate-half RoPE used here is correct (Qwen2 GGUFs
+are not permuted). The config and tokenizer come from `gguf_config` (torch-free).
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +21,16 @@ import torch
 
 from dualpath.core.errors import ModelLoadError
 from dualpath.core.model_config import ModelConfig
-from dualpath.model.digest import file_digest
+from dualpath.model.gguf_blocks import KEPT_TYPES, from_gguf_data
+from dualpath.model.gguf_config import (  # noqa: F401 (read_fields, SUPPORTED_ARCHS: re-exported)
+    SUPPORTED_ARCHS,
+    config_from_gguf,
+    gguf_config_and_tokenizer,
+    open_reader,
+    read_fields,
+)
+from dualpath.model.quant import WeightValue, as_float
 from dualpath.model.tokenizer import BPETokenizer
-
-SUPPORTED_ARCHS = ("llama", "qwen2")
 
 _LAYER_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
@@ -43,66 +53,6 @@ _GLOBAL_NAMES = {
 }
 
 
-def _reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read GGUF file {path}: {exc}") from exc
-
-
-def read_fields(reader: Any) -> dict[str, Any]:
-    return {name: field.contents() for name, field in reader.fields.items()}
-
-
-def config_from_gguf(path: Path, fields: dict[str, Any], tensor_names: set[str],
-                     kv_dtype: str) -> ModelConfig:
-    arch = fields.get("general.architecture")
-    if arch not in SUPPORTED_ARCHS:
-        raise ModelLoadError(f"{path}: architecture {arch!r} not supported ({SUPPORTED_ARCHS})")
-    if "rope_freqs.weight" in tensor_names:
-        raise ModelLoadError(f"{path}: per-frequency rope factors (rope_freqs) are not supported")
-
-    def f(key: str, default: Any = None) -> Any:
-        value = fields.get(f"{arch}.{key}", default)
-        if value is None:
-            raise ModelLoadError(f"{path}: GGUF metadata lacks {arch}.{key}")
-        return value
-
-    hidden = int(f("embedding_length"))
-    heads = int(f("attention.head_count"))
-    scaling: tuple[tuple[str, float | str], ...] | None = None
-    scaling_type = fields.get(f"{arch}.rope.scaling.type")
-    if scaling_type not in (None, "none"):
-        if scaling_type != "linear":
-            raise ModelLoadError(f"{path}: rope scaling {scaling_type!r} not supported")
-        scaling = (("factor", float(f("rope.scaling.factor"))), ("rope_type", "linear"))
-    eos = fields.get("tokenizer.ggml.eos_token_id")
-    bos = fields.get("tokenizer.ggml.bos_token_id")
-    return ModelConfig(
-        name=str(fields.get("general.name") or path.stem),
-        vocab_size=int(fields.get(f"{arch}.vocab_size") or len(fields["tokenizer.ggml.tokens"])),
-        hidden_size=hidden,
-        intermediate_size=int(f("feed_forward_length")),
-        num_layers=int(f("block_count")),
-        num_heads=heads,
-        num_kv_heads=int(f("attention.head_count_kv", heads)),
-        head_dim=int(f("attention.key_length", hidden // heads)),
-        max_position_embeddings=int(f("context_length", 4096)),
-        rms_norm_eps=float(f("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(f("rope.freq_base", 10000.0)),
-        rope_scaling=scaling,
-        tie_word_embeddings="output.weight" not in tensor_names,
-        attention_bias="blk.0.attn_q.bias" in tensor_names,
-        kv_dtype=kv_dtype,
-        bos_token_id=None if bos is None else int(bos),
-        eos_token_ids=() if eos is None else (int(eos),),
-        weights_id=file_digest([path], "gguf"),
-        extra=(("source", "gguf"), ("architecture", str(arch))),
-    )
-
-
 def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Inverse of llama.cpp convert's `permute` (rows grouped per head as [2, D/2] -> [D/2, 2])."""
     rows = w.shape[0]
@@ -119,26 +69,46 @@ def hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def load_gguf(path: Path, kv_dtype: str) -> tuple[ModelConfig, dict[str, torch.Tensor], BPETokenizer]:
-    """Config, HF-named float tensors and tokenizer of a GGUF file."""
+def read_gguf(path: Path, kv_dtype: str, *, keep_quantized: bool = False
+              ) -> tuple[ModelConfig, Iterator[tuple[str, WeightValue]], BPETokenizer]:
+    """Config, a one-pass iterator of HF-named tensors, and the tokenizer of a GGUF file.
+
+    Tensors come one at a time, so a caller that converts each as it arrives never holds
+    the whole model in float32. With `keep_quantized`, Q4_0 / Q4_1 / Q8_0 tensors come as
+    `BlockQuantized` (rows already un-permuted), everything else as float32 tensors.
+    """
+    reader = open_reader(path)
+    fields = read_fields(reader)
+    config = config_from_gguf(path, fields, {t.name for t in reader.tensors}, kv_dtype)
+    return config, _tensors(path, reader, config, keep_quantized), \
+        BPETokenizer.from_gguf_fields(fields)
+
+
+def _tensors(path: Path, reader: Any, config: ModelConfig, keep_quantized: bool
+             ) -> Iterator[tuple[str, WeightValue]]:
     from gguf.quants import dequantize
 
-    reader = _reader(path)
-    fields = read_fields(reader)
-    names = {t.name for t in reader.tensors}
-    config = config_from_gguf(path, fields, names, kv_dtype)
-    permuted = fields.get("general.architecture") == "llama"
-    tensors: dict[str, torch.Tensor] = {}
+    permuted = dict(config.extra).get("architecture") == "llama"
     for t in reader.tensors:
         name = hf_name(t.name)
         if name is None:
             raise ModelLoadError(f"{path}: unexpected tensor {t.name!r}")
         shape = tuple(int(d) for d in reversed(list(t.shape)))
+        heads = (config.num_heads if name.endswith("q_proj.weight") else
+                 config.num_kv_heads if name.endswith("k_proj.weight") else 0)
+        if keep_quantized and int(t.tensor_type) in KEPT_TYPES and len(shape) == 2:
+            blocks = from_gguf_data(t.data, int(t.tensor_type), (shape[0], shape[1]))
+            if permuted and heads:
+                blocks = blocks.permute_rows(functools.partial(_unpermute, n_heads=heads))
+            yield name, blocks
+            continue
         arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
-        if permuted and name.endswith("q_proj.weight"):
-            arr = _unpermute(arr, config.num_heads)
-        elif permuted and name.endswith("k_proj.weight"):
-            arr = _unpermute(arr, config.num_kv_heads)
-        tensors[name] = torch.from_numpy(np.array(arr, order="C", copy=True))
-    tokenizer = BPETokenizer.from_gguf_fields(fields)
-    return config, tensors, tokenizer
+        if permuted and heads:
+            arr = _unpermute(arr, heads)
+        yield name, torch.from_numpy(np.array(arr, order="C", copy=True))
+
+
+def load_gguf(path: Path, kv_dtype: str) -> tuple[ModelConfig, dict[str, torch.Tensor], BPETokenizer]:
+    """Config, HF-named float32 tensors (all at once) and tokenizer of a GGUF file."""
+    config, tensors, tokenizer = read_gguf(path, kv_dtype)
+    return config, {name: as_float(value) for name, value in tensors}, tokenizer

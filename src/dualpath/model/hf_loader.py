@@ -8,15 +8,17 @@ chat_template.jinja), extra EOS ids from generation_config.json.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from dualpath.core.errors import ModelLoadError
 from dualpath.core.model_config import ModelConfig
 from dualpath.model.digest import file_digest
 from dualpath.model.tokenizer import BPETokenizer
+
+if TYPE_CHECKING:  # torch only for annotations: the config/tokenizer path stays torch-free
+    import torch
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
 
@@ -122,24 +124,45 @@ def tokenizer_from_hf(directory: Path, eos_ids: tuple[int, ...]) -> BPETokenizer
                         add_bos_token=bool(tcfg.get("add_bos_token", False)))
 
 
-def load_hf_dir(directory: Path, kv_dtype: str
-                ) -> tuple[ModelConfig, dict[str, torch.Tensor], BPETokenizer]:
-    """Config, HF-named tensors and tokenizer of a checkpoint directory."""
-    from safetensors.torch import load_file
-
+def _weight_files(directory: Path) -> list[Path]:
     files = sorted(directory.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{directory}: no *.safetensors files")
-    config = config_from_hf(directory, kv_dtype, files)
-    tensors: dict[str, torch.Tensor] = {}
-    for f in files:
-        try:
-            tensors.update(load_file(str(f)))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot read {f}: {exc}") from exc
+    return files
+
+
+def hf_config_and_tokenizer(directory: Path, kv_dtype: str) -> tuple[ModelConfig, BPETokenizer]:
+    """Config and tokenizer of a checkpoint directory; no tensor is loaded."""
+    config = config_from_hf(directory, kv_dtype, _weight_files(directory))
     tokenizer = tokenizer_from_hf(directory, config.eos_token_ids)
     if tuple(tokenizer.eos_token_ids) != config.eos_token_ids:
         from dataclasses import replace
 
         config = replace(config, eos_token_ids=tuple(tokenizer.eos_token_ids))
-    return config, tensors, tokenizer
+    return config, tokenizer
+
+
+def read_hf_dir(directory: Path, kv_dtype: str
+                ) -> tuple[ModelConfig, Iterator[tuple[str, torch.Tensor]], BPETokenizer]:
+    """Config, a one-pass iterator of HF-named tensors (read one at a time), and tokenizer."""
+    config, tokenizer = hf_config_and_tokenizer(directory, kv_dtype)
+    return config, _tensors(_weight_files(directory)), tokenizer
+
+
+def _tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+                    yield name, handle.get_tensor(name)
+        except (OSError, ValueError, SafetensorError) as exc:
+            raise ModelLoadError(f"cannot read {f}: {exc}") from exc
+
+
+def load_hf_dir(directory: Path, kv_dtype: str
+                ) -> tuple[ModelConfig, dict[str, torch.Tensor], BPETokenizer]:
+    """Config, HF-named tensors (all at once) and tokenizer of a checkpoint directory."""
+    config, tensors, tokenizer = read_hf_dir(directory, kv_dtype)
+    return config, dict(tensors), tokenizer

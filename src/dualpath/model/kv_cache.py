@@ -2,7 +2,9 @@
 
 Pool layout: `[num_layers, num_blocks, block_size, 2, H, D]`, so one physical block of one
 layer is contiguous and a block's Full Block bytes are one gather away. Sequences own blocks
-through a block table (logical block i -> physical block id).
+through a block table (logical block i -> physical block id). Blocks are handed out so that
+a sequence stays in few runs of consecutive physical blocks (`block_runs.FreeBlocks`), and
+decode reads its KV as views of those runs (`segments`): no copy of the context per step.
 
 Resource calls ask before they do (nano-vllm style): `can_allocate` then `allocate`,
 `can_append` then `append`; `allocate`/`append` raise `SchedulingError` if asked anyway, and
@@ -12,7 +14,6 @@ change nothing in that case. Mutating calls: `allocate`, `append`, `free`, `take
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import torch
 
 from dualpath.core.errors import SchedulingError
 from dualpath.core.model_config import ModelConfig
+from dualpath.model.block_runs import FreeBlocks, Run, runs_of
 from dualpath.model.kv_bytes import kv_from_bytes, kv_to_bytes, torch_dtype
 
 DEFAULT_BLOCK_SIZE = 64
@@ -31,6 +33,7 @@ class _SeqState:
     blocks: list[int] = field(default_factory=list)
     num_tokens: int = 0
     full_blocks_taken: int = 0
+    runs: list[Run] | None = None  # runs_of(blocks), recomputed after the table changes
 
 
 class PagedKVCache:
@@ -43,11 +46,14 @@ class PagedKVCache:
         self.config = config
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.pool = torch.zeros(
+        # empty, not zeros: a position is only ever read after it was written (attention reads
+        # up to the sequence's length, exports only full blocks), and untouched pages cost no
+        # memory, so an idle pool of any size stays out of the RSS until blocks are used
+        self.pool = torch.empty(
             (config.num_layers, num_blocks, block_size, 2, config.num_kv_heads, config.head_dim),
             dtype=torch_dtype(config.kv_dtype),
         )
-        self._free: deque[int] = deque(range(num_blocks))
+        self._free = FreeBlocks(num_blocks)
         self._seqs: dict[str, _SeqState] = {}
 
     # ---- accounting ----------------------------------------------------------------------
@@ -77,7 +83,7 @@ class PagedKVCache:
                 f"{len(self._free)} free"
             )
         state = _SeqState(full_blocks_taken=persisted_tokens // self.block_size)
-        state.blocks = [self._free.popleft() for _ in range(self.blocks_for(n_tokens))]
+        state.blocks = self._free.take(self.blocks_for(n_tokens))
         self._seqs[seq_id] = state
 
     def capacity_tokens(self, seq_id: str) -> int:
@@ -94,15 +100,17 @@ class PagedKVCache:
         if not self.can_append(seq_id, n_tokens):
             raise SchedulingError(f"no free block to grow {seq_id!r}")
         state = self._state(seq_id)
-        while len(state.blocks) < self.blocks_for(state.num_tokens + n_tokens):
-            state.blocks.append(self._free.popleft())
+        need = self.blocks_for(state.num_tokens + n_tokens) - len(state.blocks)
+        if need > 0:
+            state.blocks.extend(self._free.take(need, state.blocks[-1] if state.blocks else None))
+            state.runs = None
 
     def free(self, seq_id: str) -> None:
         """Return all of `seq_id`'s blocks to the pool (mutates)."""
         state = self._seqs.pop(seq_id, None)
         if state is None:
             raise SchedulingError(f"unknown sequence {seq_id!r}")
-        self._free.extend(state.blocks)
+        self._free.give_back(state.blocks)
 
     def block_table(self, seq_id: str) -> tuple[int, ...]:
         return tuple(self._state(seq_id).blocks)
@@ -113,7 +121,7 @@ class PagedKVCache:
     def check_integrity(self) -> None:
         """Every block is either free or owned by exactly one sequence (cheap; run when idle)."""
         owned = [b for s in self._seqs.values() for b in s.blocks]
-        everything = owned + list(self._free)
+        everything = owned + self._free.ids()
         if sorted(everything) != list(range(self.num_blocks)):
             raise SchedulingError("paged KV cache block accounting is inconsistent")
 
@@ -146,6 +154,26 @@ class PagedKVCache:
         table = torch.tensor(state.blocks[:n_blocks], dtype=torch.long)
         gathered = self.pool[layer, table]  # [n_blocks, block_size, 2, H, D]
         return gathered.reshape(-1, *gathered.shape[2:])[:end]
+
+    def segments(self, seq_id: str, layer: int, end_pos: int) -> list[torch.Tensor]:
+        """Views `[T_i, 2, H, D]` into the pool that hold positions `0 .. end_pos-1` of `layer`
+        in order, one per run of consecutive physical blocks (no copy; do not write to them)."""
+        state = self._state(seq_id)
+        if end_pos > len(state.blocks) * self.block_size:
+            raise SchedulingError(f"read past the reserved room of {seq_id!r} ({end_pos} tokens)")
+        if state.runs is None:
+            state.runs = runs_of(state.blocks)
+        pool = self.pool[layer]
+        views: list[torch.Tensor] = []
+        pos = 0
+        for first, count in state.runs:
+            if pos >= end_pos:
+                break
+            n_blocks = min(count, self.blocks_for(end_pos - pos))
+            n = min(n_blocks * self.block_size, end_pos - pos)
+            views.append(pool[first : first + n_blocks].flatten(0, 1)[:n])
+            pos += n
+        return views
 
     def commit(self, seq_id: str, n_tokens: int) -> None:
         state = self._state(seq_id)
@@ -209,6 +237,9 @@ class PagedSequence:
 
     def read(self, layer: int, end_pos: int) -> torch.Tensor:
         return self.cache.read(self.seq_id, layer, end_pos)
+
+    def segments(self, layer: int, end_pos: int) -> list[torch.Tensor]:
+        return self.cache.segments(self.seq_id, layer, end_pos)
 
     def commit(self, n_tokens: int) -> None:
         self.cache.commit(self.seq_id, n_tokens)

@@ -30,7 +30,12 @@ class KVSequence(Protocol):
         """Store `kv` `[n, 2, H, D]` of `layer` at positions `start_pos .. start_pos+n-1`."""
 
     def read(self, layer: int, end_pos: int) -> torch.Tensor:
-        """KV `[end_pos, 2, H, D]` of `layer` for positions `0 .. end_pos-1`."""
+        """KV `[end_pos, 2, H, D]` of `layer` for positions `0 .. end_pos-1` (may copy)."""
+        ...
+
+    def segments(self, layer: int, end_pos: int) -> list[torch.Tensor]:
+        """The same KV as `read`, as views `[T_i, 2, H, D]` (in position order) of where it is
+        stored, so decode attention reads it without a copy. Read-only for the caller."""
         ...
 
     def commit(self, n_tokens: int) -> None:
@@ -72,6 +77,9 @@ class DenseKV:
 
     def read(self, layer: int, end_pos: int) -> torch.Tensor:
         return self._layers[layer][:end_pos]
+
+    def segments(self, layer: int, end_pos: int) -> list[torch.Tensor]:
+        return [self._layers[layer][:end_pos]]
 
     def commit(self, n_tokens: int) -> None:
         self._num_tokens += n_tokens

@@ -13,12 +13,14 @@ Two calls, both under `torch.inference_mode()`:
   KV can be streamed on. Chunked prefill is repeated calls. `prefill_batch` does the same for
   several sequences in one pass (a prefill engine's batch).
 - `decode(last_token_ids, caches)` runs one step for a batch of sequences of any lengths,
-  writing each step's KV into their `KVSequence`s.
+  writing each step's KV into their `KVSequence`s. Matmuls run over the batch; attention runs
+  per sequence over views of where its KV lives (`paged_attention.py`): nothing is padded or
+  gathered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -28,14 +30,23 @@ from torch import nn
 
 from dualpath.core.errors import UserInputError
 from dualpath.core.model_config import ModelConfig
+from dualpath.model.execution import Quantization, check_quantization
 from dualpath.model.kv_bytes import torch_dtype
 from dualpath.model.kv_sequence import KVSequence
+from dualpath.model.paged_attention import decode_attention
+from dualpath.model.quant import Int8Linear, QuantEmbedding, WeightValue, as_float, quantized_linear
 from dualpath.model.rope import RotaryEmbedding, apply_rope
 
 LayerSource = Callable[[int], torch.Tensor]
 Past = Sequence[torch.Tensor] | LayerSource | None
 OnLayerKV = Callable[[int, torch.Tensor], None]
 LogitsMode = Literal["last", "all", "none"]
+_LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+# init_random's gains (see there): sharper attention and larger residual updates.
+_RANDOM_GAIN = {"q_proj": 2.0, "k_proj": 2.0, "o_proj": 6.0, "down_proj": 6.0}
 
 
 @dataclass(frozen=True)
@@ -89,9 +100,9 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
-        return q, torch.stack((k, v), dim=1)
+        # one elementwise RoPE pass over q and k together (same math, fewer small ops)
+        qk = apply_rope(torch.cat((q, k), dim=1), cos, sin)
+        return qk[:, : self.num_heads], torch.stack((qk[:, self.num_heads :], v), dim=1)
 
 
 class MLP(nn.Module):
@@ -121,13 +132,17 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.dtype = torch_dtype(config.kv_dtype)
+        self.quantization: Quantization = "none"
         with torch.device("meta"):
-            self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+            self.embed_tokens: nn.Module = nn.Embedding(config.vocab_size, config.hidden_size)
             self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
             self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.to_empty(device="cpu")
+            self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size,
+                                                bias=False)
+        # cast while still on meta, then allocate: untouched pages cost no memory, so weights
+        # that loading replaces (or quantizes) are never resident in the wrong dtype
         self.to(self.dtype)
+        self.to_empty(device="cpu")
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rope = RotaryEmbedding(config)
@@ -141,7 +156,14 @@ class Transformer(nn.Module):
     # ---- weights -------------------------------------------------------------------------
 
     def init_random(self, seed: int) -> None:
-        """Deterministic random weights (outputs O(1) so greedy choices are far from ties)."""
+        """Deterministic random weights whose greedy output varies like text and depends on
+        the whole context (outputs O(1), so greedy choices are far from ties).
+
+        With every matrix at 1/sqrt(fan_in) the residual stream stays close to the current
+        token's embedding and a tied head echoes one token forever, so tests comparing
+        outputs could not see wrong KV. Larger attention logits (q, k) and residual updates
+        (o, down) make each token's output depend on its context.
+        """
         gen = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
             if name.endswith("layernorm.weight") or name == "norm.weight":
@@ -149,16 +171,27 @@ class Transformer(nn.Module):
             elif name.endswith("bias"):
                 vals = 0.1 * torch.randn(p.shape, generator=gen)
             elif p.dim() == 2 and name != "embed_tokens.weight":
-                vals = torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
+                gain = _RANDOM_GAIN.get(name.rsplit(".", 2)[-2], 1.0)
+                vals = gain * torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5
             else:
                 vals = torch.randn(p.shape, generator=gen)
             p.data.copy_(vals.to(p.dtype))
 
-    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Copy HF-named tensors ("model." prefix optional) in; every parameter must be given."""
+    def load_weights(self, tensors: Mapping[str, WeightValue] | Iterable[tuple[str, WeightValue]],
+                     quantization: Quantization = "none") -> None:
+        """Put HF-named tensors ("model." prefix optional) in; every parameter must be given.
+
+        Values are float tensors or GGUF `BlockQuantized` ones, consumed one at a time (an
+        iterator of pairs keeps only one dequantized tensor alive). With `quantization`
+        int8 / int4 the linear weights become `quant` layers as they arrive (the embedding /
+        LM head always int8) and their float parameter is never filled.
+        """
+        check_quantization(quantization)
+        items = tensors.items() if isinstance(tensors, Mapping) else tensors
         own = dict(self.named_parameters())
+        quantizable = self._quantizable_names() if quantization != "none" else set()
         seen: set[str] = set()
-        for raw_name, value in tensors.items():
+        for raw_name, value in items:
             name = raw_name.removeprefix("model.")
             if name == "lm_head.weight" and self.config.tie_word_embeddings:
                 continue
@@ -171,14 +204,57 @@ class Transformer(nn.Module):
                     f"checkpoint tensor {raw_name!r} has shape {tuple(value.shape)}, "
                     f"model expects {tuple(own[name].shape)}"
                 )
-            # rebinding (not copy_) avoids touching a second full-size buffer
-            own[name].data = value.to(own[name].dtype).contiguous()
+            if name in quantizable:
+                self._set_quantized(name, value, quantization)
+            else:
+                # rebinding (not copy_) avoids touching a second full-size buffer
+                own[name].data = as_float(value).to(own[name].dtype).contiguous()
             seen.add(name)
         if self.config.tie_word_embeddings:
             seen.add("lm_head.weight")
         missing = sorted(set(own) - seen)
         if missing:
             raise UserInputError(f"checkpoint lacks tensors: {', '.join(missing[:5])}")
+        self.quantization = quantization
+
+    def quantize(self, quantization: Quantization) -> None:
+        """Quantize the float weights in place (for weights made by `init_random`)."""
+        check_quantization(quantization)
+        if self.quantization != "none":
+            raise UserInputError(f"model is already quantized ({self.quantization})")
+        if quantization == "none":
+            return
+        own = dict(self.named_parameters())
+        for name in sorted(self._quantizable_names()):
+            if name in own:
+                self._set_quantized(name, own[name].data, quantization)
+        self.quantization = quantization
+
+    def _quantizable_names(self) -> set[str]:
+        names = {"embed_tokens.weight", "lm_head.weight"}
+        for i in range(self.config.num_layers):
+            names.update(f"layers.{i}.{part}.weight" for part in _LINEARS)
+        return names
+
+    def _set_quantized(self, name: str, value: WeightValue, quantization: Quantization) -> None:
+        if name in ("embed_tokens.weight", "lm_head.weight"):
+            table = Int8Linear.from_float(as_float(value))
+            if name == "lm_head.weight" or self.config.tie_word_embeddings:
+                self.lm_head = table
+            if name == "embed_tokens.weight":
+                self.embed_tokens = QuantEmbedding(table, self.dtype)
+            return
+        path, attr = name.removesuffix(".weight").rsplit(".", 1)
+        parent = self.get_submodule(path)
+        old = getattr(parent, attr)
+        setattr(parent, attr, quantized_linear(value, quantization, old.bias))
+
+    def weight_bytes(self) -> int:
+        """Bytes of all weights as held (shared tensors counted once)."""
+        seen: dict[int, int] = {}
+        for t in [*self.parameters(), *self.buffers()]:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+        return sum(seen.values())
 
     # ---- serving -------------------------------------------------------------------------
 
@@ -280,34 +356,18 @@ class Transformer(nn.Module):
         batch = ids.shape[0]
         if batch != len(caches):
             raise UserInputError(f"{batch} tokens but {len(caches)} caches")
-        lengths = [c.num_tokens + 1 for c in caches]
-        max_len = max(lengths)
-        positions = torch.tensor([n - 1 for n in lengths])
-        cos, sin = self.rope.cos_sin(positions)
-        mask = torch.arange(max_len)[None, :] < torch.tensor(lengths)[:, None]  # [B, L]
-        mask = mask[:, None, None, :]
+        positions = [c.num_tokens for c in caches]
+        cos, sin = self.rope.cos_sin(torch.tensor(positions))
         x = self.embed_tokens(ids)
-        c = self.config
         for i, layer in enumerate(self.decoder_layers):
             h = layer.input_layernorm(x)
             q, kv = layer.self_attn.qkv(h, cos, sin)
-            if batch == 1:
-                # one sequence: attend over its cache directly, no padding copy, no mask
-                caches[0].write(i, lengths[0] - 1, kv)
-                kv_all = caches[0].read(i, lengths[0]).unsqueeze(0)
-                attn_mask = None
-            else:
-                kv_all = torch.zeros((batch, max_len, 2, c.num_kv_heads, c.head_dim),
-                                     dtype=kv.dtype)
-                for b, cache in enumerate(caches):
-                    cache.write(i, lengths[b] - 1, kv[b : b + 1])
-                    kv_all[b, : lengths[b]] = cache.read(i, lengths[b])
-                attn_mask = mask
-            qh = q.unsqueeze(2)  # [B, Hq, 1, D]
-            k = kv_all[:, :, 0].transpose(1, 2)  # [B, Hkv, L, D]
-            v = kv_all[:, :, 1].transpose(1, 2)
-            o = F.scaled_dot_product_attention(qh, k, v, attn_mask=attn_mask, enable_gqa=True)
-            x = x + layer.self_attn.o_proj(o.reshape(batch, -1))
+            attn = []
+            for b, cache in enumerate(caches):
+                cache.write(i, positions[b], kv[b : b + 1])
+                attn.append(decode_attention(q[b], cache.segments(i, positions[b] + 1)))
+            o = attn[0].unsqueeze(0) if batch == 1 else torch.stack(attn)
+            x = x + layer.self_attn.o_proj(o)
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         for cache in caches:
             cache.commit(1)

@@ -1,12 +1,16 @@
-"""The local DualPath cluster as a server `Backend`: the scheduler process.
+"""The DualPath cluster as a server `Backend`: the scheduler process.
 
-It starts the engine processes, owns the waiting queue, runs `dualpath.scheduler` to place
-each request on a prefill engine, a decode engine and a read path, and relays tokens back.
-It keeps the scheduler's view of the cluster (seq_e, tok_e, free KV, read_q) from its own
-assignments and the engines' completion messages, so a decision never waits for a poll.
+A thin I/O shell around `RequestBooks` (the pure owner of every request's life and of the
+load the scheduler sees): it starts the local engine processes (and admits `dualpath node`
+agents that bring remote ones), receives every engine's reports on the CURVE-secured control
+plane, runs `dualpath.scheduler` when the books ask for it, and carries out the books'
+commands — send a message to an engine, emit an event to a client, retry later.
 
-Failure handling (engine deaths, failed KV transfers) lives in `runtime/failover.py`; the
-request record in `runtime/tracked.py`.
+Loops, none of which one message can end, each restarted if it fails (`supervision`):
+control (engine and node frames, decoded by the validating `wire` decoder; a bad frame is
+counted and dropped), scheduling (woken by the books, ticking at least once a second) and
+the engine watch (a local engine process that exits, or any engine silent for longer than the
+heartbeat timeout, is an engine death; local engines are restarted with backoff).
 """
 
 from __future__ import annotations
@@ -18,67 +22,87 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
-from dualpath.core.backend import AdmissionLimits, Backend, BackendMetrics
+from dualpath import wire
+from dualpath.core.backend import (
+    AdmissionLimits,
+    Backend,
+    BackendMetrics,
+    Readiness,
+    Tokenizer,
+)
 from dualpath.core.config import ClusterConfig
-from dualpath.core.errors import EngineError
-from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest, TokenEvent
+from dualpath.core.errors import EngineError, StoreError
+from dualpath.core.requests import FinishEvent, GenerateEvent, GenerateRequest
+from dualpath.core.secret import ClusterSecret
 from dualpath.core.systems import system_spec
-from dualpath.kv.file_store import FileKVStore
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.layout import BlockGeometry
-from dualpath.runtime import protocol as proto
-from dualpath.runtime.failover import TRANSFER_RETRY_DELAY_S, FailoverMixin, log_tail
-from dualpath.runtime.launcher import EngineProcesses, EngineSpec, engine_specs
-from dualpath.runtime.tracked import TrackedRequest
-from dualpath.runtime.view import ClusterState
+from dualpath.kv.open_store import open_store, store_options
+from dualpath.kv.store import KVStore
+from dualpath.runtime.books import BooksConfig, Command, Emit, RequestBooks, RetryAfter, Send
+from dualpath.runtime.cluster_metrics import ClusterMetrics
+from dualpath.runtime.control_plane import ControlPlane
+from dualpath.runtime.engine_watch import EngineWatch
+from dualpath.runtime.launcher import EngineProcesses, engine_specs, log_tail
+from dualpath.runtime.membership import Membership
+from dualpath.runtime.supervision import Supervisor
 from dualpath.scheduler import (
     GlobalScheduler,
     RequestInfo,
+    SchedulerConfig,
     alpha_tokens,
     beta_tokens,
     scheduler_config_for_system,
 )
+from dualpath.transfer.curve import NODE, ClusterKeys, engine_of
+from dualpath.wire import control as ctl
 
 logger = logging.getLogger(__name__)
 
+# A transfer retry waits until the engines' fast-fail window for the peer has passed, so the
+# next attempt really tries the peer again (and a dead peer has been noticed meanwhile).
+RETRY_MARGIN_S = 0.5
 
 
-class LocalCluster(FailoverMixin, Backend):
-    """Scheduler process + engine processes on this machine (see module doc)."""
+class LocalCluster(Backend):
+    """Scheduler process + its engines, local and joined (see module doc)."""
 
     def __init__(self, config: ClusterConfig, *, record_scheduler_calls: bool = False) -> None:
         """`record_scheduler_calls` keeps every scheduler call's inputs and the placements
         actually dispatched (`scheduler_calls`), so tests can replay them (as the simulator's
         `record_scheduler_inputs` does)."""
-        from dualpath.model.loader import load_model
+        from dualpath.model.source import load_config_and_tokenizer
 
         self.config = config
         self.spec = system_spec(config.system)
-        model, tok = load_model(config.model, seed=config.model_seed)
-        self.model_config = model.config
+        # Only the config and tokenizer: the weights live in the engines (same identity, so
+        # the block hashes of both sides agree).
+        self.model_config, tok = load_config_and_tokenizer(
+            config.model, dtype=config.dtype, seed=config.model_seed,
+            quantization=config.quantization)
         self._tokenizer = tok
-        del model
         self.geometry = BlockGeometry.from_model_config(self.model_config, config.block_size)
-        self.store = FileKVStore(config.store_path, self.geometry) if config.use_kv_store else None
-        self.state = ClusterState()
-        self._requests: dict[str, TrackedRequest] = {}
-        self._waiting: list[TrackedRequest] = []
+        self.store = (open_store(config.store_path, self.geometry, **store_options(config))
+                      if config.use_kv_store else None)
+        self.books = RequestBooks(BooksConfig(
+            block_size=config.block_size, layerwise=self.spec.layerwise,
+            eos_token_ids=tuple(tok.eos_token_ids or self.model_config.eos_token_ids),
+            transfer_retry_delay_s=config.peer_retry_after_s + RETRY_MARGIN_S,
+        ), self._lookup, record_calls=record_scheduler_calls)
+        self.metrics = ClusterMetrics()
+        self.membership = Membership(config)
+        self.supervisor = Supervisor()
+        self._streams: dict[str, asyncio.Queue[GenerateEvent]] = {}
         self._wake = asyncio.Event()
-        self._ready = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
         self._run_dir = ""
+        self._control: ControlPlane | None = None
         self._procs: EngineProcesses | None = None
+        self._watch: EngineWatch | None = None
         self._scheduler: GlobalScheduler | None = None
-        self._counters: dict[int, dict[str, float]] = {}
-        self._record = record_scheduler_calls
-        self.transfer_retry_delay_s = TRANSFER_RETRY_DELAY_S
-        self.scheduler_calls: list[tuple[list[RequestInfo], Any, list[tuple[Any, ...]]]] = []
 
     # ---- Backend properties --------------------------------------------------------------
 
@@ -90,67 +114,91 @@ class LocalCluster(FailoverMixin, Backend):
     def max_model_len(self) -> int:
         """The model's context, capped by the largest decode engine's KV room (whole blocks),
         so the server refuses (400) what no decode engine could ever hold."""
-        room = self.state.largest_decode_kv_tokens()
+        room = self.books.ledger.largest_decode_kv_tokens()
         limit = self.model_config.max_position_embeddings
         bs = self.config.block_size
         return min(limit, room // bs * bs) if room >= bs else limit
 
     @property
-    def tokenizer(self) -> Any:
+    def tokenizer(self) -> Tokenizer:
         return self._tokenizer
 
     @property
     def admission(self) -> AdmissionLimits:
-        return AdmissionLimits(max_running=self.config.max_waiting_requests,
+        return AdmissionLimits(max_running=self.config.max_running_requests,
                                max_waiting=self.config.max_waiting_requests)
 
+    @property
+    def scheduler_calls(self) -> list[tuple[list[RequestInfo], Any, list[tuple[Any, ...]]]]:
+        return self.books.scheduler_calls
+
+    @property
+    def control_address(self) -> str:
+        return self._control.address if self._control is not None else ""
+
+    def readiness(self) -> Readiness:
+        """Ready when started, every loop ticks, and a prefill and a decode engine answered
+        a heartbeat recently; otherwise the reasons it is not."""
+        if not self._started:
+            return Readiness(False, ("starting or stopping",))
+        reasons = self.supervisor.problems(time.monotonic())
+        now = time.monotonic()
+        for role in ("prefill", "decode"):
+            live = [e.engine_id for e in self.books.ledger.live_engines() if e.role == role]
+            if not self.membership.recently_heard(live, now):
+                reasons.append(f"no {role} engine answered within "
+                               f"{self.config.engine_heartbeat_timeout_s:g} s")
+        return Readiness(not reasons, tuple(reasons))
+
     def is_ready(self) -> bool:
-        return self._ready
+        return self.readiness().ready
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self._run_dir = tempfile.mkdtemp(prefix="dualpath-", dir=base)
-        self._ctx = zmq.asyncio.Context()
-        self._router = self._ctx.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        port = self._router.bind_to_random_port(f"tcp://{self.config.host}")
-        control = f"tcp://{self.config.host}:{port}"
-        self._procs = EngineProcesses(self.config, control, self._run_dir)
-        specs = engine_specs(self.config)
+        secret_path = self.config.cluster_secret_path or os.path.join(self._run_dir, "secret")
+        secret = ClusterSecret.load_or_create(secret_path)
+        keys = ClusterKeys(secret, self.config.max_engines - 1)
+        self._control = ControlPlane(keys, self.membership.allows, self.metrics.rejected)
+        address = self._control.open(self.config.internal_host, self.config.control_port)
+        self._procs = EngineProcesses(self.config, address, self._run_dir, secret_path)
+        specs = engine_specs(self.config) if self.config.local_engines else []
+        self.membership.add_local([s.engine_id for s in specs],
+                                  self.config.num_nodes if specs else 0)
+        self._watch = EngineWatch(self._procs, self.membership, self.metrics, self._run_dir)
         for spec in specs:
-            self._procs.start(spec)
-        await self._await_hellos(specs)
+            self._watch.start(spec, time.monotonic())
+        if specs:
+            await self._await_hellos(len(specs))
         self._scheduler = GlobalScheduler(self._scheduler_config())
-        self._tasks = [asyncio.create_task(self._control_loop()),
-                       asyncio.create_task(self._schedule_loop()),
-                       asyncio.create_task(self._supervise_loop())]
-        self._ready = True
-        logger.info("cluster ready: %d engines (%s), run dir %s", len(specs),
-                    self.config.system, self._run_dir)
+        self.supervisor.start("control", self._control_loop)
+        self.supervisor.start("schedule", self._schedule_loop)
+        self.supervisor.start("engines", self._engine_loop)
+        self._started = True
+        logger.info("cluster ready: %d local engines (%s), control plane %s, run dir %s",
+                    len(specs), self.config.system, address, self._run_dir)
 
-    async def _await_hellos(self, specs: list[EngineSpec]) -> None:
-        assert self._procs is not None
+    async def _await_hellos(self, expected: int) -> None:
+        assert self._procs is not None and self._control is not None
         deadline = time.monotonic() + self.config.engine_start_timeout_s
-        while len(self.state.engines) < len(specs):
+        while len(self.books.ledger.live_engines()) < expected:
             dead = self._procs.poll_dead()
             if dead:
-                log = os.path.join(self._run_dir, f"engine-{dead[0]}.log")
-                tail = log_tail(log)
+                tail = log_tail(self._log_path(dead[0]))
                 await self.shutdown()
                 raise EngineError(f"engine {dead[0]} exited during start-up; log tail:\n{tail}")
             if time.monotonic() > deadline:
                 await self.shutdown()
                 raise EngineError("engines did not start within engine_start_timeout_s")
-            if await self._router.poll(200):
-                _, data = await self._router.recv_multipart()
-                msg = proto.decode(data)
-                if isinstance(msg, proto.Hello):
-                    self.state.add_engine(msg)
+            if await self._control.poll(200):
+                self._on_frames(*await self._control.recv())
 
-    def _scheduler_config(self) -> Any:
-        pe_rates = [e.prefill_tokens_per_s for e in self.state.engines.values()
+    def _scheduler_config(self) -> SchedulerConfig:
+        """α from the configured SNIC; β from the slowest prefill engine's profile (joined
+        engines profile themselves the same way; the first ones fix β)."""
+        pe_rates = [e.prefill_tokens_per_s for e in self.books.ledger.engines.values()
                     if e.role == "prefill" and e.prefill_tokens_per_s > 0]
         alpha = 1 << 62
         if self.config.snic_bytes_s and not self.spec.free_io:
@@ -161,242 +209,199 @@ class LocalCluster(FailoverMixin, Backend):
                                            quota_s=self.config.prefill_quota_s)
 
     async def shutdown(self) -> None:
-        self._ready = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
-        for req in list(self._requests.values()):
-            self._release(req)
-            self._finish(req, "abort", error="server shutting down")
-        self._waiting = []
+        self._started = False
+        await self.supervisor.stop()
+        self._run(self.books.shutdown())
+        if self._control is not None:
+            for engine_id in list(self.books.ledger.engines):
+                with contextlib.suppress(Exception):
+                    self._control.send(str(engine_id).encode(), ctl.Shutdown())
         if self._procs is not None:
-            for engine_id in list(self.state.engines):
-                with contextlib.suppress(zmq.ZMQError):
-                    await self._router.send_multipart([str(engine_id).encode(),
-                                                       proto.encode(proto.Shutdown())])
             await asyncio.to_thread(self._procs.stop)
             self._procs = None
-        if hasattr(self, "_router"):
-            self._router.close(0)
-            self._ctx.term()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self._run_dir and not os.environ.get("DUALPATH_KEEP_RUN_DIR"):
             shutil.rmtree(self._run_dir, ignore_errors=True)
 
     def kill_engine(self, engine_id: int) -> None:
-        """Kill an engine process hard (failure tests, chaos drills)."""
+        """Kill a local engine process hard (failure tests, chaos drills)."""
         assert self._procs is not None
         self._procs.kill(engine_id)
+
+    def _log_path(self, engine_id: int) -> str:
+        return os.path.join(self._run_dir, f"engine-{engine_id}.log")
 
     # ---- requests ------------------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
-        prompt = list(request.prompt_token_ids)
-        hashes, cached = self._lookup(prompt)
-        req = TrackedRequest(request, prompt, hashes, cached)
-        room = self.state.largest_decode_kv_tokens()
-        if self._decode_tokens(req) > room:  # the scheduler would wait for room forever
-            yield FinishEvent(req.rid, "error", len(prompt), 0, 0, error=(
-                f"prompt + max_tokens needs {self._decode_tokens(req)} tokens of KV; the "
-                f"largest decode engine holds {room}"))
-            return
-        if not self.state.has_role("prefill"):
-            yield FinishEvent(req.rid, "error", len(prompt), 0, 0,
-                              error="no live prefill engine left")
-            return
-        self._requests[req.rid] = req
-        self._waiting.append(req)
-        self._wake.set()
+        rid = request.request_id
+        stream: asyncio.Queue[GenerateEvent] = asyncio.Queue()
+        self._streams[rid] = stream
+        finished = False
         try:
+            self._run(self.books.submit(request))
             while True:
-                event = await req.events.get()
+                event = await stream.get()
                 yield event
                 if isinstance(event, FinishEvent):
+                    finished = True
                     return
         finally:
-            if not req.finished:  # the client went away
-                self._cancel(req)
-                self._finish(req, "abort")
+            self._streams.pop(rid, None)
+            if not finished:  # the client went away
+                self._run(self.books.cancel(rid))
 
     async def abort(self, request_id: str) -> None:
-        req = self._requests.get(request_id)
-        if req is not None and not req.finished:
-            self._cancel(req)
-            self._finish(req, "abort")
+        self._run(self.books.cancel(request_id))
 
-    def _lookup(self, prompt: list[int]) -> tuple[list[str], int]:
+    def _lookup(self, prompt: Sequence[int]) -> tuple[list[str], int]:
         """Leading blocks of the prompt in the store (at least one token is always computed)."""
         if self.store is None:
             return [], 0
         bs = self.config.block_size
         usable = (len(prompt) - 1) // bs
         hashes = block_hashes(prompt[: usable * bs], bs, self.model_config.identity)
-        hits = self.store.longest_prefix(hashes)
+        try:
+            hits = self.store.longest_prefix(hashes)
+        except StoreError as exc:  # the store is down: recompute rather than fail
+            logger.warning("KV store lookup failed (%s); computing the whole prompt", exc)
+            return [], 0
         return hashes[:hits], hits * bs
 
-    def _cancel(self, req: TrackedRequest) -> None:
-        """Tell the engines to drop the request and return its resources to the view."""
-        for engine_id in (req.pe, req.de):
-            if engine_id is not None and self.state.alive(engine_id):
-                self._send(engine_id, proto.Abort(req.wire_id))
-        self._release(req)
-        if req in self._waiting:
-            self._waiting.remove(req)
-        self._wake.set()  # the freed room may let waiting requests go
+    # ---- carrying out the books' commands -----------------------------------------------
 
-    def _release(self, req: TrackedRequest) -> None:
-        if req.pe is not None:
-            self.state.prefill_done(req.pe, len(req.prompt))
-        if req.de is not None:
-            self.state.decode_done(req.de, req.de_kv_tokens)
-        if req.read_node is not None:
-            self.state.read_done(req.read_node, req.read_tokens)
-        req.pe = req.de = req.read_node = None
-        req.read_tokens = 0
+    def _run(self, commands: list[Command]) -> None:
+        for c in commands:
+            if isinstance(c, Send):
+                self._send(c.engine_id, c.message)
+            elif isinstance(c, Emit):
+                stream = self._streams.get(c.request_id)
+                if stream is not None:
+                    stream.put_nowait(c.event)
+            elif isinstance(c, RetryAfter):
+                asyncio.get_running_loop().call_later(c.delay_s, self._retry, c.request_id)
+            else:
+                self._wake.set()
 
-    def _decode_tokens(self, req: TrackedRequest) -> int:
-        """KV room on the DE, in whole blocks (the DE allocates whole blocks)."""
-        bs = self.config.block_size
-        need = len(req.prompt) + max(1, req.remaining_tokens)
-        return -(-need // bs) * bs
+    def _retry(self, request_id: str) -> None:
+        self._run(self.books.retry_due(request_id))
 
-    def _finish(self, req: TrackedRequest, reason: str, error: str | None = None) -> None:
-        if req.finished:
-            return
-        req.finished = True
-        self._requests.pop(req.rid, None)
-        cached = req.first_cached_tokens if req.first_cached_tokens is not None else 0
-        req.events.put_nowait(FinishEvent(req.rid, reason, len(req.request.prompt_token_ids),
-                                          len(req.generated), cached, error=error))
+    def _send(self, engine_id: int, msg: ctl.ToEngine) -> None:
+        if self._control is not None:
+            self._control.send(str(engine_id).encode(), msg)
 
-    # ---- scheduling ------------------------------------------------------------------------
+    # ---- loops -----------------------------------------------------------------------------
 
     async def _schedule_loop(self) -> None:
+        assert self._scheduler is not None
         while True:
-            await self._wake.wait()
+            self.supervisor.tick("schedule")
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout: wait_for can lose a cancel
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
-            if not self._waiting or self._scheduler is None:
-                continue
-            infos = [RequestInfo(r.rid, len(r.prompt), r.cached_tokens,
-                                 decode_reserve_tokens=self._decode_tokens(r) - len(r.prompt))
-                     for r in self._waiting]
-            view = self.state.view()
-            result = self._scheduler.schedule(infos, view)
-            placed = set()
-            dispatched: list[tuple[Any, ...]] = []
-            for p in result.placements:
-                req = self._requests.get(str(p.request_id))
-                if req is None:
-                    continue
-                self._dispatch(req, p)
-                placed.add(req.rid)
-                dispatched.append((req.rid, req.pe, req.de, p.read.side))
-            if self._record:
-                self.scheduler_calls.append((infos, view, dispatched))
-            self._waiting = [r for r in self._waiting if r.rid not in placed]
-
-    def _dispatch(self, req: TrackedRequest, p: Any) -> None:
-        side = p.read.side
-        if side == "split":  # the runtime reads from one side: the larger share
-            side = "pe" if p.read.pe_tokens >= p.read.de_tokens else "de"
-        req.pe, req.de = p.pe_engine, p.de_engine
-        req.prefill_engine = req.pe
-        self.state.assign_prefill(req.pe, len(req.prompt))
-        req.de_kv_tokens = self._decode_tokens(req)
-        self.state.assign_decode(req.de, req.de_kv_tokens)
-        if req.cached_tokens:
-            req.read_node = p.pe_node if side == "pe" else p.de_node
-            req.read_tokens = req.cached_tokens
-            self.state.read_started(req.read_node, req.read_tokens)
-        if req.first_cached_tokens is None:
-            req.first_cached_tokens = req.cached_tokens
-        req.attempts += 1
-        s = req.request.sampling
-        eos = tuple(self._tokenizer.eos_token_ids)
-        banned = list(eos) if (s.min_tokens > len(req.generated) and not s.ignore_eos) else []
-        pe_addr = self.state.engines[req.pe].data_address
-        de_addr = self.state.engines[req.de].data_address
-        req.attempt_generated = len(req.generated)
-        self._send(req.de, proto.AssignDecode(
-            request_id=req.wire_id, prompt_token_ids=req.prompt, hit_hashes=req.hashes,
-            read_path=side, prefill_engine=req.pe, prefill_address=pe_addr,
-            max_tokens=req.remaining_tokens,
-            min_tokens=max(0, s.min_tokens - len(req.generated)), temperature=s.temperature,
-            top_p=s.top_p, seed=s.seed, ignore_eos=s.ignore_eos,
-            stop_token_ids=list(s.stop_token_ids),
-        ))
-        self._send(req.pe, proto.AssignPrefill(
-            request_id=req.wire_id, prompt_token_ids=req.prompt, hit_hashes=req.hashes,
-            read_path=side, decode_engine=req.de, decode_address=de_addr,
-            layerwise=self.spec.layerwise, temperature=s.temperature, top_p=s.top_p,
-            seed=s.seed, banned_first_token_ids=banned,
-        ))
-
-    def _send(self, engine_id: int, msg: proto.ControlMessage) -> None:
-        self._router.send_multipart([str(engine_id).encode(), proto.encode(msg)])
-
-    # ---- engine messages -------------------------------------------------------------------
+            self._run(self.books.schedule(self._scheduler))
+            if self.books.num_live == 0:
+                self.books.check_integrity()
 
     async def _control_loop(self) -> None:
+        assert self._control is not None
         while True:
-            _, data = await self._router.recv_multipart()
-            try:
-                self._on_message(proto.decode(data))
-            except Exception:
-                logger.exception("bad control message")
+            self.supervisor.tick("control")
+            if await self._control.poll(1000):
+                frames, user = await self._control.recv()
+                try:
+                    self._on_frames(frames, user)
+                except Exception:
+                    logger.exception("handling an internal frame failed")
 
-    def _attempt(self, wire_id: str) -> TrackedRequest | None:
-        """The request whose *current* attempt is `wire_id` (None for stale attempts)."""
-        rid, sep, _ = wire_id.rpartition("#")
-        req = self._requests.get(rid) if sep else None
-        return req if req is not None and req.wire_id == wire_id else None
-
-    def _on_message(self, msg: proto.ControlMessage) -> None:
-        if isinstance(msg, proto.Tokens):
-            req = self._attempt(msg.request_id)
-            if req is not None and req.de == msg.engine_id:
-                req.generated.extend(msg.token_ids)
-                req.events.put_nowait(TokenEvent(req.rid, tuple(msg.token_ids)))
-        elif isinstance(msg, proto.Finished):
-            req = self._attempt(msg.request_id)
-            if req is None or req.de != msg.engine_id:
+    def _on_frames(self, frames: list[bytes], user: str | None) -> None:
+        """One frame from an engine or a node agent; `user` is who CURVE says sent it."""
+        try:
+            if len(frames) != 2:
+                raise wire.FrameRejected("frames", f"{len(frames)} frames")
+            identity, data = frames
+            msg = wire.decode_to_scheduler(data)
+            if user == NODE:
+                self._on_node(identity, msg)
                 return
-            if req.pe is not None and self.state.alive(req.pe):
-                # The DE gave up before the prefill ended (e.g. it refused the request): the PE
-                # would otherwise keep the task, maybe waiting forever for the DE's hit KV.
-                self._send(req.pe, proto.Abort(req.wire_id))
-            self._release(req)  # also the PE's share if its PrefillDone has not come yet
-            if req.attempts == 1:  # what was really loaded (a bad block shortens the prefix)
-                req.first_cached_tokens = msg.cached_tokens
-            self._finish(req, msg.finish_reason, msg.error)
-            self._wake.set()
-        elif isinstance(msg, proto.PrefillDone):
-            req = self._attempt(msg.request_id)
-            if req is not None and req.pe == msg.engine_id:
-                self.state.prefill_done(req.pe, len(req.prompt))
-                req.pe = None
-                self._wake.set()
-        elif isinstance(msg, proto.ReadDone):
-            req = self._attempt(msg.request_id)
-            if req is not None and req.read_node is not None:
-                self.state.read_done(req.read_node, req.read_tokens)
-                req.read_node = None
-                req.read_tokens = 0
-                self._wake.set()
-        elif isinstance(msg, proto.EngineStats):
-            self._counters[msg.engine_id] = msg.counters
-            self.state.record_counters(msg.engine_id, msg.counters)
-        elif isinstance(msg, proto.TransferFailed):
-            self._transfer_failed(msg)
+            engine = engine_of(user)
+            if engine is None or identity != str(engine).encode():
+                raise wire.FrameRejected("identity", f"frame from {user or 'nobody'} as "
+                                                     f"{identity[:32]!r}")
+            self.membership.heard(engine, time.monotonic())
+            if isinstance(msg, ctl.Hello):
+                self._on_hello(engine, msg)
+            elif not self.books.ledger.alive(engine):
+                # Declared dead (silent too long), talking again: it restarts clean and
+                # rejoins, instead of finishing attempts that were re-run elsewhere.
+                self._send(engine, ctl.Shutdown())
+            elif isinstance(msg, ctl.EngineStats):
+                if msg.engine_id != engine:
+                    raise wire.FrameRejected("identity", "stats for another engine")
+                self.metrics.record(engine, msg.counters, time.monotonic())
+            elif isinstance(msg, ctl.NodeJoin | ctl.NodePing):
+                raise wire.FrameRejected("identity", "a node message from an engine")
+            else:
+                self._run(self.books.on_message(engine, msg))
+        except wire.FrameRejected as exc:
+            self.metrics.rejected.count(exc.reason)
+            logger.warning("dropped an internal frame: %s", exc)
+
+    def _on_hello(self, engine: int, msg: ctl.Hello) -> None:
+        if msg.engine_id != engine or self.books.ledger.alive(engine):
+            raise wire.FrameRejected("identity", f"Hello for engine {msg.engine_id} from "
+                                                 f"engine {engine}")
+        expected_node = self.membership.node_of(engine)
+        if expected_node is not None and msg.node_id != expected_node:
+            raise wire.FrameRejected("identity", f"engine {engine} claims node {msg.node_id}")
+        rejoined = engine in self.books.ledger.engines
+        self._run(self.books.engine_joined(msg))
+        if rejoined:
+            self.metrics.engine_restarts += 1
+            logger.info("engine %d rejoined", engine)
+        elif self._started:
+            logger.info("engine %d (%s, node %d) joined at %s", engine, msg.role, msg.node_id,
+                        msg.data_address)
+
+    def _on_node(self, identity: bytes, msg: ctl.ToScheduler) -> None:
+        assert self._control is not None
+        if isinstance(msg, ctl.NodeJoin):
+            reply = self.membership.join(msg, time.monotonic())
+            if isinstance(reply, ctl.NodeWelcome):
+                logger.info("node %d (%s, %d engines, %s) joined", reply.node_id, msg.role,
+                            msg.engines, msg.host)
+            self._control.send(identity, reply)
+        elif isinstance(msg, ctl.NodePing):
+            self._control.send(identity, self.membership.ping(msg, time.monotonic()))
+        else:
+            raise wire.FrameRejected("identity", f"a node sent {type(msg).__name__}")
+
+    async def _engine_loop(self) -> None:
+        assert self._watch is not None
+        while True:
+            self.supervisor.tick("engines")
+            await asyncio.sleep(0.25)
+            alive = [e.engine_id for e in self.books.ledger.live_engines()]
+            for engine_id in self._watch.dead(alive, time.monotonic()):
+                self._run(self.books.engine_died(engine_id))
 
     # ---- metrics ---------------------------------------------------------------------------
 
     def metrics_snapshot(self) -> BackendMetrics:
-        return self.state.metrics(self._counters, num_waiting=len(self._waiting),
-                                  num_running=len(self._requests) - len(self._waiting))
+        waiting = self.books.num_waiting
+        return self.metrics.snapshot(
+            self.books.ledger, num_waiting=waiting, num_running=self.books.num_live - waiting,
+            kv_store_bytes=_stored_bytes(self.store))
 
     def counters(self) -> dict[int, dict[str, float]]:
         """Latest raw counters per engine (bytes per path, NIC stats, store stats)."""
-        return dict(self._counters)
+        return dict(self.metrics.counters)
+
+
+def _stored_bytes(store: KVStore | None) -> int | None:
+    """Bytes in the store, when the backend can say cheaply (the file store's size ledger)."""
+    sized = getattr(store, "stored_bytes", None)
+    return int(sized()) if callable(sized) else None

@@ -46,14 +46,20 @@ def engine_specs(config: ClusterConfig) -> list[EngineSpec]:
 class EngineProcesses:
     """The engine child processes of one cluster. `start` them, `poll_dead`, `stop`."""
 
-    def __init__(self, config: ClusterConfig, control_address: str, run_dir: str) -> None:
+    def __init__(self, config: ClusterConfig, control_address: str, run_dir: str,
+                 secret_path: str) -> None:
         self._config = config
         self._control_address = control_address
         self._run_dir = run_dir
+        self._secret_path = secret_path
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._specs: dict[int, EngineSpec] = {}
         self._reported_dead: set[int] = set()
 
     def start(self, spec: EngineSpec) -> None:
+        """Start `spec`'s engine (again, after it died: the same id rejoins)."""
+        self._specs[spec.engine_id] = spec
+        self._reported_dead.discard(spec.engine_id)
         log_path = os.path.join(self._run_dir, f"engine-{spec.engine_id}.log")
         cmd = [
             sys.executable, "-m", "dualpath.engine.main",
@@ -64,12 +70,12 @@ class EngineProcesses:
             "--run-dir", self._run_dir,
             "--parent-pid", str(os.getpid()),
             "--config-json", self._config.to_json(),
+            "--cluster-secret", self._secret_path,
         ]
         env = dict(os.environ)
-        # One intra-op thread per engine: engines stand for separate GPUs, and a 2-core
-        # machine must not be oversubscribed by every engine spawning a thread per core.
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("DUALPATH_TORCH_THREADS", "1")
+        # Engines stand for separate GPUs: each runs `threads` intra-op threads (1 by default),
+        # so a small machine is not oversubscribed by every engine spawning a thread per core.
+        env["OMP_NUM_THREADS"] = str(self._config.threads)
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True)
@@ -79,6 +85,13 @@ class EngineProcesses:
 
     def pid(self, engine_id: int) -> int:
         return self._procs[engine_id].pid
+
+    def spec(self, engine_id: int) -> EngineSpec:
+        return self._specs[engine_id]
+
+    def running(self, engine_id: int) -> bool:
+        proc = self._procs.get(engine_id)
+        return proc is not None and proc.poll() is None
 
     def poll_dead(self) -> list[int]:
         """Engines that exited since the last call (each reported once)."""
@@ -113,3 +126,12 @@ class EngineProcesses:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def log_tail(path: str, lines: int = 30) -> str:
+    """The last `lines` lines of an engine's log (for error messages)."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -32,6 +32,7 @@ class Admission:
         self.max_running = max_running
         self.max_waiting = max_waiting
         self.running = 0
+        self.admitted_total = 0  # requests that got a running slot, ever
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.draining = False
 
@@ -39,12 +40,26 @@ class Admission:
     def waiting(self) -> int:
         return len(self._waiters)
 
+    @property
+    def busy(self) -> bool:
+        return self.running > 0 or bool(self._waiters)
+
+    def check(self) -> None:
+        """Raise QueueFull / Draining if `acquire` would now, without mutating anything: lets
+        a handler refuse an overloaded request before reading and parsing its body."""
+        if self.draining:
+            raise Draining
+        full = self.running >= self.max_running or bool(self._waiters)
+        if full and len(self._waiters) >= self.max_waiting:
+            raise QueueFull
+
     async def acquire(self) -> None:
         """Take a running slot (mutates). Raises QueueFull or Draining without waiting."""
         if self.draining:
             raise Draining
         if self.running < self.max_running and not self._waiters:
             self.running += 1
+            self.admitted_total += 1
             return
         if len(self._waiters) >= self.max_waiting:
             raise QueueFull
@@ -52,6 +67,7 @@ class Admission:
         self._waiters.append(fut)
         try:
             await fut
+            self.admitted_total += 1
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
                 # The slot was handed to us just as we were cancelled: pass it on.

@@ -2,13 +2,18 @@
 
 `create_app(backend, ...)` builds a self-contained app (its own metrics registry and admission
 queue) around any `Backend`. Endpoints: POST /v1/completions, POST /v1/chat/completions,
-GET /v1/models, GET /health, GET /metrics. Everything under /v1 needs the API key when one is
-set; /health and /metrics never do (probes and scrapers carry no key).
+GET /v1/models, GET /health (liveness: the process answers), GET /ready (readiness: 503 with
+reasons unless the backend says it can serve and the server is not draining), GET /metrics.
+Everything under /v1 needs the API key when one is set; /health, /ready and /metrics never do
+(probes and scrapers carry no key).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -20,8 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -29,11 +34,13 @@ from dualpath.core.errors import UserInputError
 from dualpath.server import responses
 from dualpath.server.admission import Admission
 from dualpath.server.api_errors import APIError, error_body, error_bytes
-from dualpath.server.backend import Backend
+from dualpath.server.backend import Backend, Readiness
+from dualpath.server.memory import IdleTrimmer
 from dualpath.server.metrics import ServerMetrics
 from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest
 from dualpath.server.serving import OpenAIServing
 
+logger = logging.getLogger(__name__)
 _JSON = "application/json"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 _Body = TypeVar("_Body", bound=BaseModel)
@@ -54,8 +61,18 @@ class ServerState:
         return self.admission.running + self.admission.waiting
 
     def start_draining(self) -> None:
-        """Refuse new generation requests (503) and report unhealthy; in-flight ones go on."""
+        """Refuse new generation requests (503) and report not ready; in-flight ones go on."""
         self.admission.draining = True
+
+    def readiness(self) -> Readiness:
+        """The backend's readiness, plus the server's own reason (draining). Never raises."""
+        try:
+            backend = self.backend.readiness()
+        except Exception as exc:  # a broken probe must say so, not take the endpoint down
+            logger.warning("backend readiness check failed: %s: %s", type(exc).__name__, exc)
+            backend = Readiness(False, (f"readiness check failed: {type(exc).__name__}",))
+        reasons = (("draining",) if self.admission.draining else ()) + tuple(backend.reasons)
+        return Readiness(backend.ready and not self.admission.draining, reasons)
 
 
 def create_app(
@@ -83,12 +100,16 @@ def create_app(
     serving = OpenAIServing(backend, admission, metrics, model_name)
     state = ServerState(backend, admission, metrics, serving, model_name)
 
+    trimmer = IdleTrimmer(lambda: admission.busy, lambda: admission.admitted_total)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await backend.start()
+        trimming = asyncio.get_running_loop().create_task(trimmer.run())
         try:
             yield
         finally:
+            trimming.cancel()
             await backend.shutdown()
 
     # FastAPI's built-in OpenTelemetry hooks cost a few environment lookups per request;
@@ -103,12 +124,20 @@ def create_app(
     # per-request dependency machinery, which was a third of the request cost. Their OpenAPI
     # entries are added in `_openapi` from the same models.
     async def completions(request: Request) -> Response:
-        body = _parse(CompletionRequest, await _read_body(request, max_body_bytes))
-        return await serving.completions(body, request)
+        serving.refuse_if_full()
+        try:
+            raw = await _read_body(request, max_body_bytes)
+        except ClientDisconnect:  # gone (or cut off by the body timeout): nobody to answer
+            return Response(status_code=499)
+        return await serving.completions(await _parse_async(CompletionRequest, raw), request)
 
     async def chat_completions(request: Request) -> Response:
-        body = _parse(ChatCompletionRequest, await _read_body(request, max_body_bytes))
-        return await serving.chat(body, request)
+        serving.refuse_if_full()
+        try:
+            raw = await _read_body(request, max_body_bytes)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        return await serving.chat(await _parse_async(ChatCompletionRequest, raw), request)
 
     app.router.routes.insert(0, Route("/v1/completions", completions, methods=["POST"]))
     app.router.routes.insert(1, Route("/v1/chat/completions", chat_completions, methods=["POST"]))
@@ -123,12 +152,20 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        """200 when ready to serve; 503 while starting or draining."""
-        if admission.draining or not backend.is_ready():
-            return Response(status_code=503, headers={"Retry-After": "1"})
-        return Response(status_code=200)
+        """Liveness: 200 whenever the server process answers (also while draining)."""
+        return Response(b'{"status":"ok"}', media_type=_JSON)
 
-    @app.get("/metrics")
+    @app.get("/ready", responses={503: {"description": "not ready: `{status, reasons}`"}})
+    async def ready() -> Response:
+        """Readiness: 200 when requests can be served; 503 with the reasons otherwise."""
+        r = state.readiness()
+        if r.ready:
+            return Response(b'{"status":"ready"}', media_type=_JSON)
+        body = {"status": "not ready", "reasons": list(r.reasons)}
+        return Response(responses.dumps(body), status_code=503, media_type=_JSON,
+                        headers={"Retry-After": str(limits.retry_after_s)})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus_metrics() -> Response:
         """Prometheus text format: vllm:* request metrics and dualpath_* cluster state."""
         return Response(metrics.render(), media_type=_PROMETHEUS)
@@ -162,6 +199,18 @@ async def _read_body(request: Request, limit_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+# Bodies above this are parsed on a worker thread: parsing tens of MB takes a good part of a
+# second, and the event loop then still gets the GIL every switch interval, so one huge
+# request cannot stall every other connection for that long.
+_THREAD_PARSE_BYTES = 1 << 20
+
+
+async def _parse_async(model: type[_Body], raw: bytes) -> _Body:
+    if len(raw) < _THREAD_PARSE_BYTES:
+        return _parse(model, raw)
+    return await asyncio.to_thread(_parse, model, raw)
+
+
 def _parse(model: type[_Body], raw: bytes) -> _Body:
     try:
         return model.model_validate_json(raw)
@@ -170,10 +219,17 @@ def _parse(model: type[_Body], raw: bytes) -> _Body:
         raise APIError(400, message, param=param) from None
 
 
+# pydantic names the members of a union in an error's location ("str", "list[int]",
+# "list[TextContentPart]"); they are not part of the field's path.
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|[a-z-]+\[.*\]|[A-Z]\w*)$")
+
+
 def describe_validation_errors(errors: Sequence[Any]) -> tuple[str, str | None]:
-    """One readable line (and the offending field) from pydantic's error list."""
+    """One readable line (and the offending field's path, e.g. `messages.0.role`) from
+    pydantic's error list."""
     first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    loc = [str(part) for part in first.get("loc", ())
+           if part != "body" and not (isinstance(part, str) and _UNION_TAG.match(part))]
     where = ".".join(loc)
     msg = str(first.get("msg", "invalid request"))
     message = f"{where}: {msg}" if where else msg
@@ -202,7 +258,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
             "responses": {
                 "200": {"description": "a completion object, or text/event-stream chunks"},
-                "400": error, "401": error, "404": error, "429": error, "503": error,
+                "400": error, "401": error, "404": error, "408": error, "413": error,
+                "429": error, "431": error, "500": error, "503": error,
             },
         }}
     app.openapi_schema = schema
@@ -236,6 +293,8 @@ def _install_error_handlers(app: FastAPI, metrics: ServerMetrics) -> None:
                            dict(exc.headers or {}))
 
     async def internal_error(_: Request, exc: Exception) -> Response:
+        # Fails this request only; Starlette re-raises afterwards, so uvicorn logs the
+        # traceback and closes this one connection, and the server goes on serving.
         return _json_error(500, error_body(500, f"internal error: {type(exc).__name__}"))
 
     app.add_exception_handler(APIError, api_error)

@@ -66,11 +66,14 @@ class StopStringMatcher:
         """Add `delta`; return the text now safe to emit. Sets `stopped` on a match."""
         if self.stopped:
             return ""
-        start = max(0, len(self._text) - self._holdback)
+        old_len = len(self._text)
         self._text += delta
         if self._stop:
+            # A match not found before must end inside `delta`: search each stop string only
+            # from where it could start, so a push costs O(total stop length + delta).
             hit = min(
-                (i for i in (self._text.find(s, start) for s in self._stop) if i != -1),
+                (i for i in (self._text.find(s, max(0, old_len - len(s) + 1))
+                             for s in self._stop) if i != -1),
                 default=-1,
             )
             if hit != -1:

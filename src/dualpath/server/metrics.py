@@ -11,6 +11,7 @@ queue and `Backend.metrics_snapshot()`.
 
 from __future__ import annotations
 
+import logging
 from bisect import bisect_left
 from collections.abc import Iterator
 
@@ -24,7 +25,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from dualpath.server.admission import Admission
-from dualpath.server.backend import Backend
+from dualpath.server.backend import Backend, BackendMetrics
+
+logger = logging.getLogger(__name__)
 
 # Bucket edges follow vLLM's (vllm/v1/metrics/loggers.py), with finer low edges for the
 # millisecond latencies of small models on CPU.
@@ -161,7 +164,11 @@ class ServerMetrics(Collector):
         yield from self._state(m)
 
     def _state(self, m: list[str]) -> Iterator[Metric]:
-        snap = self._backend.metrics_snapshot()
+        try:
+            snap = self._backend.metrics_snapshot()
+        except Exception as exc:  # a failing snapshot must not take /metrics down
+            logger.warning("backend metrics snapshot failed: %s: %s", type(exc).__name__, exc)
+            snap = BackendMetrics()
         adm = self._admission
         running = snap.num_running if snap.num_running is not None else adm.running
         waiting = adm.waiting + (snap.num_waiting or 0)
@@ -180,6 +187,12 @@ class ServerMetrics(Collector):
         for path, value in sorted(snap.bytes_read_total.items()):
             c.add_metric([path], value)
         yield c
+        c = CounterMetricFamily("dualpath_internal_frames_rejected",
+                                "Internal-plane frames dropped by a validating decoder",
+                                labels=["reason"])
+        for reason, value in sorted(snap.internal_frames_rejected.items()):
+            c.add_metric([reason], value)
+        yield c
         yield _gauge("dualpath_nic_utilization_ratio",
                      "Busy fraction of a NIC per traffic class over the last interval",
                      ["nic", "class"],
@@ -195,6 +208,16 @@ class ServerMetrics(Collector):
         if snap.kv_store_bytes is not None:
             yield _gauge("dualpath_kv_store_bytes", "Bytes persisted in the KV store", [],
                          [([], snap.kv_store_bytes)])
+        for name, doc, total in (
+            ("dualpath_kv_store_evictions", "KV blocks evicted to keep the store under its cap",
+             snap.kv_store_evictions_total),
+            ("dualpath_engine_restarts", "Engine processes restarted after they died",
+             snap.engine_restarts_total),
+        ):
+            if total is not None:
+                c = CounterMetricFamily(name, doc, labels=[])
+                c.add_metric([], total)
+                yield c
 
 
 def _gauge(name: str, doc: str, labels: list[str],

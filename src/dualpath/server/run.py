@@ -1,6 +1,6 @@
 """Run an app with uvicorn; drain gracefully on SIGTERM / SIGINT.
 
-First signal: stop admitting (new generation requests get 503, /health 503), let in-flight
+First signal: stop admitting (new generation requests get 503, /ready 503), let in-flight
 requests finish for up to `drain_timeout_s`, then close the listener and run the lifespan
 shutdown (which stops the backend, i.e. the cluster's processes). A second signal exits at once.
 
@@ -25,6 +25,8 @@ from fastapi import FastAPI
 from dualpath.core.errors import UserInputError
 from dualpath.server.app import ServerState, create_app
 from dualpath.server.backend import AdmissionLimits, Backend
+from dualpath.server.http_limits import HttpLimits, add_http_arguments, http_limits_from_args
+from dualpath.server.memory import pin_malloc_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def banner(host: str, port: int, model_name: str, api_key: str | None) -> str:
         f"  try: curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} \\\n"
         f"         -d '{{\"model\": \"{model_name}\", \"messages\": "
         f"[{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'\n"
-        f"  endpoints: /v1/completions /v1/chat/completions /v1/models /health /metrics\n"
+        f"  endpoints: /v1/completions /v1/chat/completions /v1/models /health /ready /metrics\n"
         f"  stop: Ctrl-C or SIGTERM (drains in-flight requests first)"
     )
 
@@ -87,23 +89,32 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _http_protocol() -> Any:
-    """httptools with coalesced writes when httptools is installed, else uvicorn's choice."""
+def _http_protocol(limits: HttpLimits) -> Any:
+    """httptools with coalesced writes and our connection limits (`http_guard`); uvicorn's
+    h11 (head size capped, no read timeouts) only where httptools is not installed."""
     try:
-        from dualpath.server.http_protocol import CoalescingHttpToolsProtocol
-    except ImportError:
-        return "auto"
-    return CoalescingHttpToolsProtocol
+        from dualpath.server.http_guard import guarded_protocol
+    except ImportError:  # pragma: no cover - httptools is a declared dependency
+        logger.warning("httptools is not installed: HTTP read timeouts and the connection "
+                       "cap are not enforced")
+        return "h11"
+    return guarded_protocol(limits)
 
 
 def make_server(app: FastAPI, *, host: str = "127.0.0.1", port: int = 8000,
                 drain_timeout_s: float = 30.0, log_level: str = "warning",
-                on_ready: Callable[[int], None] | None = None) -> DrainingServer:
-    """A configured server for `app` (uvloop + httptools when installed, no access log)."""
+                on_ready: Callable[[int], None] | None = None,
+                limits: HttpLimits | None = None) -> DrainingServer:
+    """A configured server for `app` (uvloop + httptools, no access log) enforcing `limits`.
+
+    `limits.max_body_bytes` is enforced by the app (`create_app(max_body_bytes=...)`).
+    """
+    limits = limits or HttpLimits()
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            http=_http_protocol(),
+                            http=_http_protocol(limits),
                             timeout_graceful_shutdown=max(1, int(drain_timeout_s)),
-                            backlog=4096, timeout_keep_alive=30)
+                            backlog=4096, timeout_keep_alive=max(1, round(limits.keep_alive_timeout_s)),
+                            h11_max_incomplete_event_size=limits.max_header_bytes)
     return DrainingServer(config, app.state.dualpath, drain_timeout_s, on_ready)
 
 
@@ -119,13 +130,16 @@ def run_server(
     drain_timeout_s: float = 30.0,
     log_level: str = "warning",
     announce: Callable[[str], None] | None = None,
+    http_limits: HttpLimits | None = None,
 ) -> None:
     """Serve `backend` until SIGTERM/SIGINT, then drain and stop. Blocks (main thread).
 
     `announce` receives `banner(...)` once the socket is bound (the CLI passes `print`).
     """
+    limits = http_limits or HttpLimits()
+    pin_malloc_thresholds()  # large request buffers go back to the OS when freed (memory.py)
     app = create_app(backend, api_key=api_key, max_queue=max_queue, max_running=max_running,
-                     served_model_name=served_model_name)
+                     served_model_name=served_model_name, max_body_bytes=limits.max_body_bytes)
     model = app.state.dualpath.model_name
 
     def ready(bound: int) -> None:
@@ -133,7 +147,7 @@ def run_server(
         (announce or logger.warning)(text)
 
     server = make_server(app, host=host, port=port, drain_timeout_s=drain_timeout_s,
-                         log_level=log_level, on_ready=ready)
+                         log_level=log_level, on_ready=ready, limits=limits)
     server.run()
 
 
@@ -157,8 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None)
-    p.add_argument("--max-running", type=int, default=256)
-    p.add_argument("--max-queue", type=int, default=1024)
+    p.add_argument("--max-running", type=int, default=256,
+                   help="requests handed to the backend at once [256]")
+    p.add_argument("--max-queue", type=int, default=1024,
+                   help="requests that may wait for a running slot before HTTP 429 [1024]")
     p.add_argument("--token-delay-s", type=float, default=0.0)
     p.add_argument("--prefill-delay-s", type=float, default=0.0)
     p.add_argument("--eos-after-tokens", type=int, default=None)
@@ -166,7 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drain-timeout-s", type=float, default=30.0)
     p.add_argument("--backend", default=None, metavar="MODULE:FACTORY",
                    help="serve FACTORY() (a Backend) instead of the echo backend")
+    add_http_arguments(p)
     args = p.parse_args(argv)
+    try:
+        limits = http_limits_from_args(args)
+        admission = AdmissionLimits(max_running=args.max_running, max_waiting=args.max_queue)
+    except UserInputError as exc:
+        p.error(str(exc))
     backend: Backend
     if args.backend:
         backend = load_backend(args.backend)
@@ -174,11 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         backend = EchoBackend(
             token_delay_s=args.token_delay_s, prefill_delay_s=args.prefill_delay_s,
             eos_after_tokens=args.eos_after_tokens, max_model_len=args.max_model_len,
-            admission=AdmissionLimits(max_running=args.max_running, max_waiting=args.max_queue),
+            admission=admission,
         )
     run_server(backend, host=args.host, port=args.port, api_key=args.api_key,
                max_running=args.max_running, max_queue=args.max_queue,
-               drain_timeout_s=args.drain_timeout_s, announce=_print_flush)
+               drain_timeout_s=args.drain_timeout_s, announce=_print_flush, http_limits=limits)
     return 0
 
 

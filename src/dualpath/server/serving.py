@@ -1,16 +1,22 @@
 """Turning a validated OpenAI request into a backend request and an HTTP response.
 
-Order of checks for both endpoints: model name (404), unsupported options (400), prompt
-tokenization and range checks (400, with the numbers for context overflow), sampling
+Order of checks for both endpoints: admission capacity (429 / 503 at once, before the body is
+read, when the queue is already full or the server drains), model name (404), unsupported options (400), the size of
+the prompt text (400; at most `MAX_CHARS_PER_TOKEN` characters per token of context, so a
+client cannot make the event loop tokenize megabytes for a prompt that could never fit),
+prompt tokenization and range checks (400, with the numbers for context overflow), sampling
 parameters (400), admission (429 queue full / 503 draining), then generation. A non-streamed
 request whose client disconnects is cancelled (a watcher task listens for `http.disconnect`);
-a streamed one is cancelled by Starlette when the client goes away.
+a streamed one is cancelled by Starlette when the client goes away. Whatever fails inside one
+request fails that request alone (500, or an in-band error event once a stream has started)
+and always gives its admission slot back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -20,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from dualpath.core.errors import UserInputError
+from dualpath.core.errors import InvalidFieldError
 from dualpath.core.requests import GenerateRequest, SamplingParams
 from dualpath.server import responses
 from dualpath.server.admission import Admission, Draining, QueueFull
@@ -28,9 +34,18 @@ from dualpath.server.api_errors import APIError
 from dualpath.server.backend import Backend
 from dualpath.server.generation import Delta, Generation
 from dualpath.server.metrics import ServerMetrics
-from dualpath.server.protocol import ChatCompletionRequest, CompletionRequest, _SamplingFields
+from dualpath.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    _SamplingFields,
+    unsupported_field,
+)
 
+logger = logging.getLogger(__name__)
 _JSON = "application/json"
+# Text longer than this many characters per token of context cannot fit whatever the tokenizer
+# (real tokenizers average 3-5); refusing it before tokenizing bounds the work per request.
+MAX_CHARS_PER_TOKEN = 64
 
 
 class OpenAIServing:
@@ -65,6 +80,7 @@ class OpenAIServing:
         arrival_s = time.perf_counter()
         self._check_common(body)
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        self._check_text_size(sum(len(m["content"]) for m in messages), "messages")
         try:
             rendered = self.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=body.add_generation_prompt)
@@ -85,11 +101,17 @@ class OpenAIServing:
         if body.n != 1:
             raise APIError(400, f"n must be 1 (got {body.n}); send one request per sample",
                            param="n")
-        if body.logprobs:
-            raise APIError(400, "logprobs are not supported", param="logprobs")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(body, name):
-                raise APIError(400, f"{name} is not supported (must be 0)", param=name)
+        refused = unsupported_field(body)
+        if refused is not None:
+            raise APIError(400, refused[1], param=refused[0])
+
+    def _check_text_size(self, chars: int, param: str) -> None:
+        limit = MAX_CHARS_PER_TOKEN * self.backend.max_model_len
+        if chars > limit:
+            raise APIError(
+                400, f"the {param} text has {chars} characters; at most {limit} "
+                f"({MAX_CHARS_PER_TOKEN} per token of the {self.backend.max_model_len}-token "
+                "context) are accepted", param=param, code="context_length_exceeded")
 
     def _completion_prompt(self, prompt: str | list[int] | list[str] | list[list[int]]) -> list[int]:
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
@@ -98,6 +120,7 @@ class OpenAIServing:
                                "send one prompt per request", param="prompt")
             prompt = prompt[0]
         if isinstance(prompt, str):
+            self._check_text_size(len(prompt), "prompt")
             # A checkpoint that wants BOS on text prompts says so through `encode_prompt`
             # (dualpath.model.tokenizer); token-id prompts are taken as they are.
             encode = getattr(self.tokenizer, "encode_prompt", self.tokenizer.encode)
@@ -128,6 +151,9 @@ class OpenAIServing:
                 param=param, code="context_length_exceeded",
             )
         stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+        stop_ids = tuple(body.stop_token_ids or ())
+        if stop_ids and max(stop_ids) >= vocab:
+            raise APIError(400, f"stop_token_ids must be in [0, {vocab})", param="stop_token_ids")
         try:
             sampling = SamplingParams(
                 max_tokens=max_tokens,
@@ -136,10 +162,10 @@ class OpenAIServing:
                 min_tokens=body.min_tokens,
                 ignore_eos=body.ignore_eos,
                 seed=body.seed,
-                stop_token_ids=tuple(body.stop_token_ids or ()),
+                stop_token_ids=stop_ids,
             )
-        except UserInputError as exc:
-            raise APIError(400, str(exc)) from exc
+        except InvalidFieldError as exc:
+            raise APIError(400, str(exc), param=exc.field) from exc
         return sampling, stop
 
     # ---- generation ------------------------------------------------------------------
@@ -156,28 +182,31 @@ class OpenAIServing:
         watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, task))
         try:
             await self._admit(arrival_s)
-            gen = Generation(self.backend,
-                             GenerateRequest(rid, tuple(prompt_ids), sampling, arrival_s),
-                             stop, self.metrics, arrival_s)
-            created = int(time.time())
-            if body.stream:
+            handed_off = False  # True once a stream response owns the slot
+            try:
+                gen = Generation(self.backend,
+                                 GenerateRequest(rid, tuple(prompt_ids), sampling, arrival_s),
+                                 stop, self.metrics, arrival_s)
+                created = int(time.time())
+                if not body.stream:
+                    return await self._collect(gen, rid, created, chat, body.return_token_ids,
+                                               tuple(prompt_ids))
                 watcher.cancel()
                 if watcher.done() and not watcher.cancelled():
-                    # The client left just as we were admitted: give the slot back now,
-                    # as no response object will ever run to release it.
+                    # The client left just as we were admitted; no response object will
+                    # ever run to release the slot, so the `finally` below does.
                     task.uncancel()
-                    self.admission.release()
                     return Response(status_code=499)
                 include_usage = bool(body.stream_options and body.stream_options.include_usage)
                 writer = responses.ChunkWriter(chat=chat, rid=rid, created=created,
                                                model=self.model_name, include_usage=include_usage,
                                                return_token_ids=body.return_token_ids)
-                return _ReleasingStream(_sse_body(gen, writer), self.admission)
-            try:
-                return await self._collect(gen, rid, created, chat, body.return_token_ids,
-                                           tuple(prompt_ids))
+                stream = _ReleasingStream(_sse_body(gen, writer), self.admission)
+                handed_off = True
+                return stream
             finally:
-                self.admission.release()
+                if not handed_off:
+                    self.admission.release()
         except asyncio.CancelledError:
             if watcher.done() and not watcher.cancelled() and task.uncancel() == 0:
                 return Response(status_code=499)  # the client is gone; nobody reads this
@@ -185,30 +214,44 @@ class OpenAIServing:
         finally:
             watcher.cancel()
 
+    def refuse_if_full(self) -> None:
+        """429 / 503 before the body is even read when admission would refuse anyway: under
+        overload a refused request costs no parsing or tokenization."""
+        try:
+            self.admission.check()
+        except (QueueFull, Draining) as exc:
+            raise self._refusal(exc) from None
+
     async def _admit(self, arrival_s: float) -> None:
         try:
             await self.admission.acquire()
-        except QueueFull:
-            self.metrics.reject("queue_full")
-            raise APIError(429, "the server's admission queue is full; retry later",
-                           headers=self._retry_after()) from None
-        except Draining:
-            self.metrics.reject("draining")
-            raise APIError(503, "the server is shutting down", headers=self._retry_after()) from None
+        except (QueueFull, Draining) as exc:
+            raise self._refusal(exc) from None
         self.metrics.queue_s.observe(time.perf_counter() - arrival_s)
+
+    def _refusal(self, exc: Exception) -> APIError:
+        if isinstance(exc, QueueFull):
+            self.metrics.reject("queue_full")
+            return APIError(429, "the server's admission queue is full; retry later",
+                            headers=self._retry_after())
+        self.metrics.reject("draining")
+        return APIError(503, "the server is shutting down", headers=self._retry_after())
 
     async def _collect(self, gen: Generation, rid: str, created: int, chat: bool,
                        return_ids: bool, prompt_ids: tuple[int, ...]) -> Response:
         texts: list[str] = []
         ids: list[int] = []
         delta: Delta
-        async for delta in gen.deltas():
-            texts.append(delta.text)
-            ids.extend(delta.token_ids)
+        try:
+            async for delta in gen.deltas():
+                texts.append(delta.text)
+                ids.extend(delta.token_ids)
+        except Exception as exc:  # the backend failed this request: 500 for it alone
+            raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}") from exc
         outcome = gen.outcome
-        assert outcome is not None  # set when deltas() ends
-        if outcome.finish_reason == "error":
-            raise APIError(500, f"generation failed: {outcome.error or 'backend error'}")
+        if outcome is None or outcome.finish_reason == "error":
+            error = outcome.error if outcome is not None else None
+            raise APIError(500, f"generation failed: {error or 'backend error'}")
         text = "".join(texts)
         token_ids = ids if return_ids else None
         obj: dict[str, Any]
@@ -232,25 +275,29 @@ async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> No
 
 
 async def _sse_body(gen: Generation, writer: responses.ChunkWriter) -> AsyncIterator[bytes]:
-    first = writer.first()
-    if first is not None:
-        yield first
+    """The SSE chunks of one stream. Once the response has started, any failure (backend,
+    detokenizer, serialization) is reported in-band, then `[DONE]`: the stream ends cleanly
+    and nothing escapes to the HTTP layer. (A client that goes away raises CancelledError or
+    GeneratorExit, which are not caught.)"""
     try:
+        first = writer.first()
+        if first is not None:
+            yield first
         async for delta in gen.deltas():
             chunk = writer.delta(delta.text, delta.token_ids)
             if chunk is not None:
                 yield chunk
-    except Exception as exc:  # a failed backend mid-stream: tell the client in-band
-        yield responses.sse(APIError(500, f"generation failed: {exc}").body())
+        outcome = gen.outcome
+        if outcome is None or outcome.finish_reason == "error":
+            error = outcome.error if outcome is not None else None
+            yield responses.sse(APIError(500, f"generation failed: {error or 'backend error'}").body())
+            yield responses.SSE_DONE
+            return
+        yield writer.last(outcome)
+    except Exception as exc:  # a failure mid-stream: tell the client in-band
+        logger.warning("stream failed: %s: %s", type(exc).__name__, exc)
+        yield responses.sse(APIError(500, f"generation failed: {type(exc).__name__}: {exc}").body())
         yield responses.SSE_DONE
-        return
-    outcome = gen.outcome
-    assert outcome is not None
-    if outcome.finish_reason == "error":
-        yield responses.sse(APIError(500, f"generation failed: {outcome.error}").body())
-        yield responses.SSE_DONE
-        return
-    yield writer.last(outcome)
 
 
 class _ReleasingStream(StreamingResponse):

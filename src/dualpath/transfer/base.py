@@ -1,8 +1,10 @@
 """The transfer interface: move a header plus numpy payload buffers to another engine.
 
-A `Transport` is one engine's endpoint. `send` delivers one message (a small msgpack-able
-header dict and zero or more numpy arrays, e.g. the Layer Blocks of one layer) to the
-transport listening at `dest`; the receiver gets it from `recv` as a `Message`. That is the
+A `Transport` is one engine's endpoint. `send` delivers one message (a typed header from
+`dualpath.wire.data` and zero or more numpy arrays, e.g. the Layer Blocks of one layer) to the
+transport listening at `dest`; the receiver gets it from `recv` as a `Message`. Frames are
+built and validated by `dualpath.wire` only; a frame that fails validation is dropped and
+counted in the transport's `rejections`. That is the
 whole interface, so engine tests can use `LocalTransport` (in-process) and production uses
 `ZmqTransport` (TCP, zero-copy frames) or `MooncakeTransport` (RDMA, where installed).
 
@@ -19,16 +21,18 @@ Errors: every backend failure is raised as `dualpath.core.errors.TransferError`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import msgspec
 import numpy as np
 
+from dualpath import wire
 from dualpath.core.errors import TransferError
 from dualpath.transfer.nic import TrafficClass
+from dualpath.wire.codec import FrameRejected, Rejections
+from dualpath.wire.data import DataEnvelope, DataHeader
 
 Buffer = np.ndarray | memoryview | bytes | bytearray
 
@@ -40,17 +44,25 @@ class Message:
     payload: the arrays in the order they were sent, same shapes and dtypes. With
     `ZmqTransport` they are writable views over the received frames (no copy); they stay
     valid as long as you hold them.
+    peer: who the connection authenticated the sender as ("engine:<id>"), None without
+    authentication (in-process test transports). `sender` is only what the sender claims.
     """
 
     sender: str
-    header: dict[str, Any]
+    header: DataHeader
     payload: list[np.ndarray]
     traffic_class: TrafficClass
     nbytes: int
+    peer: str | None = None
 
 
 class Transport(abc.ABC):
-    """One engine's endpoint. Thread safe: any thread may send; any thread may recv."""
+    """One engine's endpoint. Thread safe: any thread may send; any thread may recv.
+
+    `rejections` counts received frames dropped by the validating decoder, by reason.
+    """
+
+    rejections: Rejections
 
     @property
     @abc.abstractmethod
@@ -61,7 +73,7 @@ class Transport(abc.ABC):
     def send(
         self,
         dest: str,
-        header: Mapping[str, Any],
+        header: DataHeader,
         payload: Sequence[Buffer] = (),
         *,
         traffic_class: TrafficClass = TrafficClass.KV,
@@ -93,16 +105,6 @@ class Transport(abc.ABC):
         self.close()
 
 
-class Envelope(msgspec.Struct, array_like=True):
-    """The first frame of every message on the wire (msgpack)."""
-
-    sender: str
-    traffic_class: int
-    header: dict[str, Any]
-    shapes: list[list[int]]
-    dtypes: list[str]
-
-
 def to_arrays(payload: Sequence[Buffer]) -> list[np.ndarray]:
     """Payload buffers as C-contiguous numpy arrays (copies only non-contiguous arrays)."""
     arrays: list[np.ndarray] = []
@@ -116,41 +118,36 @@ def to_arrays(payload: Sequence[Buffer]) -> list[np.ndarray]:
     return arrays
 
 
-_ENCODER = msgspec.msgpack.Encoder()
-_DECODER = msgspec.msgpack.Decoder(Envelope)
-
-
-def encode_envelope(sender: str, header: Mapping[str, Any], arrays: Sequence[np.ndarray],
+def encode_envelope(sender: str, header: DataHeader, arrays: Sequence[np.ndarray],
                     traffic_class: TrafficClass) -> bytes:
+    """Frame 0 of a message whose payload frames are `arrays`."""
     try:
-        return _ENCODER.encode(Envelope(
-            sender=sender, traffic_class=int(traffic_class), header=dict(header),
+        return wire.encode(DataEnvelope(
+            sender=sender, traffic_class=int(traffic_class), header=header,
             shapes=[list(a.shape) for a in arrays], dtypes=[a.dtype.str for a in arrays]))
     except (TypeError, msgspec.EncodeError) as exc:
-        raise TransferError(f"header is not msgpack-serialisable: {exc}") from exc
+        raise TransferError(f"header cannot be encoded: {exc}") from exc
 
 
-def decode_envelope(raw: memoryview | bytes) -> Envelope:
-    try:
-        return _DECODER.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise TransferError(f"malformed message envelope: {exc}") from exc
-
-
-def from_frames(envelope: Envelope, buffers: Sequence[memoryview | bytes]) -> Message:
-    """Rebuild the payload arrays over the received buffers without copying."""
-    if len(buffers) != len(envelope.shapes):
-        raise TransferError(f"message has {len(buffers)} payload frames, envelope says {len(envelope.shapes)}")
+def from_frames(envelope: DataEnvelope, buffers: Sequence[memoryview | bytes],
+                peer: str | None = None) -> Message:
+    """Rebuild the payload arrays over the received buffers without copying; a payload that
+    does not match its envelope raises `FrameRejected("frames")`."""
+    if len(buffers) != len(envelope.shapes) or len(envelope.dtypes) != len(envelope.shapes):
+        raise FrameRejected("frames", f"message has {len(buffers)} payload frames, envelope "
+                                      f"says {len(envelope.shapes)}")
     arrays = []
     for buf, shape, dtype in zip(buffers, envelope.shapes, envelope.dtypes, strict=True):
         try:
             arrays.append(np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape))
         except (TypeError, ValueError) as exc:
-            raise TransferError(f"payload frame does not match its shape {shape}/{dtype}: {exc}") from exc
+            raise FrameRejected("frames", f"payload frame does not match its shape "
+                                          f"{shape}/{dtype}: {exc}") from None
     return Message(
         sender=envelope.sender,
         header=envelope.header,
         payload=arrays,
         traffic_class=TrafficClass(envelope.traffic_class),
         nbytes=sum(a.nbytes for a in arrays),
+        peer=peer,
     )

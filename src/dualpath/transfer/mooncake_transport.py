@@ -33,7 +33,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 
 import numpy as np
@@ -44,10 +44,16 @@ from dualpath.transfer.base import Buffer, Message, Transport, to_arrays
 from dualpath.transfer.inbox import Inbox
 from dualpath.transfer.nic import Direction, EmulatedNic, TrafficClass
 from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.wire import FrameRejected
+from dualpath.wire.data import (
+    KvHeader,
+    MooncakeAbort,
+    MooncakeAlloc,
+    MooncakeData,
+    MooncakeGrant,
+)
 
 log = logging.getLogger(__name__)
-
-_KEY = "_mooncake"
 
 
 def _quiet_glog() -> None:
@@ -104,13 +110,17 @@ class MooncakeTransport(Transport):
         self._control = ZmqTransport(bind, send_timeout_s=send_timeout_s)
         self._inbox = Inbox(cnic)
         self._ids = itertools.count()
-        self._grants: dict[int, tuple[threading.Event, dict[str, Any]]] = {}
+        self._grants: dict[int, tuple[threading.Event, list[MooncakeGrant]]] = {}
         self._grants_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
         self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
                                             name=f"mooncake-ctl {self.address}")
         self._dispatcher.start()
+
+    @property
+    def rejections(self) -> Any:  # type: ignore[override]
+        return self._control.rejections
 
     @property
     def address(self) -> str:
@@ -126,7 +136,7 @@ class MooncakeTransport(Transport):
     def send(
         self,
         dest: str,
-        header: Mapping[str, Any],
+        header: KvHeader,  # type: ignore[override]
         payload: Sequence[Buffer] = (),
         *,
         traffic_class: TrafficClass = TrafficClass.KV,
@@ -140,22 +150,21 @@ class MooncakeTransport(Transport):
         for a in arrays:
             offsets.append(total)
             total += _aligned(a.nbytes)
-        data = {_KEY: "data", "header": dict(header), "class": int(traffic_class),
-                "shapes": [list(a.shape) for a in arrays], "dtypes": [a.dtype.str for a in arrays],
-                "offsets": offsets, "start": 0, "nbytes": total}
         nbytes = sum(a.nbytes for a in arrays)
+        start = 0
         if total:
             grant = self._request_grant(dest, total, time.monotonic() + timeout)
-            data["start"] = grant["offset"]
+            start = grant.offset
             if self._cnic is not None:
                 self._cnic.transmit(nbytes, traffic_class, Direction.TX)
             try:
                 self._write(grant, arrays, offsets)
             except TransferError:
-                self._control.send(dest, {_KEY: "abort", "start": grant["offset"], "nbytes": total},
-                                   timeout_s=timeout)
+                self._control.send(dest, MooncakeAbort(grant.offset, total), timeout_s=timeout)
                 raise
-        self._control.send(dest, data, timeout_s=timeout)
+        self._control.send(dest, MooncakeData(
+            header, int(traffic_class), [list(a.shape) for a in arrays],
+            [a.dtype.str for a in arrays], offsets, start, total), timeout_s=timeout)
 
     def recv(self, timeout_s: float | None = None) -> Message | None:
         return self._inbox.get(timeout_s)
@@ -170,30 +179,30 @@ class MooncakeTransport(Transport):
         self._inbox.close()
         # The arena stays allocated while received arrays still view it (they reference it).
 
-    def _request_grant(self, dest: str, nbytes: int, deadline: float) -> dict[str, Any]:
+    def _request_grant(self, dest: str, nbytes: int, deadline: float) -> MooncakeGrant:
         backoff_s = 0.001
         while True:
             request_id = next(self._ids)
             event = threading.Event()
-            reply: dict[str, Any] = {}
+            reply: list[MooncakeGrant] = []
             with self._grants_lock:
                 self._grants[request_id] = (event, reply)
             try:
-                self._control.send(dest, {_KEY: "alloc", "id": request_id, "nbytes": nbytes},
+                self._control.send(dest, MooncakeAlloc(request_id, nbytes),
                                    timeout_s=max(0.001, deadline - time.monotonic()))
                 if not event.wait(max(0.0, deadline - time.monotonic())):
                     raise TransferError(f"peer {dest} did not answer an allocation request in time")
             finally:
                 with self._grants_lock:
                     self._grants.pop(request_id, None)
-            if reply["offset"] >= 0:
-                return reply
+            if reply[0].offset >= 0:
+                return reply[0]
             if time.monotonic() + backoff_s > deadline:
                 raise TransferError(f"peer {dest} has no room for {nbytes} bytes (receive arena full)")
             time.sleep(backoff_s)
             backoff_s = min(0.05, backoff_s * 2)
 
-    def _write(self, grant: dict[str, Any], arrays: list[np.ndarray], offsets: list[int]) -> None:
+    def _write(self, grant: MooncakeGrant, arrays: list[np.ndarray], offsets: list[int]) -> None:
         sources, targets, lengths = [], [], []
         ranges: list[tuple[int, int]] = []
         for a, offset in zip(arrays, offsets, strict=True):
@@ -201,7 +210,7 @@ class MooncakeTransport(Transport):
                 continue
             ptr = a.ctypes.data
             sources.append(ptr)
-            targets.append(grant["base"] + grant["offset"] + offset)
+            targets.append(grant.base + grant.offset + offset)
             lengths.append(a.nbytes)
             if not any(lo <= ptr and ptr + a.nbytes <= lo + n for lo, n in self._registered):
                 ranges.append((ptr, ptr + a.nbytes))
@@ -221,56 +230,69 @@ class MooncakeTransport(Transport):
                     if self._engine.register_memory(lo, hi - lo) != 0:
                         raise TransferError("Mooncake could not register a payload buffer")
                     registered.append(lo)
-                rc = self._engine.batch_transfer_sync_write(grant["session"], sources, targets, lengths)
+                rc = self._engine.batch_transfer_sync_write(grant.session, sources, targets, lengths)
             finally:
                 for lo in registered:
                     self._engine.unregister_memory(lo)
         if rc != 0:
-            raise TransferError(f"Mooncake write to {grant['session']} failed (code {rc})")
+            raise TransferError(f"Mooncake write to {grant.session} failed (code {rc})")
 
     def _dispatch(self) -> None:
         while not self._stop.is_set():
             message = self._control.recv(timeout_s=0.1)
             if message is None:
                 continue
-            kind = message.header.get(_KEY)
+            h = message.header
             try:
-                if kind == "alloc":
-                    offset = self._arena.alloc(int(message.header["nbytes"]))
-                    self._control.send(message.sender, {
-                        _KEY: "grant", "id": message.header["id"],
-                        "offset": -1 if offset is None else offset,
-                        "session": self._session, "base": self._arena.address})
-                elif kind == "grant":
+                if isinstance(h, MooncakeAlloc):
+                    offset = self._arena.alloc(h.nbytes)
+                    self._control.send(message.sender, MooncakeGrant(
+                        h.id, -1 if offset is None else offset, self._session,
+                        self._arena.address))
+                elif isinstance(h, MooncakeGrant):
                     with self._grants_lock:
-                        waiter = self._grants.get(int(message.header["id"]))
+                        waiter = self._grants.get(h.id)
                     if waiter is not None:
-                        waiter[1].update(message.header)
+                        waiter[1].append(h)
                         waiter[0].set()
-                elif kind == "data":
-                    self._inbox.deliver(self._received(message.sender, message.header))
-                elif kind == "abort":
-                    self._arena.free(int(message.header["start"]), int(message.header["nbytes"]))
+                elif isinstance(h, MooncakeData):
+                    self._inbox.deliver(self._received(message.sender, h))
+                elif isinstance(h, MooncakeAbort):
+                    self._check_region(h.start, h.nbytes)
+                    self._arena.free(h.start, h.nbytes)
                 else:
-                    log.error("unexpected control message from %s: %r", message.sender, kind)
-            except (TransferError, KeyError, ValueError, TypeError) as exc:
+                    raise FrameRejected("unexpected", type(h).__name__)
+            except FrameRejected as exc:
+                self._control.rejections.count(exc.reason)
+                log.warning("dropping a control frame from %s: %s", message.sender, exc)
+            except TransferError as exc:
                 log.error("bad control message from %s: %s", message.sender, exc)
 
-    def _received(self, sender: str, h: dict[str, Any]) -> Message:
-        start, total = int(h["start"]), int(h["nbytes"])
+    def _check_region(self, start: int, nbytes: int) -> None:
+        if start + nbytes > self._arena.buffer.nbytes:
+            raise FrameRejected("frames", f"region [{start}, {start + nbytes}) is outside the "
+                                          f"{self._arena.buffer.nbytes}-byte arena")
+
+    def _received(self, sender: str, h: MooncakeData) -> Message:
+        start, total = h.start, h.nbytes
+        self._check_region(start, total)
+        if not len(h.shapes) == len(h.dtypes) == len(h.offsets):
+            raise FrameRejected("frames", "shapes, dtypes and offsets differ in length")
         arrays: list[np.ndarray] = []
         if total:
             region = (ctypes.c_uint8 * total).from_address(self._arena.address + start)
             region._arena = self._arena  # type: ignore[attr-defined]  # keep the memory alive
             weakref.finalize(region, self._arena.free_later, start, total)
             flat = np.frombuffer(cast(Any, region), dtype=np.uint8)
-        for shape, dtype, offset in zip(h["shapes"], h["dtypes"], h["offsets"], strict=True):
+        for shape, dtype, offset in zip(h.shapes, h.dtypes, h.offsets, strict=True):
             dt = np.dtype(dtype)
             count = int(np.prod(shape)) if shape else 1
+            if offset + count * dt.itemsize > total and count:
+                raise FrameRejected("frames", "a payload array overruns its region")
             if total and count:
                 arrays.append(flat[offset: offset + count * dt.itemsize].view(dt).reshape(shape))
             else:
                 arrays.append(np.zeros(shape, dtype=dt))
-        return Message(sender=sender, header=h["header"], payload=arrays,
-                       traffic_class=TrafficClass(int(h["class"])),
+        return Message(sender=sender, header=h.header, payload=arrays,
+                       traffic_class=TrafficClass(h.traffic_class),
                        nbytes=sum(a.nbytes for a in arrays))

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass
 
 from dualpath.core.errors import ConfigError
+from dualpath.core.tos import TOS_KV, TOS_MODEL
 from dualpath.transfer.shared_state import SharedCounters
 
 
@@ -44,6 +45,12 @@ class TrafficClass(enum.IntEnum):
 
     MODEL = 0  # high priority: model-execution collectives (all-to-all, all-gather)
     KV = 1  # low priority: KV blocks, storage I/O
+
+
+# IP TOS byte a socket of each class marks its packets with, so a kernel-shaped compute
+# interface (the netns testbed, a real switch) can queue the classes apart: DSCP EF (46) for
+# model-execution traffic, DSCP CS1 (8, "lower effort") for KV.
+TOS_BY_CLASS: dict[TrafficClass, int] = {TrafficClass.MODEL: TOS_MODEL, TrafficClass.KV: TOS_KV}
 
 
 class Direction(enum.IntEnum):

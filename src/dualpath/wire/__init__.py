@@ -16,6 +16,7 @@ from dualpath.wire.codec import (
     Rejections,
     decode_envelope,
     decode_to_engine,
+    decode_to_node,
     decode_to_scheduler,
     encode,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "Rejections",
     "decode_envelope",
     "decode_to_engine",
+    "decode_to_node",
     "decode_to_scheduler",
     "encode",
 ]

@@ -15,7 +15,7 @@ from typing import TypeVar
 import msgspec
 
 from dualpath.core.errors import ProtocolError
-from dualpath.wire.control import ToEngine, ToScheduler
+from dualpath.wire.control import ToEngine, ToNode, ToScheduler
 from dualpath.wire.data import DataEnvelope
 
 WIRE_VERSION = 1
@@ -35,6 +35,7 @@ class FrameRejected(ProtocolError):
 _encoder = msgspec.msgpack.Encoder()
 _to_engine = msgspec.msgpack.Decoder(ToEngine)
 _to_scheduler = msgspec.msgpack.Decoder(ToScheduler)
+_to_node = msgspec.msgpack.Decoder(ToNode)
 _envelope = msgspec.msgpack.Decoder(DataEnvelope)
 
 
@@ -68,6 +69,11 @@ def decode_to_engine(data: bytes | memoryview) -> ToEngine:
 def decode_to_scheduler(data: bytes | memoryview) -> ToScheduler:
     """An engine -> scheduler control frame."""
     return _decode(_to_scheduler, data)
+
+
+def decode_to_node(data: bytes | memoryview) -> ToNode:
+    """A scheduler -> node agent control frame."""
+    return _decode(_to_node, data)
 
 
 def decode_envelope(data: bytes | memoryview) -> DataEnvelope:

@@ -10,8 +10,8 @@ Journey of a request (DESIGN.md section 2):
   DE --Tokens--> scheduler (streamed to the client) ... --Finished--> scheduler
   either engine --TransferFailed--> scheduler when the KV between them did not get through
 
-Two unions, one per direction (`ToEngine`, `ToScheduler`): a frame of the wrong direction is
-refused by the decoder like any malformed frame.
+One union per direction (`ToEngine`, `ToScheduler`, `ToNode` for `dualpath node` agents): a
+frame of the wrong direction is refused by the decoder like any malformed frame.
 """
 
 from __future__ import annotations
@@ -151,7 +151,39 @@ class TransferFailed(msgspec.Struct, tag=True, frozen=True):
     error: ErrorText
 
 
+class NodeJoin(msgspec.Struct, tag=True, frozen=True):
+    """A `dualpath node` agent asks to add one node of `engines` engines to the cluster."""
+
+    role: Role
+    engines: Annotated[int, msgspec.Meta(ge=1, le=64)]
+    host: Address  # the node's internal address (where its engines' data sockets bind)
+    pid: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class NodePing(msgspec.Struct, tag=True, frozen=True):
+    """A node agent's heartbeat (the scheduler answers NodePong)."""
+
+    node_id: EngineId
+
+
+class NodeWelcome(msgspec.Struct, tag=True, frozen=True):
+    """The node's id and its engines' ids, and the cluster's config (JSON) they run with."""
+
+    node_id: EngineId
+    engine_ids: Annotated[list[EngineId], msgspec.Meta(min_length=1, max_length=64)]
+    config_json: Annotated[str, msgspec.Meta(max_length=1 << 16)]
+
+
+class NodeRefused(msgspec.Struct, tag=True, frozen=True):
+    reason: ErrorText
+
+
+class NodePong(msgspec.Struct, tag=True, frozen=True):
+    node_id: EngineId
+    known: bool  # False: the scheduler no longer knows this node (it should join again)
+
+
 ToEngine = AssignPrefill | AssignDecode | Abort | Shutdown
-ToScheduler = Hello | EngineStats | PrefillDone | ReadDone | Tokens | Finished | TransferFailed
-# Messages that speak for one engine: their `engine_id` must be the sender's.
-FromEngine = (Hello, EngineStats, PrefillDone, ReadDone, Tokens, Finished, TransferFailed)
+ToScheduler = (Hello | EngineStats | PrefillDone | ReadDone | Tokens | Finished | TransferFailed
+               | NodeJoin | NodePing)
+ToNode = NodeWelcome | NodeRefused | NodePong

@@ -9,6 +9,8 @@ layer]` per layer, see `kv.layout`).
     PrefillResult  PE -> DE   the first sampled token; the prefill is over
     PrefillFailed  PE -> DE   the prefill failed; the DE ends the attempt with an error
     Probe          any        benchmarks and transport tests (no meaning to engines)
+
+plus the Mooncake transport's own Alloc / Grant / Data / Abort on its control plane.
 """
 
 from __future__ import annotations
@@ -56,10 +58,47 @@ class Probe(msgspec.Struct, tag=True, frozen=True):
     seq: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
-DataHeader = HitReady | HitLayer | KvLayer | PrefillResult | PrefillFailed | Probe
+KvHeader = HitReady | HitLayer | KvLayer | PrefillResult | PrefillFailed | Probe
+"""What engines send each other (`Transport.send`)."""
 
 Dim = Annotated[int, msgspec.Meta(ge=0, le=2**40)]
 DtypeName = Annotated[str, msgspec.Meta(pattern="^[<>|=]?[iuf][1248]$")]
+Shapes = Annotated[list[Annotated[list[Dim], msgspec.Meta(max_length=_MAX_DIMS)]],
+                   msgspec.Meta(max_length=_MAX_FRAMES)]
+Dtypes = Annotated[list[DtypeName], msgspec.Meta(max_length=_MAX_FRAMES)]
+Bytes = Annotated[int, msgspec.Meta(ge=0, le=2**48)]
+
+
+# The Mooncake transport's own messages on its zmq control plane (transfer.mooncake_transport):
+# the payload goes by one-sided write into a region of the receiver's arena.
+class MooncakeAlloc(msgspec.Struct, tag=True, frozen=True):
+    id: Bytes
+    nbytes: Bytes
+
+
+class MooncakeGrant(msgspec.Struct, tag=True, frozen=True):
+    id: Bytes
+    offset: Annotated[int, msgspec.Meta(ge=-1, le=2**48)]  # -1: no room now
+    session: Address
+    base: Bytes
+
+
+class MooncakeData(msgspec.Struct, tag=True, frozen=True):
+    header: KvHeader
+    traffic_class: Annotated[int, msgspec.Meta(ge=0, le=1)]
+    shapes: Shapes
+    dtypes: Dtypes
+    offsets: Annotated[list[Bytes], msgspec.Meta(max_length=_MAX_FRAMES)]
+    start: Bytes
+    nbytes: Bytes
+
+
+class MooncakeAbort(msgspec.Struct, tag=True, frozen=True):
+    start: Bytes
+    nbytes: Bytes
+
+
+DataHeader = KvHeader | MooncakeAlloc | MooncakeGrant | MooncakeData | MooncakeAbort
 
 
 class DataEnvelope(msgspec.Struct, frozen=True, array_like=True):
@@ -68,6 +107,14 @@ class DataEnvelope(msgspec.Struct, frozen=True, array_like=True):
     sender: Address
     traffic_class: Annotated[int, msgspec.Meta(ge=0, le=1)]  # transfer.nic.TrafficClass
     header: DataHeader
-    shapes: Annotated[list[Annotated[list[Dim], msgspec.Meta(max_length=_MAX_DIMS)]],
-                      msgspec.Meta(max_length=_MAX_FRAMES)]
-    dtypes: Annotated[list[DtypeName], msgspec.Meta(max_length=_MAX_FRAMES)]
+    shapes: Shapes
+    dtypes: Dtypes
+
+
+_KINDS = {HitReady: "hit_ready", HitLayer: "hit_layer", KvLayer: "kv_layer",
+          PrefillResult: "prefill_result", PrefillFailed: "prefill_failed", Probe: "probe"}
+
+
+def kind_of(header: KvHeader) -> str:
+    """The header's short name ("kv_layer", ...): log lines and chaos-drill selectors."""
+    return _KINDS.get(type(header), type(header).__name__)
