@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dualpath.bench import runtime_profile, sim_vs_runtime, storage_bound
+from dualpath.core.errors import UserInputError
 from dualpath.model.presets import preset_config
 from dualpath.sim.model_cost import model_cost_of_config
 
@@ -54,6 +55,13 @@ def test_simulated_half_reads_what_the_warm_store_holds() -> None:
     oracle = sim_vs_runtime.simulate_system("oracle", measured, HW, model, (1, 2))
     assert oracle["jct_s"] < report["jct_s"]
     assert oracle["bytes_read_pe_path"] == oracle["bytes_read_de_path"] == 0
+
+
+def test_netns_testbed_is_refused_not_silently_run_locally() -> None:
+    p = argparse.ArgumentParser()
+    sim_vs_runtime.add_arguments(p)
+    with pytest.raises(UserInputError, match="local"):
+        sim_vs_runtime.run(p.parse_args(["--testbed", "netns"]))
 
 
 @pytest.mark.slow

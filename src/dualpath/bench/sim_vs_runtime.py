@@ -76,6 +76,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from dualpath.sim.model_cost import model_cost_of_config
     from dualpath.workload.metrics import build_report
 
+    if getattr(args, "testbed", "local") != "local":
+        # The flag comes with storage-bound's arguments; the simulated half models the
+        # software-shaped local cluster only.
+        raise UserInputError("sim-vs-runtime runs the local cluster only (--testbed local)")
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     for s in systems:
         if s not in SYSTEM_NAMES:
