@@ -1,10 +1,11 @@
 """Decode attention straight over the paged pool (views of block runs, log-sum-exp merge) gives
 the logits of the former implementation, which gathered every sequence's whole context into a
 padded batch each step, for random block layouts and the same cache contents: in fp32 within
-1e-5 plus 1e-6 of the largest logit. The tiny model's logits reach ~50, where one float32 ulp
-is ~4e-6, and folding query heads onto KV heads sums in another order than the old GQA call:
-over 750 random steps the largest difference was 4.5e-7 of the largest logit; a wrong merge or
-a missing position is off by orders of magnitude more."""
+1e-5 plus 1e-5 of the largest logit. The tiny model's logits reach ~50, where one float32 ulp
+is ~4e-6, and folding query heads onto KV heads sums in another order than the old GQA call;
+the presets' larger attention and residual gains (so outputs depend on context) compound such
+reorderings: the largest difference seen was 1.4e-6 of the largest logit (4.5e-7 before the
+gains); a wrong merge or a missing position is off by orders of magnitude more (O(1))."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from dualpath.model.kv_cache import PagedKVCache
 from dualpath.model.paged_attention import decode_attention
 from dualpath.model.transformer import Transformer
 
-TOL, REL = 1e-5, 1e-6
+TOL, REL = 1e-5, 1e-5
 
 
 @torch.inference_mode()

@@ -48,7 +48,7 @@ def test_bad_http_limits_are_user_errors(argv: tuple[str, str]) -> None:
 
 
 def test_store_cap_in_a_config_file_accepts_units(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from dualpath.runtime.config import ClusterConfig
+    from dualpath.core.config import ClusterConfig
 
     path = tmp_path / "c.toml"
     path.write_text('store_max_bytes = "2GB"\nmax_running_requests = 4\n')

@@ -66,7 +66,8 @@ async def _turn(cluster: LocalCluster, rid: str, prompt: list[int], max_tokens: 
 
 async def _conversations(cluster: LocalCluster, task: dict[str, Any]) -> dict[str, Any]:
     """`chats` concurrent multi-turn chats; each prompt = previous prompt + answer + append.
-    Each chat runs `turns` turns, and more (up to `max_turns`) until `duration_s` passed."""
+    Each chat completes `turns` turns, and more (up to `max_turns`) until `duration_s` passed;
+    a failed turn is tried again a second later (at most `4 * max_turns` attempts)."""
     turns, chats = int(task.get("turns", 3)), int(task.get("chats", 1))
     duration_s, max_turns = float(task.get("duration_s", 0.0)), int(task.get("max_turns", 60))
     until = time.monotonic() + duration_s
@@ -77,15 +78,18 @@ async def _conversations(cluster: LocalCluster, task: dict[str, Any]) -> dict[st
         prompt = [(11 * i + 5 + 3 * c) % 256 for i in range(int(task.get("first_len", 150)))]
         out: list[dict[str, Any]] = []
         tag = task.get("tag", "c")
-        for turn in range(max_turns):
-            if turn >= turns and time.monotonic() >= until:
+        turn = 0  # turns completed; a failed attempt is retried and does not count
+        for attempt in range(4 * max_turns):
+            if turn >= max_turns or (turn >= turns and time.monotonic() >= until):
                 break
-            result = await _turn(cluster, f"{tag}{c}-t{turn}", prompt, max_tokens, timeout_s)
+            result = await _turn(cluster, f"{tag}{c}-t{turn}-a{attempt}", prompt, max_tokens,
+                                 timeout_s)
             out.append(result)
             if result["finish_reason"] not in ("length", "stop"):
                 await asyncio.sleep(1.0)  # like a client: try this turn again in a moment
                 continue
             prompt = prompt + result["tokens"] + [(7 * i + turn + c) % 256 for i in range(40)]
+            turn += 1
             await asyncio.sleep(float(task.get("persist_wait_s", 0.5)))
         return out
 

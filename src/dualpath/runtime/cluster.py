@@ -368,16 +368,7 @@ class LocalCluster(Backend):
 
     def _on_node(self, identity: bytes, msg: ctl.ToScheduler) -> None:
         assert self._control is not None
-        if isinstance(msg, ctl.NodeJoin):
-            reply = self.membership.join(msg, time.monotonic())
-            if isinstance(reply, ctl.NodeWelcome):
-                logger.info("node %d (%s, %d engines, %s) joined", reply.node_id, msg.role,
-                            msg.engines, msg.host)
-            self._control.send(identity, reply)
-        elif isinstance(msg, ctl.NodePing):
-            self._control.send(identity, self.membership.ping(msg, time.monotonic()))
-        else:
-            raise wire.FrameRejected("identity", f"a node sent {type(msg).__name__}")
+        self._control.send(identity, self.membership.on_node_message(msg, time.monotonic()))
 
     async def _engine_loop(self) -> None:
         assert self._watch is not None

@@ -8,12 +8,16 @@ its heartbeat; `silent` lists the engines not heard from within the timeout.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
+from dualpath import wire
 from dualpath.core.config import ClusterConfig
 from dualpath.transfer.curve import NODE, engine_of
 from dualpath.wire import control as ctl
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +52,18 @@ class Membership:
             if engine is not None:
                 return engine in self.engines
             return user == NODE and self.config.accept_nodes
+
+    def on_node_message(self, msg: ctl.ToScheduler, now_s: float) -> ctl.ToNode:
+        """The reply to a node agent's frame: a join or a ping; anything else is refused."""
+        if isinstance(msg, ctl.NodeJoin):
+            reply = self.join(msg, now_s)
+            if isinstance(reply, ctl.NodeWelcome):
+                logger.info("node %d (%s, %d engines, %s) joined", reply.node_id, msg.role,
+                            msg.engines, msg.host)
+            return reply
+        if isinstance(msg, ctl.NodePing):
+            return self.ping(msg, now_s)
+        raise wire.FrameRejected("identity", f"a node sent {type(msg).__name__}")
 
     def join(self, msg: ctl.NodeJoin, now_s: float) -> ctl.NodeWelcome | ctl.NodeRefused:
         if not self.config.accept_nodes:
