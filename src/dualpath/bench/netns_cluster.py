@@ -141,7 +141,7 @@ class NetnsDeployment:
             local_engines=False, accept_nodes=True, nic_shaping="kernel",
             snic_bytes_s=self.layout.snic_bytes_s, cnic_bytes_s=self.layout.cnic_bytes_s,
             decode_kv_bytes=64 << 20, pe_buffer_bytes=64 << 20, de_buffer_bytes=64 << 20,
-            engine_start_timeout_s=300, engine_heartbeat_timeout_s=5.0)
+            engine_start_timeout_s=300, engine_heartbeat_timeout_s=10.0)
         base.update(fields)
         return ClusterConfig(**base)
 

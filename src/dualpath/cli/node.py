@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
                    help="this host's address on the compute network (engines bind here)")
     p.add_argument("--store-path", default=None,
                    help="this host's path of the shared KV store (default: the scheduler's)")
+    p.add_argument("--mooncake-device", default=None, metavar="NAME",
+                   help="this host's RDMA device when the cluster runs --transfer mooncake "
+                        "--mooncake-protocol rdma (default: the scheduler's setting)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.engines <= 64:
         raise UserInputError("--engines must be in [1, 64]")
     agent = NodeAgent(NodeOptions(args.join, args.role, args.engines, args.cluster_secret,
-                                  args.internal_host, args.store_path))
+                                  args.internal_host, args.store_path,
+                                  args.mooncake_device))
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
     print(f"joining {args.join} as a {args.role} node of {args.engines} engine(s) ...",

@@ -83,6 +83,14 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch threads per engine process (default 1)")
     p.add_argument("--kv-cache-bytes", default=None, metavar="SIZE",
                    help="KV pool of each decode engine, e.g. 512MiB (default 1GiB)")
+    p.add_argument("--transfer", choices=["zmq", "mooncake"], default=None,
+                   help="KV transfers between engines: zmq over TCP with CURVE (default) or "
+                        "Mooncake's transfer engine (pip install "
+                        "mooncake-transfer-engine-non-cuda; apt-get install libibverbs1)")
+    p.add_argument("--mooncake-protocol", choices=["tcp", "rdma"], default=None,
+                   help="Mooncake's protocol with --transfer mooncake (default tcp)")
+    p.add_argument("--mooncake-device", default=None, metavar="NAME",
+                   help="RDMA device for --mooncake-protocol rdma, e.g. mlx5_0")
 
 
 def cluster_config(args: argparse.Namespace, **extra: Any) -> Any:
@@ -98,6 +106,9 @@ def cluster_config(args: argparse.Namespace, **extra: Any) -> Any:
         decode_kv_bytes=parse_bytes(args.kv_cache_bytes) if args.kv_cache_bytes else None,
         snic_bytes_s=parse_bandwidth(args.snic_bandwidth) if args.snic_bandwidth else None,
         cnic_bytes_s=parse_bandwidth(args.cnic_bandwidth) if args.cnic_bandwidth else None,
+        transfer=getattr(args, "transfer", None),
+        mooncake_protocol=getattr(args, "mooncake_protocol", None),
+        mooncake_device=getattr(args, "mooncake_device", None),
         store_max_bytes=(parse_bytes(args.store_max_bytes)
                          if getattr(args, "store_max_bytes", None) else None),
     )

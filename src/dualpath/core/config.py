@@ -52,6 +52,15 @@ class ClusterConfig:
     # "kernel": the rates only inform the scheduler (α), the network enforces them (the netns
     # testbed's tc shaping, or real NICs).
     nic_shaping: str = "software"
+    # KV transfers between engines: "zmq" (TCP over the compute network, CURVE-encrypted) or
+    # "mooncake" (Mooncake's transfer engine writes the payload into the receiver's
+    # registered arena; its control messages still go over CURVE-authenticated zmq).
+    transfer: str = "zmq"
+    # Mooncake's protocol ("tcp" anywhere, "rdma" on RDMA NICs), its device (e.g. mlx5_0;
+    # "" lets Mooncake choose) and each engine's receive arena (bytes).
+    mooncake_protocol: str = "tcp"
+    mooncake_device: str = ""
+    mooncake_arena_bytes: int = 256 << 20
     # Synthetic model-execution collective traffic: bytes per prefill token per layer that
     # an expert-parallel all-to-all would move (high-priority CNIC class; 0 = none).
     collective_bytes_per_token: int = 0
@@ -104,6 +113,13 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.nic_shaping not in ("software", "kernel"):
             raise ConfigError(f"nic_shaping must be software or kernel, got {self.nic_shaping!r}")
+        if self.transfer not in ("zmq", "mooncake"):
+            raise ConfigError(f"transfer must be zmq or mooncake, got {self.transfer!r}")
+        if self.mooncake_protocol not in ("tcp", "rdma"):
+            raise ConfigError(f"mooncake_protocol must be tcp or rdma, got "
+                              f"{self.mooncake_protocol!r}")
+        if self.mooncake_arena_bytes < 1 << 20:
+            raise ConfigError("mooncake_arena_bytes must be at least 1 MiB")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.quantization not in ("none", "int8", "int4"):

@@ -38,7 +38,7 @@ from dualpath.kv.block_value import value_bytes
 from dualpath.kv.layout import BlockGeometry
 from dualpath.kv.open_store import open_store, store_options
 from dualpath.model.loader import load_model
-from dualpath.transfer.base import Message
+from dualpath.transfer.base import Message, Transport
 from dualpath.transfer.buffer_pool import BufferPool
 from dualpath.transfer.curve import ClusterKeys, engine_of, make_client
 from dualpath.transfer.nic import EmulatedNic
@@ -80,8 +80,8 @@ class EngineBase:
         keys = ClusterKeys(secret, config.max_engines - 1)
         me = keys.engine(engine_id)
         # Data: only other engines may send here (never a node agent or a stranger).
-        self.transport = ZmqTransport(f"tcp://{config.internal_host}:0", cnic=self.cnic,
-                                      security=DataSecurity(keys, me, _is_engine))
+        self.transport = data_transport(config, self.cnic,
+                                        DataSecurity(keys, me, _is_engine))
         self.sender = DataSender(self.transport, on_failure=self._send_failed,
                                  failed_for_s=config.peer_retry_after_s,
                                  inject_failures=_injected_failures())
@@ -292,6 +292,9 @@ class EngineBase:
             rejected[reason] = rejected.get(reason, 0) + n
         for reason, n in rejected.items():
             counters[f"wire.rejected.{reason}"] = float(n)
+        mooncake_sent = getattr(self.transport, "payload_bytes_sent", None)
+        if mooncake_sent is not None:  # --transfer mooncake
+            counters["transfer.mooncake_bytes_sent"] = float(mooncake_sent)
         counters.update(self.extra_counters())
         self.send_control(ctl.EngineStats(engine_id=self.engine_id, counters=counters))
 
@@ -317,3 +320,17 @@ def _injected_failures() -> dict[str, int]:
         kind, _, count = part.partition("=")
         out[kind] = int(count or 1)
     return out
+
+
+def data_transport(config: ClusterConfig, cnic: EmulatedNic,
+                   security: DataSecurity) -> Transport:
+    """The engine's KV data plane: zmq (default) or Mooncake's transfer engine (`transfer`)."""
+    bind = f"tcp://{config.internal_host}:0"
+    if config.transfer == "mooncake":
+        from dualpath.transfer.mooncake_transport import MooncakeTransport
+
+        return MooncakeTransport(bind, cnic=cnic, protocol=config.mooncake_protocol,
+                                 device_name=config.mooncake_device,
+                                 hostname=config.internal_host,
+                                 arena_bytes=config.mooncake_arena_bytes, security=security)
+    return ZmqTransport(bind, cnic=cnic, security=security)

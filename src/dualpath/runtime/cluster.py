@@ -41,9 +41,8 @@ from dualpath.core.systems import system_spec
 from dualpath.kv.hashing import block_hashes
 from dualpath.kv.layout import BlockGeometry
 from dualpath.kv.open_store import open_store, store_options
-from dualpath.kv.store import KVStore
 from dualpath.runtime.books import BooksConfig, Command, Emit, RequestBooks, RetryAfter, Send
-from dualpath.runtime.cluster_metrics import ClusterMetrics
+from dualpath.runtime.cluster_metrics import ClusterMetrics, stored_bytes
 from dualpath.runtime.control_plane import ControlPlane
 from dualpath.runtime.engine_watch import EngineWatch
 from dualpath.runtime.launcher import EngineProcesses, engine_specs, log_tail
@@ -97,6 +96,7 @@ class LocalCluster(Backend):
         self.supervisor = Supervisor()
         self._streams: dict[str, asyncio.Queue[GenerateEvent]] = {}
         self._wake = asyncio.Event()
+        self._drained_s = time.monotonic()
         self._started = False
         self._run_dir = ""
         self._control: ControlPlane | None = None
@@ -316,6 +316,8 @@ class LocalCluster(Backend):
                     self._on_frames(frames, user)
                 except Exception:
                     logger.exception("handling an internal frame failed")
+            if not await self._control.poll(0):
+                self._drained_s = time.monotonic()  # every frame sent before now was read
 
     def _on_frames(self, frames: list[bytes], user: str | None) -> None:
         """One frame from an engine or a node agent; `user` is who CURVE says sent it."""
@@ -376,7 +378,10 @@ class LocalCluster(Backend):
             self.supervisor.tick("engines")
             await asyncio.sleep(0.25)
             alive = [e.engine_id for e in self.books.ledger.live_engines()]
-            for engine_id in self._watch.dead(alive, time.monotonic()):
+            # Silence is judged up to the last time every queued frame had been read, so a
+            # scheduler that was itself starved of CPU does not declare its engines dead.
+            now = time.monotonic()
+            for engine_id in self._watch.dead(alive, now, min(now, self._drained_s)):
                 self._run(self.books.engine_died(engine_id))
 
     # ---- metrics ---------------------------------------------------------------------------
@@ -385,14 +390,9 @@ class LocalCluster(Backend):
         waiting = self.books.num_waiting
         return self.metrics.snapshot(
             self.books.ledger, num_waiting=waiting, num_running=self.books.num_live - waiting,
-            kv_store_bytes=_stored_bytes(self.store))
+            kv_store_bytes=stored_bytes(self.store))
 
     def counters(self) -> dict[int, dict[str, float]]:
         """Latest raw counters per engine (bytes per path, NIC stats, store stats)."""
         return dict(self.metrics.counters)
 
-
-def _stored_bytes(store: KVStore | None) -> int | None:
-    """Bytes in the store, when the backend can say cheaply (the file store's size ledger)."""
-    sized = getattr(store, "stored_bytes", None)
-    return int(sized()) if callable(sized) else None

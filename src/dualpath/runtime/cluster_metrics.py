@@ -89,3 +89,9 @@ class ClusterMetrics:
             kv_store_evictions_total=evictions,
             engine_restarts_total=self.engine_restarts,
         )
+
+
+def stored_bytes(store: object | None) -> int | None:
+    """Bytes in the store, when the backend can say cheaply (the file store's size ledger)."""
+    sized = getattr(store, "stored_bytes", None)
+    return int(sized()) if callable(sized) else None

@@ -32,10 +32,13 @@ class EngineWatch:
         self._procs.start(spec)
         self.policy.started(spec.engine_id, now_s)
 
-    def dead(self, alive: list[int], now_s: float) -> list[int]:
-        """Engines that died since the last call (each once); restarts the local ones due."""
+    def dead(self, alive: list[int], now_s: float, heard_by_s: float | None = None) -> list[int]:
+        """Engines that died since the last call (each once); restarts the local ones due.
+        Silence is measured at `heard_by_s` (default `now_s`): a time by which every frame
+        the engines sent had been read."""
         died = list(self._procs.poll_dead())
-        for engine_id in self._membership.silent(alive, now_s):
+        for engine_id in self._membership.silent(alive, now_s if heard_by_s is None
+                                                 else heard_by_s):
             if engine_id in died:
                 continue
             logger.error("engine %d has been silent for more than %g s: treating it as dead",

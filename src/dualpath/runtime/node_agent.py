@@ -45,6 +45,7 @@ class NodeOptions:
     secret_path: str
     internal_host: str  # where this node's engines bind their data sockets
     store_path: str | None = None  # this host's path (or URL) of the shared store
+    mooncake_device: str | None = None  # this host's RDMA device (--transfer mooncake)
 
 
 class NodeAgent:
@@ -123,6 +124,8 @@ class NodeAgent:
         changes: dict[str, object] = {"internal_host": self.options.internal_host}
         if self.options.store_path:
             changes["store_path"] = self.options.store_path
+        if self.options.mooncake_device:
+            changes["mooncake_device"] = self.options.mooncake_device
         return dataclasses.replace(config, **changes)  # type: ignore[arg-type]
 
     def _serve(self, welcome: ctl.NodeWelcome) -> None:
@@ -137,6 +140,8 @@ class NodeAgent:
             policy.started(engine_id, time.monotonic())
         last_answer = time.monotonic()
         next_ping = 0.0
+        # As patient as the scheduler is with this node's engines (its heartbeat timeout).
+        silent_s = max(SCHEDULER_SILENT_S, config.engine_heartbeat_timeout_s)
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
@@ -151,9 +156,9 @@ class NodeAgent:
                                        welcome.node_id)
                         return
                     last_answer = time.monotonic()
-                if time.monotonic() - last_answer > SCHEDULER_SILENT_S:
+                if time.monotonic() - last_answer > silent_s:
                     logger.warning("the scheduler has not answered for %g s; joining again",
-                                   SCHEDULER_SILENT_S)
+                                   silent_s)
                     return
                 now = time.monotonic()
                 for engine_id in procs.poll_dead():

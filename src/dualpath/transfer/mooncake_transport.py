@@ -7,7 +7,15 @@ Optional backend, used when `mooncake` is importable. Enable it with
 
 and construct `MooncakeTransport(protocol="rdma", device_name="mlx5_0")` on RDMA hosts
 (`protocol="tcp"` works anywhere and is what the tests use). `mooncake_available()` says
-whether it can be used here.
+whether it can be used here. Engines use it with `dualpath serve --transfer mooncake`.
+
+Security: with `security` the control plane is CURVE (authenticated and encrypted, the
+sender's identity on every message, as with `ZmqTransport`), so only cluster members get
+grants and only their "data" messages deliver a region. The payload itself is Mooncake's: it
+is neither encrypted nor authenticated, and Mooncake's own port accepts writes into registered
+memory from whoever reaches it. On TCP it crosses the compute network in the clear. Use it on
+a compute network only cluster hosts can reach (as RDMA fabrics are), or keep the default zmq
+transport.
 
 How a send works (the same `Transport` interface as `ZmqTransport`):
 
@@ -43,7 +51,7 @@ from dualpath.transfer.arena import ALIGN, Arena
 from dualpath.transfer.base import Buffer, Message, Transport, to_arrays
 from dualpath.transfer.inbox import Inbox
 from dualpath.transfer.nic import Direction, EmulatedNic, TrafficClass
-from dualpath.transfer.zmq_transport import ZmqTransport
+from dualpath.transfer.zmq_transport import DataSecurity, ZmqTransport
 from dualpath.wire import FrameRejected
 from dualpath.wire.data import (
     KvHeader,
@@ -89,6 +97,7 @@ class MooncakeTransport(Transport):
         hostname: str = "127.0.0.1",
         arena_bytes: int = 256 * 1024 * 1024,
         send_timeout_s: float = 10.0,
+        security: DataSecurity | None = None,
     ) -> None:
         _quiet_glog()
         try:
@@ -107,13 +116,14 @@ class MooncakeTransport(Transport):
         self._registered: list[tuple[int, int]] = []
         self._write_lock = threading.Lock()
         self.register(self._arena.buffer)
-        self._control = ZmqTransport(bind, send_timeout_s=send_timeout_s)
+        self._control = ZmqTransport(bind, send_timeout_s=send_timeout_s, security=security)
         self._inbox = Inbox(cnic)
         self._ids = itertools.count()
         self._grants: dict[int, tuple[threading.Event, list[MooncakeGrant]]] = {}
         self._grants_lock = threading.Lock()
         self._stop = threading.Event()
         self._closed = False
+        self.payload_bytes_sent = 0  # bytes Mooncake wrote into peers' arenas
         self._dispatcher = threading.Thread(target=self._dispatch, daemon=True,
                                             name=f"mooncake-ctl {self.address}")
         self._dispatcher.start()
@@ -159,6 +169,7 @@ class MooncakeTransport(Transport):
                 self._cnic.transmit(nbytes, traffic_class, Direction.TX)
             try:
                 self._write(grant, arrays, offsets)
+                self.payload_bytes_sent += nbytes
             except TransferError:
                 self._control.send(dest, MooncakeAbort(grant.offset, total), timeout_s=timeout)
                 raise
@@ -256,7 +267,7 @@ class MooncakeTransport(Transport):
                         waiter[1].append(h)
                         waiter[0].set()
                 elif isinstance(h, MooncakeData):
-                    self._inbox.deliver(self._received(message.sender, h))
+                    self._inbox.deliver(self._received(message.sender, h, message.peer))
                 elif isinstance(h, MooncakeAbort):
                     self._check_region(h.start, h.nbytes)
                     self._arena.free(h.start, h.nbytes)
@@ -273,7 +284,7 @@ class MooncakeTransport(Transport):
             raise FrameRejected("frames", f"region [{start}, {start + nbytes}) is outside the "
                                           f"{self._arena.buffer.nbytes}-byte arena")
 
-    def _received(self, sender: str, h: MooncakeData) -> Message:
+    def _received(self, sender: str, h: MooncakeData, peer: str | None) -> Message:
         start, total = h.start, h.nbytes
         self._check_region(start, total)
         if not len(h.shapes) == len(h.dtypes) == len(h.offsets):
@@ -295,4 +306,4 @@ class MooncakeTransport(Transport):
                 arrays.append(np.zeros(shape, dtype=dt))
         return Message(sender=sender, header=h.header, payload=arrays,
                        traffic_class=TrafficClass(h.traffic_class),
-                       nbytes=sum(a.nbytes for a in arrays))
+                       nbytes=sum(a.nbytes for a in arrays), peer=peer)
