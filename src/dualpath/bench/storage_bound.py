@@ -80,6 +80,16 @@ def build_workload(args: argparse.Namespace) -> tuple[Workload, Workload]:
     return offline_workload(warm), offline_workload(measured)
 
 
+def cluster_config(model: str, store_path: Path) -> Any:
+    """The scenario's cluster (1P2D, one engine per node, NICs unlimited until a run sets
+    them); the online capacity bench (`storage_bound_online`) runs the same one."""
+    from dualpath.core.config import ClusterConfig
+
+    return ClusterConfig(model=model, prefill_nodes=1, decode_nodes=2, engines_per_node=1,
+                         decode_kv_bytes=256 << 20, pe_buffer_bytes=256 << 20,
+                         de_buffer_bytes=256 << 20, store_path=str(store_path))
+
+
 async def _run_cluster(config: Any, workload: Workload) -> tuple[Any, dict[int, dict[str, float]]]:
     from dualpath.bench.cluster_target import ClusterTarget
     from dualpath.bench.driver import run_workload_async
@@ -110,7 +120,6 @@ def _snic_bytes(counters: dict[int, dict[str, float]], engine_nodes: dict[int, i
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from dualpath.core.config import ClusterConfig
     from dualpath.workload.metrics import build_report
 
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -131,9 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     warm_wl, measured_wl = build_workload(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dualpath-storage-bound-"))
     work.mkdir(parents=True, exist_ok=True)
-    base = ClusterConfig(model=args.model, prefill_nodes=1, decode_nodes=2, engines_per_node=1,
-                         decode_kv_bytes=256 << 20, pe_buffer_bytes=256 << 20,
-                         de_buffer_bytes=256 << 20, store_path=str(work / "warm"))
+    base = cluster_config(args.model, work / "warm")
     engine_nodes = {0: 0, 1: 1, 2: 2}
     print(f"warm-up: {args.agents} agents' contexts into {work / 'warm'}", file=sys.stderr)
     shutil.rmtree(work / "warm", ignore_errors=True)

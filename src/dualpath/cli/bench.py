@@ -18,7 +18,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "store": ("dualpath.bench.store_bench", "KV file store throughput vs raw disk; prefill time with store hits"),
     "transfer": ("dualpath.bench.transfer_bench", "engine-to-engine transfer bytes/s vs a raw loopback socket"),
     "scheduler": ("dualpath.bench.scheduler_bench", "scheduler decision cost at 1,152 engines / 10,000 requests"),
-    "storage-bound": ("dualpath.bench.storage_bound", "offline JCT of every --system on a storage-bound local cluster"),
+    "storage-bound": ("dualpath.bench.storage_bound_online", "offline JCT (or --online capacity at SLO) of every --system on a storage-bound local cluster"),
     "frontend": ("dualpath.bench.frontend_bench", "HTTP front-end requests/s and SmolLM2 TTFT/TPOT under load"),
     "sim-validate": ("dualpath.bench.sim_validate", "simulator vs the paper's published numbers"),
     "sim-scale": ("dualpath.bench.sim_scale", "simulator wall time and memory at cluster scale"),
