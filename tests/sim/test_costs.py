@@ -81,3 +81,22 @@ def test_every_preset_loads() -> None:
     assert "hopper-testbed" in names and len(names) >= 2
     for name in names:
         assert load_hardware(name).gpus_per_node > 0
+
+
+def test_decode_step_is_the_roofline_of_the_model_costs() -> None:
+    """`CostModel.decode_member_s` (unrolled for speed) equals the roofline written with
+    `ModelCost.decode_flops` / `decode_kv_read_bytes`, for every preset."""
+    import random
+
+    from dualpath.sim.cost import CostModel
+
+    hw = load_hardware()
+    rng = random.Random(0)
+    for m in MODEL_PRESETS.values():
+        cost = CostModel(m, hw)
+        for _ in range(500):
+            n, ctx, w = rng.randint(1, 300), rng.uniform(0, 200_000), rng.uniform(1e9, 60e9)
+            c = max(1, int(ctx))
+            ref = max(n * m.decode_flops(c) / (cost.peak_flops * hw.decode_mfu),
+                      (w + n * m.decode_kv_read_bytes(c)) / (hw.hbm_bytes_s * hw.decode_mbu))
+            assert cost.decode_member_s(n, ctx, w) == pytest.approx(ref, rel=1e-12)

@@ -39,10 +39,13 @@ def test_every_turn_completes_once_and_every_read_byte_arrives(system: str) -> N
     assert read == pytest.approx(0.0 if system == "oracle" else asked, rel=1e-9, abs=1.0)
     # ... and nothing is left behind: queues, buffers, engine loads are back to empty.
     for n in sim.nodes:
-        assert n.read_q == 0 and not n.read_wait and n.reads_active == 0
+        assert n.read_q == 0 and not n.read_wait and n.reads_active == 0 and not n.room_wait
         assert n.buf_free == pytest.approx(n.buf_total)
     for e in sim.engines:
-        assert (e.seq, e.tok, e.d_n, len(e.ready), e.busy) == (0, 0, 0, 0, False)
+        assert (e.seq, e.tok, e.d_n, len(e.ready), e.batch) == (0, 0, 0, 0, [])
+    assert not any(g.busy or g.working for g in sim.prefill_groups)
+    assert all(g.d_n == 0 and not g.heap for g in sim.decode_groups)
+    assert all(r.room != 1 and r.pe_buf_bytes == 0 and r.de_buf_bytes == 0 for r in done)
     # Turn order inside an agent and the causal order inside a turn.
     by_agent: dict[int, list] = {}
     for r in done:
@@ -158,3 +161,35 @@ def test_simulate_pauses_the_cyclic_gc_and_restores_it() -> None:
         gc.enable()
     simulate(SMALL, _agents(2))
     assert gc.isenabled()
+
+
+def _pd_run(read_path: str, buffer_bytes: float) -> tuple[Simulator, list]:
+    from dualpath.sim.hardware import load_hardware
+
+    hw = replace(load_hardware(None), dram_buffer_bytes=buffer_bytes)
+    sim = Simulator(replace(SMALL, read_path=read_path, timeline_bin_s=None), _agents(24, "64k"), hw)
+    return sim, sim.run()
+
+
+def test_pe_to_de_stream_waits_for_room_in_a_bounded_decode_buffer() -> None:
+    sim, done = _pd_run("pe", 80e9)
+    assert sim.transfer.room_waits == 0
+    de = [e for e in sim.engines if e.role == "decode"]
+    # Every prompt's KV crossed a DE's CNIC twice: the PE's stream in, the copy into HBM.
+    prompt_bytes = sum(r.prompt for r in done) * sim.kvb
+    assert sum(e.rx.bytes_total for e in de) == pytest.approx(2 * prompt_bytes, rel=1e-9)
+    biggest = max(r.prompt for r in done) * sim.kvb
+    small, done_small = _pd_run("pe", 1.2 * biggest)
+    assert len(done_small) == len(done)
+    assert small.transfer.room_waits > 0
+    for n in small.nodes:
+        assert n.buf_min_free >= 0  # never over the bound (no single prompt exceeds it)
+        assert n.buf_free == pytest.approx(n.buf_total)
+    assert max(r.end_s for r in done_small) >= max(r.end_s for r in done)
+
+
+def test_de_path_streams_only_the_miss_back() -> None:
+    sim, done = _pd_run("de", 80e9)
+    de = [e for e in sim.engines if e.role == "decode"]
+    expect = sum(r.miss + r.prompt for r in done) * sim.kvb
+    assert sum(e.rx.bytes_total for e in de) == pytest.approx(expect, rel=1e-9)

@@ -2,7 +2,9 @@
 
 Default: DS 660B 2P4D, 2,048 agents, 64K trace, dualpath (goal: under 60 s on one core).
 `--full`: the paper's largest run, 48P96D (1,152 GPUs) with 48K agents (goal: under 15
-minutes and 8 GB). Runs in this process (one core); RSS is the process's peak. `wall_s`
+minutes and 8 GB). `--replicate K`: scale by instances instead — the layout and the agents
+(the same trajectories, K times over) both K times bigger; the JCT should stay the same
+(`replication.jct_ratio`, goal within 5%). Runs in this process (one core); RSS is the process's peak. `wall_s`
 is the simulation alone (trace generation is `workload_generation_s`); `cpu_s` is the
 process CPU time of the simulation, the fair number on a machine shared with other work.
 """
@@ -13,9 +15,11 @@ import argparse
 import resource
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 from dualpath.bench.report import format_table, machine_info
+from dualpath.core.errors import UserInputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pd", default=None, help="override the layout")
     parser.add_argument("--system", default="dualpath", help="rung (default dualpath)")
     parser.add_argument("--seed", type=int, default=0, help="trace seed")
+    parser.add_argument("--replicate", type=int, default=None, metavar="K",
+                        help="also run K instances with K times the agents and compare JCTs")
 
 
 def _peak_rss_bytes() -> int:
@@ -71,4 +77,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(format_table(["setting", "turns", "wall_s", "cpu_s", "peak_rss_MB", "events/s", "sim JCT s"],
                        [[result["setting"]["pd"] + f" x{agents}", result["turns"], wall, cpu,
                          result["peak_rss_bytes"] / 1e6, result["events_per_s"], r["jct_s"]]]))
+    if args.replicate:
+        k = args.replicate
+        if k < 2:
+            raise UserInputError("--replicate needs K >= 2")
+        big = simulate(replace(cfg, pd=(pd[0] * k, pd[1] * k)), turns * k, progress=True).report
+        result["replication"] = {"k": k, "pd": f"{pd[0] * k}P{pd[1] * k}D", "agents": agents * k,
+                                 "jct_base_s": r["jct_s"], "jct_replicated_s": big["jct_s"],
+                                 "jct_ratio": big["jct_s"] / r["jct_s"]}
+        print(format_table(["instances", "layout", "agents", "sim JCT s", "vs 1 instance"],
+                           [[1, result["setting"]["pd"], agents, r["jct_s"], 1.0],
+                            [k, result["replication"]["pd"], agents * k, big["jct_s"],
+                             result["replication"]["jct_ratio"]]]))
     return result

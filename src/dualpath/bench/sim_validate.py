@@ -84,6 +84,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rat = ratios()
     print(format_table(["model", "16k", "32k", "64k", "paper 16k-64k"],
                        [[m, v["16k"], v["32k"], v["64k"], v.get("paper_16k_64k", "-")] for m, v in rat.items()]))
+    from dualpath.sim.published import compute_check
+
+    check = compute_check()
+    pub = check["published"]
+    print(format_table(["DeepSeek V3 on H800 (day 6)", "published", "simulated"], [
+        *[[f"prefill input tok/s/node, prompt {p}", pub["prefill_input_tok_s_per_node"], v]
+          for p, v in check["sim_prefill_input_tok_s_per_node_by_prompt"].items()],
+        *[[f"decode output tok/s/node at 21 tok/s/user, context {c}",
+           pub["decode_output_tok_s_per_node"], v["output_tok_s_per_node"]]
+          for c, v in check["sim_decode_at_published_user_speed_by_context"].items()],
+    ]))
     jobs = [(s, n, args.max_len, args.pd, args.seed, False) for n in counts for s in SYSTEM_NAMES]
     if not args.no_split:
         jobs += [("dualpath", n, args.max_len, args.pd, args.seed, True) for n in counts]
@@ -109,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "sim-validate",
         "cache_compute_gb_per_pflop": rat,
+        "compute_check": check,
         "setting": {"model": "ds-660b", "max_len": args.max_len, "pd": args.pd, "mode": "offline",
                     "agents": counts, "seed": args.seed},
         "basic_over_dualpath_jct": per_count[str(max(counts))]["basic_over_dualpath_jct"],

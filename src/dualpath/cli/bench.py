@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "frontend": ("dualpath.bench.frontend_bench", "HTTP front-end requests/s and SmolLM2 TTFT/TPOT under load"),
     "sim-validate": ("dualpath.bench.sim_validate", "simulator vs the paper's published numbers"),
     "sim-scale": ("dualpath.bench.sim_scale", "simulator wall time and memory at cluster scale"),
+    "sim-vs-runtime": ("dualpath.bench.sim_vs_runtime", "the storage-bound scenario on the live runtime and in the simulator"),
     "offline": ("dualpath.bench.offline", "offline (RL rollout) workload against a server or the simulator"),
     "online": ("dualpath.bench.online", "online (Poisson agents) workload against a server or the simulator"),
     "isolation": ("dualpath.bench.isolation", "MODEL-class p99 latency idle vs KV-saturated on the netns testbed (root)"),

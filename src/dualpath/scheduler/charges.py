@@ -34,6 +34,10 @@ class ChargePart(enum.Enum):
     DECODE = "decode"
     READ = "read"
 
+    # Members are singletons: identity hashing is exact and, unlike Enum's default (a
+    # Python-level hash of the name), costs nothing in the simulator's hot paths.
+    __hash__ = object.__hash__
+
 
 ALL_PARTS = frozenset(ChargePart)
 
@@ -70,6 +74,14 @@ class Charge:
         return cls(pe_engine, de_engine, pe_node, de_node, req.prefill_load_tokens,
                    req.decode_kv_tokens, plan.pe_tokens, plan.de_tokens)
 
+    @staticmethod
+    def apply_placement(books: LoadBooks, req: RequestInfo, pe_engine: int, de_engine: int,
+                        pe_node: int, de_node: int, plan: ReadPlan) -> None:
+        """`Charge.of(...).apply(books)` without building the object (the scheduler's
+        per-decision scratch charge, thousands of times per call)."""
+        _charge(books, ALL_PARTS, 1, pe_engine, de_engine, pe_node, de_node,
+                req.prefill_load_tokens, req.decode_kv_tokens, plan.pe_tokens, plan.de_tokens)
+
     @property
     def read_tokens(self) -> int:
         return self.pe_read_tokens + self.de_read_tokens
@@ -77,13 +89,30 @@ class Charge:
     def apply(self, books: LoadBooks, parts: frozenset[ChargePart] = ALL_PARTS,
               sign: int = 1) -> None:
         """Charge (`sign` 1) or release (`sign` -1) `parts` of this request's load."""
-        if ChargePart.PREFILL in parts:
-            books.charge_engine(self.pe_engine, sign, sign * self.prefill_tokens, 0)
-        if ChargePart.DECODE in parts:
-            kv = sign * self.decode_kv_tokens
-            books.charge_engine(self.de_engine, sign, kv, kv)
-        if ChargePart.READ in parts:
-            if self.pe_read_tokens:
-                books.charge_node(self.pe_node, sign * self.pe_read_tokens)
-            if self.de_read_tokens:
-                books.charge_node(self.de_node, sign * self.de_read_tokens)
+        _charge(books, parts, sign, self.pe_engine, self.de_engine, self.pe_node, self.de_node,
+                self.prefill_tokens, self.decode_kv_tokens, self.pe_read_tokens, self.de_read_tokens)
+
+    def apply_part(self, books: LoadBooks, part: ChargePart, sign: int = 1) -> None:
+        """Charge or release one part (as `apply` with a single part)."""
+        _charge(books, _SINGLE[part], sign, self.pe_engine, self.de_engine, self.pe_node,
+                self.de_node, self.prefill_tokens, self.decode_kv_tokens, self.pe_read_tokens,
+                self.de_read_tokens)
+
+
+_SINGLE = {p: frozenset({p}) for p in ChargePart}
+
+
+def _charge(books: LoadBooks, parts: frozenset[ChargePart], sign: int, pe_engine: int,
+            de_engine: int, pe_node: int, de_node: int, prefill_tokens: int, decode_kv: int,
+            pe_read: int, de_read: int) -> None:
+    """The rule (module docstring): what each part adds to (or, sign -1, takes from) the books."""
+    if ChargePart.PREFILL in parts:
+        books.charge_engine(pe_engine, sign, sign * prefill_tokens, 0)
+    if ChargePart.DECODE in parts:
+        kv = sign * decode_kv
+        books.charge_engine(de_engine, sign, kv, kv)
+    if ChargePart.READ in parts:
+        if pe_read:
+            books.charge_node(pe_node, sign * pe_read)
+        if de_read:
+            books.charge_node(de_node, sign * de_read)

@@ -9,6 +9,8 @@ the copy is thrown away at the end of the call, so the caller's view stays the t
 
 from __future__ import annotations
 
+from itertools import zip_longest
+
 from dualpath.scheduler.charges import Charge
 from dualpath.scheduler.types import ClusterView, ReadPlan, RequestInfo
 
@@ -49,7 +51,7 @@ class VirtualCluster:
     def commit(self, req: RequestInfo, pe: int, de: int, read: ReadPlan, pe_read_node: int,
                de_read_node: int) -> None:
         """Charge one placed request (`charges.Charge`, by engine / node position)."""
-        Charge.of(req, pe, de, pe_read_node, de_read_node, read).apply(self)
+        Charge.apply_placement(self, req, pe, de, pe_read_node, de_read_node, read)
 
     def charge_engine(self, engine: int, seq: int, tok: int, kv: int) -> None:
         self.seq[engine] += seq
@@ -67,30 +69,26 @@ class VirtualCluster:
         last request before this call), so equal candidates take turns across calls and
         across nodes instead of the lowest id always winning.
         """
-        by_node: dict[int, list[int]] = {}
-        for e in engines:
-            by_node.setdefault(self.engine_node[e], []).append(e)
-        groups = list(by_node.values())
-        order = [g[k] for k in range(max((len(g) for g in groups), default=0))
-                 for g in groups if k < len(g)]
-        return _rotated_ranks(order, [self.engine_ids[e] for e in order], after_engine_id,
-                              len(self.engine_ids))
+        wanted = set(engines)
+        lists = [[e for e in members if e in wanted] for members in self.node_members]
+        order = [e for tier in zip_longest(*(m for m in lists if m)) for e in tier if e is not None]
+        return _rotated_ranks(order, self.engine_ids, after_engine_id, len(self.engine_ids))
 
     def node_ranks(self, nodes: list[int], after_node_id: int | None) -> list[int]:
         """Tie-break rank of each node position in `nodes`, starting after `after_node_id`."""
-        return _rotated_ranks(nodes, [self.node_ids[n] for n in nodes], after_node_id,
-                              len(self.node_ids))
+        return _rotated_ranks(nodes, self.node_ids, after_node_id, len(self.node_ids))
 
 
 def _rotated_ranks(order: list[int], ids: list[int], after_id: int | None, size: int) -> list[int]:
+    """ranks[i] for i in `order` (indices): position in `order` rotated to start just after
+    the index whose id (`ids[index]`) is `after_id` (no rotation when it is not there)."""
     start = 0
     if after_id is not None:
-        for pos, i in enumerate(ids):
-            if i == after_id:
+        for pos, index in enumerate(order):
+            if ids[index] == after_id:
                 start = pos + 1
                 break
-    n = len(order)
     ranks = [0] * size
-    for pos, index in enumerate(order):
-        ranks[index] = (pos - start) % n
+    for pos, index in enumerate(order[start:] + order[:start]):
+        ranks[index] = pos
     return ranks

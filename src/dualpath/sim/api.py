@@ -14,6 +14,7 @@ from typing import Any
 
 from dualpath.sim.config import SimConfig, parse_pd
 from dualpath.sim.hardware import HardwareSpec, load_hardware
+from dualpath.sim.model_cost import ModelCost
 from dualpath.sim.report import sim_report, ttft_breakdown, turn_records
 from dualpath.sim.simulator import Simulator
 from dualpath.workload.metrics import TurnRecord
@@ -22,7 +23,9 @@ from dualpath.workload.metrics import TurnRecord
 DEFAULT_PD: dict[str, tuple[int, int]] = {"ds-660b": (2, 4), "qwen-32b": (1, 2), "ds-27b": (1, 1)}
 DEFAULT_MODEL = "ds-660b"
 
-AgentTurns = tuple[float, list[tuple[int, int]]]
+# (arrival_s, [(append, gen), ...]) or, when the first append's content is named by hash
+# ids (Mooncake traces), (arrival_s, turns, (hash_ids, tokens per hash id)).
+AgentTurns = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -35,24 +38,32 @@ class SimRun:
 
 
 def agents_from_workload(workload: Any) -> tuple[list[AgentTurns], list[int]]:
-    """(arrival_s, [(append, gen), ...]) per agent of a `dualpath.workload.Workload`."""
+    """`AgentTurns` per agent of a `dualpath.workload.Workload` (with its hash ids, if any,
+    so shared prefixes hit in the simulator as they do in the HTTP target)."""
     agents: list[AgentTurns] = []
     ids: list[int] = []
     for a in workload.agents:
-        agents.append((float(a.arrival_s), [(t.append_tokens, t.gen_tokens) for t in a.trajectory.turns]))
+        traj = a.trajectory
+        turns = [(t.append_tokens, t.gen_tokens) for t in traj.turns]
+        if traj.prefix_hash_ids:
+            agents.append((float(a.arrival_s), turns, (tuple(traj.prefix_hash_ids), traj.hash_block_tokens)))
+        else:
+            agents.append((float(a.arrival_s), turns))
         ids.append(int(a.agent_id))
     return agents, ids
 
 
 def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int] | None = None,
-             hardware: HardwareSpec | None = None, progress: bool = False) -> SimRun:
+             hardware: HardwareSpec | None = None, progress: bool = False,
+             model: ModelCost | None = None) -> SimRun:
     """Run one configuration on the given agents; deterministic for a given input.
 
     progress: a bar of finished turns on stderr (only when stderr is a terminal).
+    model: a cost preset outside `MODEL_PRESETS` (None: `config.model`'s).
     """
     with no_cyclic_gc(), _progress_bar(progress, config.system) as bar:
         t0 = time.perf_counter()
-        sim = Simulator(config, agents, hardware)
+        sim = Simulator(config, agents, hardware, model)
         sim.run(progress=bar)
         wall = time.perf_counter() - t0
         breakdown = ttft_breakdown(sim.finished)

@@ -34,6 +34,10 @@ class SimConfig:
     from the hardware and model cost, the default) of α, β and the KV room of each decode
     engine in tokens, so a run can be set up exactly like a measured runtime cluster (the
     runtime-vs-simulator agreement test uses them).
+    ep_group_gpus: (prefill, decode) GPUs per expert-parallel group, overriding the model
+    preset's deployment unit (None: the preset's). prefill_batch_requests: at most this many
+    requests per prefill forward (None: as many as the compute quota admits; 1 models an
+    engine that runs a batch's requests one after another, as our runtime's PE does).
     """
 
     model: str = "ds-660b"
@@ -55,6 +59,8 @@ class SimConfig:
     alpha_tokens: int | None = None
     beta_tokens: int | None = None
     de_kv_capacity_tokens: int | None = None
+    ep_group_gpus: tuple[int, int] | None = None
+    prefill_batch_requests: int | None = None
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEM_NAMES:
@@ -71,6 +77,10 @@ class SimConfig:
             raise UserInputError(f"--sched-interval must be >= 0 seconds, got {self.sched_interval_s}")
         if self.read_slots_per_node < 1 or self.block_tokens < 1:
             raise UserInputError("read_slots_per_node and block_tokens must be >= 1")
+        if self.prefill_batch_requests is not None and self.prefill_batch_requests < 1:
+            raise UserInputError("prefill_batch_requests must be >= 1 (or None)")
+        if self.ep_group_gpus is not None and min(self.ep_group_gpus) < 1:
+            raise UserInputError(f"ep_group_gpus must be >= 1 GPU per role, got {self.ep_group_gpus}")
         for name in ("alpha_tokens", "beta_tokens", "de_kv_capacity_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -1,11 +1,19 @@
-"""Roofline times: a model preset on a hardware preset, for one engine (GPU).
+"""Roofline times: a model preset on a hardware preset, for one engine (GPU) of an EP group.
 
-prefill batch time = max(FLOPs / (peak x prefill_mfu), weight bytes / HBM bandwidth)
-                     + prefill_batch_overhead_s
-decode step time   = max(FLOPs / (peak x decode_mfu), (weights + KV read) / (HBM x decode_mbu))
-                     + decode_step_overhead_s
-The efficiency constants and overheads are the hardware preset's (each with its source).
-Expert/data parallel layouts (`ModelCost.parallelism`) decide the weight bytes per GPU.
+prefill member time = max(FLOPs / (peak x prefill_mfu), weight bytes / HBM bandwidth)
+decode member time  = max(FLOPs / (peak x decode_mfu), (weights + KV read) / (HBM x decode_mbu))
+A forward of an expert-parallel group is lockstep (`sim.prefill`, `sim.decode`): it takes the
+slowest member's time plus the fixed per-forward overhead (`prefill_batch_overhead_s`,
+`decode_step_overhead_s`). The efficiency constants and overheads are the hardware preset's
+(each with its source). A hardware file may instead carry a profiled engine (measured
+per-token costs, `HardwareSpec.profiled_prefill` / `profiled_decode`), which then replaces
+the roofline: a prefill forward costs Σ (context x `prefill_context_token_s` + new x
+`prefill_new_token_s`) and a decode step batch x `decode_seq_s` + Σ context x
+`decode_context_token_s` (plus the same overheads).
+
+Weights per GPU follow the EP group, not the cluster: routed experts are sharded over the
+`ModelCost.prefill_ep_gpus` / `decode_ep_gpus` GPUs of one group (an instance), so a bigger
+cluster is more instances with the same per-GPU weights, KV room and step time.
 """
 
 from __future__ import annotations
@@ -26,21 +34,14 @@ EP_BYTES_PER_ELEMENT = 1 + 2
 class CostModel:
     model: ModelCost
     hw: HardwareSpec
-    num_pe_gpus: int
-    num_de_gpus: int
-    num_pe_nodes: int
 
     @cached_property
     def peak_flops(self) -> float:
         return self.hw.flops(self.model.compute_dtype)
 
-    @cached_property
-    def pe_weight_bytes(self) -> float:
-        return self.model.weight_bytes_per_gpu(self.num_pe_gpus)
-
-    @cached_property
-    def de_weight_bytes(self) -> float:
-        return self.model.weight_bytes_per_gpu(self.num_de_gpus)
+    def weight_bytes(self, ep_gpus: int) -> float:
+        """HBM one GPU's weights take in an EP group of `ep_gpus` GPUs."""
+        return self.model.weight_bytes_per_gpu(ep_gpus)
 
     def kv_hbm_bytes(self, weight_bytes: float) -> float:
         """HBM left for KV after weights and the activation reserve (at least 1 GB)."""
@@ -49,38 +50,83 @@ class CostModel:
 
     # -- prefill ---------------------------------------------------------------------------
     def attention_time_s(self, context_tokens: int, new_tokens: int) -> float:
-        """Predicted attention time (the batch-formation quota's unit, DESIGN.md 3)."""
-        return self.model.attention_flops(context_tokens, new_tokens) / (self.peak_flops * self.hw.prefill_mfu)
+        """Predicted attention time (the batch-formation quota's unit, DESIGN.md 3); a
+        profiled engine predicts its whole chunk time."""
+        hw = self.hw
+        if hw.profiled_prefill:
+            return context_tokens * hw.prefill_context_token_s + new_tokens * hw.prefill_new_token_s
+        return self.model.attention_flops(context_tokens, new_tokens) / (self.peak_flops * hw.prefill_mfu)
 
-    def prefill_time_s(self, flops: float) -> float:
-        compute = flops / (self.peak_flops * self.hw.prefill_mfu)
-        weights = self.pe_weight_bytes / self.hw.hbm_bytes_s
-        return max(compute, weights) + self.hw.prefill_batch_overhead_s
+    def prefill_member_s(self, flops: float, weight_bytes: float, context_tokens: int = 0,
+                         new_tokens: int = 0) -> float:
+        """One member's share of a group forward (no fixed overhead): its batch's FLOPs
+        (roofline), or its chunks' context and new tokens summed (a profiled engine)."""
+        hw = self.hw
+        if hw.profiled_prefill:
+            return context_tokens * hw.prefill_context_token_s + new_tokens * hw.prefill_new_token_s
+        compute = flops / (self.peak_flops * hw.prefill_mfu)
+        weights = weight_bytes / self.hw.hbm_bytes_s
+        return compute if compute > weights else weights
 
-    def prefill_tokens_per_s(self, context_tokens: int, new_tokens: int) -> float:
+    def prefill_time_s(self, flops: float, weight_bytes: float, context_tokens: int = 0,
+                       new_tokens: int = 0) -> float:
+        """A forward of one (balanced) member's batch, with the per-forward overhead."""
+        return (self.prefill_member_s(flops, weight_bytes, context_tokens, new_tokens)
+                + self.hw.prefill_batch_overhead_s)
+
+    def prefill_tokens_per_s(self, context_tokens: int, new_tokens: int, weight_bytes: float) -> float:
         """Prompt tokens (hit + miss) one PE processes per second for such requests (β)."""
-        t = self.prefill_time_s(self.model.prefill_flops(context_tokens, new_tokens))
+        t = self.prefill_time_s(self.model.prefill_flops(context_tokens, new_tokens), weight_bytes,
+                                context_tokens, new_tokens)
         return (context_tokens + new_tokens) / t
 
-    @cached_property
-    def ep_bytes_per_token(self) -> float:
-        """CNIC bytes one prefill token's expert all-to-all puts on its GPU's NIC."""
+    def ep_bytes_per_token(self, group_nodes: int) -> float:
+        """CNIC bytes one prefill token's expert all-to-all puts on its GPU's NIC, in an EP
+        group spanning `group_nodes` nodes (only the other nodes' share crosses the CNIC)."""
         m = self.model
-        if m.parallelism != "ep" or not m.num_routed_experts or self.num_pe_nodes <= 1:
+        if m.parallelism != "ep" or not m.num_routed_experts or group_nodes <= 1:
             return 0.0
-        n = self.num_pe_nodes
+        n = group_nodes
         remote = min(MAX_ROUTED_NODES, n) * (n - 1) / n
         moe_layers = m.num_layers - m.num_dense_layers
         return remote * m.hidden_size * EP_BYTES_PER_ELEMENT * moe_layers
 
     # -- decode ----------------------------------------------------------------------------
-    def decode_step_s(self, batch: int, mean_context_tokens: float) -> float:
+    def decode_member_s(self, batch: int, mean_context_tokens: float, weight_bytes: float) -> float:
+        """One member's decode step (no fixed overhead); 0 for an empty batch."""
         if batch <= 0:
             return 0.0
+        hw = self.hw
+        if hw.profiled_decode:
+            return batch * (hw.decode_seq_s + mean_context_tokens * hw.decode_context_token_s)
+        # ModelCost.decode_flops / decode_kv_read_bytes, unrolled (called on every batch change).
+        lin, attn, idx, topk, main_b, idx_b, kvb, f_rate, b_rate = self._decode_terms
+        c = int(mean_context_tokens)
+        if c < 1:
+            c = 1
+        if topk:
+            attended = c + 1 if c + 1 < topk else topk
+            per_flops = lin + attended * attn + (c + 1) * idx
+            per_bytes = (c if c < topk else topk) * main_b + c * idx_b
+        else:
+            per_flops = lin + (c + 1) * attn
+            per_bytes = c * kvb
+        a = batch * per_flops / f_rate
+        b = (weight_bytes + batch * per_bytes) / b_rate
+        return a if a > b else b
+
+    @cached_property
+    def _decode_terms(self) -> tuple[float, float, float, int, float, float, float, float, float]:
         m = self.model
-        ctx = max(1, int(mean_context_tokens))
-        flops = batch * m.decode_flops(ctx)
-        bytes_read = self.de_weight_bytes + batch * m.decode_kv_read_bytes(ctx)
-        t = max(flops / (self.peak_flops * self.hw.decode_mfu),
-                bytes_read / (self.hw.hbm_bytes_s * self.hw.decode_mbu))
-        return t + self.hw.decode_step_overhead_s
+        sparse = m.attention == "mla" and m.index_topk > 0
+        main_b = m.num_layers * (m.kv_lora_rank + m.qk_rope_head_dim) * m.kv_dtype_bytes
+        idx_b = m.num_layers * m.index_head_dim * m.kv_dtype_bytes
+        return (m.linear_flops_per_token, m.attn_flops_per_pair, m.indexer_flops_per_pair,
+                m.index_topk if sparse else 0, float(main_b), float(idx_b), float(m.kv_bytes_per_token),
+                self.peak_flops * self.hw.decode_mfu, self.hw.hbm_bytes_s * self.hw.decode_mbu)
+
+    def decode_step_s(self, batch: int, mean_context_tokens: float, weight_bytes: float) -> float:
+        """A decode step of one (balanced) member, with the per-step overhead."""
+        if batch <= 0:
+            return 0.0
+        return self.decode_member_s(batch, mean_context_tokens, weight_bytes) + self.hw.decode_step_overhead_s

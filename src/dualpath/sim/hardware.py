@@ -16,6 +16,8 @@ from typing import Any
 from dualpath.core.errors import ConfigError
 
 DEFAULT_HARDWARE = "hopper-testbed"
+PROFILE_FIELDS = ("prefill_context_token_s", "prefill_new_token_s", "decode_seq_s",
+                  "decode_context_token_s", "turn_gap_s")
 
 
 @dataclass(frozen=True)
@@ -43,17 +45,40 @@ class HardwareSpec:
     decode_step_overhead_s: float
     hbm_reserve_fraction: float
     dram_buffer_bytes_by_model: tuple[tuple[str, float], ...] = field(default=())
+    # A profiled engine instead of the roofline (`CostModel`): measured per-token costs of
+    # one engine on one machine (e.g. our PyTorch runtime on CPU). 0 = not profiled.
+    # prefill forward of chunks (c context, n new tokens): overhead + Σ (c x ctx + n x new).
+    prefill_context_token_s: float = 0.0
+    prefill_new_token_s: float = 0.0
+    # decode step: overhead + batch x seq + Σ context x ctx-token.
+    decode_seq_s: float = 0.0
+    decode_context_token_s: float = 0.0
+    # Time between a turn's last token and the agent's next turn reaching the scheduler
+    # (client and front-end work: building and hashing the next prompt); 0 = none.
+    turn_gap_s: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, int | float) and not isinstance(v, bool) and v <= 0 and f.name not in (
-                "prefill_batch_overhead_s", "decode_step_overhead_s", "hbm_reserve_fraction"
+                "prefill_batch_overhead_s", "decode_step_overhead_s", "hbm_reserve_fraction",
+                *PROFILE_FIELDS,
             ):
                 raise ConfigError(f"hardware {self.name!r}: {f.name} must be positive, got {v}")
         for name in ("nic_efficiency", "prefill_mfu", "decode_mbu", "decode_mfu", "cnic_hi_weight"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"hardware {self.name!r}: {name} must be in (0, 1]")
+        for name in PROFILE_FIELDS:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"hardware {self.name!r}: {name} must be >= 0")
+
+    @property
+    def profiled_prefill(self) -> bool:
+        return self.prefill_new_token_s > 0
+
+    @property
+    def profiled_decode(self) -> bool:
+        return self.decode_seq_s > 0 or self.decode_context_token_s > 0
 
     @property
     def snic_goodput_bytes_s(self) -> float:
@@ -82,7 +107,7 @@ def _from_dict(raw: dict[str, Any], base: dict[str, Any] | None = None) -> Hardw
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"hardware file: unknown field(s) {', '.join(unknown)}")
-    missing = sorted(known - set(data) - {"dram_buffer_bytes_by_model"})
+    missing = sorted(known - set(data) - {"dram_buffer_bytes_by_model", *PROFILE_FIELDS})
     if missing:
         raise ConfigError(f"hardware file: missing field(s) {', '.join(missing)}")
     by_model = data.get("dram_buffer_bytes_by_model", {})
@@ -91,6 +116,13 @@ def _from_dict(raw: dict[str, Any], base: dict[str, Any] | None = None) -> Hardw
         return HardwareSpec(**data)
     except TypeError as exc:
         raise ConfigError(f"hardware file: {exc}") from None
+
+
+def hardware_from_dict(raw: dict[str, Any]) -> HardwareSpec:
+    """A hardware object from a file's JSON object; missing fields come from the testbed."""
+    data = dict(raw)
+    data.setdefault("name", "custom")
+    return _from_dict(data, _preset_dict(DEFAULT_HARDWARE))
 
 
 def _preset_dict(name: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from dualpath.core.errors import UserInputError
+from dualpath.core.model_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,13 @@ class ModelCost:
     kv_dtype_bytes: int = 1
     weight_dtype_bytes: int = 1
     compute_dtype: str = "fp8"  # which tensor-core peak applies
-    # "ep": attention data-parallel, experts sharded over all GPUs of a role (DeepSeek);
-    # "dp": every GPU holds the whole model (Qwen 32B).
+    # "ep": attention data-parallel, routed experts sharded over the GPUs of one expert-
+    # parallel group (DeepSeek); "dp": every GPU holds the whole model (Qwen 32B).
     parallelism: str = "ep"
+    # GPUs per expert-parallel group (the deployment unit whose forwards run in lockstep),
+    # per role; 1 under "dp". A cluster is a number of such groups (instances).
+    prefill_ep_gpus: int = 1
+    decode_ep_gpus: int = 1
 
     # -- parameters --------------------------------------------------------------------
     @cached_property
@@ -113,13 +118,14 @@ class ModelCost:
     def total_params(self) -> int:
         return self.num_layers * self.attention_params_per_layer + self._ffn[1] + 2 * self.vocab_size * self.hidden_size
 
-    def weight_bytes_per_gpu(self, num_gpus_in_role: int) -> float:
-        """HBM taken by weights on one GPU: experts sharded over the role's GPUs under EP."""
+    def weight_bytes_per_gpu(self, ep_gpus: int) -> float:
+        """HBM taken by weights on one GPU: routed experts sharded over its EP group's
+        `ep_gpus` GPUs (everything else replicated)."""
         total = self.total_params * self.weight_dtype_bytes
         if self.parallelism != "ep" or not self.num_routed_experts:
             return float(total)
         routed = self._ffn[2] * self.weight_dtype_bytes
-        return float(total - routed + routed / max(1, num_gpus_in_role))
+        return float(total - routed + routed / max(1, ep_gpus))
 
     # -- FLOPs -------------------------------------------------------------------------
     @cached_property
@@ -189,6 +195,10 @@ DS_660B = ModelCost(
     intermediate_size=18432, num_dense_layers=3, num_routed_experts=256, num_active_experts=8,
     num_shared_experts=1, moe_intermediate_size=2048, kv_dtype_bytes=1, weight_dtype_bytes=1,
     compute_dtype="fp8", parallelism="ep",
+    # The paper's DS 660B deployment unit is 2P4D (DESIGN.md section 4: EP + DP attention on
+    # nodes of 8 GPUs): one EP group of 2 prefill nodes and one of 4 decode nodes; its scale
+    # experiment (48P96D) is 24 such instances.
+    prefill_ep_gpus=16, decode_ep_gpus=32,
 )
 # DESIGN.md section 4 ("DS 27B"); MLA dims as V3.2 (not stated there: an assumption).
 DS_27B = ModelCost(
@@ -198,6 +208,8 @@ DS_27B = ModelCost(
     num_dense_layers=1, num_routed_experts=72, num_active_experts=6, num_shared_experts=2,
     moe_intermediate_size=1536, kv_dtype_bytes=1, weight_dtype_bytes=1, compute_dtype="fp8",
     parallelism="ep",
+    # DESIGN.md section 4: DS 27B runs 1P1D, so one EP group is one node of 8 GPUs per role.
+    prefill_ep_gpus=8, decode_ep_gpus=8,
 )
 # Qwen/Qwen2.5-32B config.json; BF16 weights, FP16 KV (DESIGN.md section 1).
 QWEN_32B = ModelCost(
@@ -216,3 +228,15 @@ def model_cost(name: str) -> ModelCost:
         raise UserInputError(
             f"unknown model preset {name!r}; choose one of: {', '.join(MODEL_PRESETS)}"
         ) from None
+
+
+def model_cost_of_config(config: ModelConfig) -> ModelCost:
+    """The cost preset of a runtime model (`dualpath.core.model_config.ModelConfig`: a dense
+    Llama / Qwen2 decoder with GQA), so the simulator can model our own runtime cluster."""
+    return ModelCost(
+        name=config.name, num_layers=config.num_layers, hidden_size=config.hidden_size,
+        num_heads=config.num_heads, vocab_size=config.vocab_size, attention="gqa",
+        head_dim=config.head_dim, num_kv_heads=config.num_kv_heads,
+        intermediate_size=config.intermediate_size, kv_dtype_bytes=config.kv_dtype_bytes,
+        weight_dtype_bytes=config.kv_dtype_bytes, compute_dtype="bf16", parallelism="dp",
+    )

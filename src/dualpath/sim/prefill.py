@@ -1,39 +1,82 @@
-"""Prefill-engine handlers of the simulator (a mixin of `Simulator`).
+"""Prefill engines: lockstep forwards of an expert-parallel group.
 
-Layerwise prefill (DESIGN.md 2): the batch's prefix KV streams into the GPU over its CNIC
-while it computes, so the batch takes max(compute, KV-in transfer); its KV leaves for the
-decode engines at the same time. Non-layerwise (`basic`): the prefixes are loaded whole into
-HBM first (the batch is also bounded by the HBM left for KV), then computed, then sent.
-`oracle`: no I/O cost at all.
+Attention runs data-parallel and the MoE layers expert-parallel (DESIGN.md 3-4), so the
+engines of one EP group (`PrefillGroup`) run their forwards together: when a forward starts,
+every member with ready turns forms its own batch from its FIFO queue with the compute quota
+(300 ms of predicted attention; the scheduler's `form_prefill_batch`), and every layer waits
+for the slowest member's attention (the all-to-all synchronises them), so the forward takes
+the slowest member's time plus the per-forward overhead. A member that becomes ready while a
+forward runs waits for the next one; an idle group starts its forward at the current
+instant, after every turn that became ready at that instant (e.g. placed by the same
+scheduler call) has joined its queue.
+
+Layerwise prefill: each member's prefix KV streams into its GPU over its CNIC's low-priority
+class while it computes, so the forward ends when the slowest member's compute and every
+member's KV-in stream are done (a stream late for layer l holds every member at layer l);
+each chunk's KV leaves for its decode engine at the same time (`transfer`). Non-layerwise
+(`basic`): every member loads its batch's prefixes whole into HBM first (the batch is also
+bounded by the HBM left for KV), the group computes once all loads are done, then sends.
+`oracle`: no I/O cost. The expert all-to-all of each forward uses the high-priority class.
 """
 
 from __future__ import annotations
 
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dualpath.scheduler.charges import ChargePart
 from dualpath.sim.batching import form_batch
-from dualpath.sim.link import LO
-from dualpath.sim.state import Engine, SimRequest
+from dualpath.sim.link import HI, LO
+from dualpath.sim.state import Engine, PrefillGroup, SimRequest
 
-PREFILL_PART = frozenset({ChargePart.PREFILL})
+if TYPE_CHECKING:
+    from dualpath.sim.simulator import Simulator
+
+PREFILL = ChargePart.PREFILL
 
 # Entries of a PE's ready queue that batch formation looks at (a 300 ms quota never holds
 # more than a few dozen turns; the bound keeps formation O(1) per batch).
 BATCH_LOOKAHEAD = 32
-K_BATCH_IN = 0
+# Flow tokens on CNIC links: (kind, object); the simulator routes completions by kind.
+K_BATCH_IN, K_COLLECTIVE = 0, 3
 
 
-class PrefillMixin:
-    """Needs from the host: cfg, cost, model, kvb, layerwise, free_io, quota_s, loop."""
+class PrefillStage:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.cost = sim.cost
+        self.model = sim.model
+        self.kvb = sim.kvb
+        self.layerwise = sim.layerwise
+        self.free_io = sim.free_io
+        self.quota_s = sim.quota_s
+        self.overhead_s = sim.hw.prefill_batch_overhead_s
+        # SimConfig.prefill_batch_requests: an engine that runs a batch's requests one after
+        # another (our runtime's PE) is a forward per request.
+        limit = sim.cfg.prefill_batch_requests
+        self.lookahead = BATCH_LOOKAHEAD if limit is None else min(BATCH_LOOKAHEAD, limit)
 
-    def _start_batch(self: Any, now: float, pe: Engine) -> Any:
-        if pe.busy or not pe.ready:
+    def ready(self, now: float, req: SimRequest) -> Any:
+        """`req`'s prefix is in a buffer: queue it at its PE; start a forward if idle."""
+        pe = req.pe
+        pe.ready.append(req)
+        group = pe.group
+        if group.busy or group.start_pending:
             return None
+        group.start_pending = True
+        return ((now, self._start_now, group),)
+
+    def _start_now(self, now: float, g: PrefillGroup) -> Any:
+        g.start_pending = False
+        if g.busy:
+            return None
+        return self._start(now, g)
+
+    def _form(self, pe: Engine) -> tuple[float, int, int]:
+        """Form `pe.batch`; returns (FLOPs, prefix tokens to stream in, new tokens)."""
         ready = pe.ready
         queue = ((r.cached + r.done_new, r.prompt - r.cached - r.done_new, r.cached + r.done_new)
-                 for r in islice(ready, BATCH_LOOKAHEAD))
+                 for r in islice(ready, self.lookahead))
         if self.layerwise or self.free_io:
             kv_limit = pe.kv_hbm_bytes * self.model.num_layers / self.kvb
         else:
@@ -41,8 +84,7 @@ class PrefillMixin:
         chunks = form_batch(queue, self.quota_s, self.cost.attention_time_s, kv_limit)
         batch: list[tuple[SimRequest, int]] = []
         flops = 0.0
-        in_tokens = 0
-        new_tokens = 0
+        in_tokens = new_tokens = 0
         model = self.model
         for c in chunks:
             req = ready[0]
@@ -55,95 +97,96 @@ class PrefillMixin:
                 ready.popleft()
             else:
                 break  # a chunked request stays at the head for the next batch
-        pe.busy = True
-        pe.bstart_s = now
         pe.batch = batch
-        compute_s = self.cost.prefill_time_s(flops)
-        pe.bcompute_s = compute_s
-        if self.free_io:
-            pe.bphase = 2
-            pe.batch_pending = 1
-            return ((now + compute_s, self._batch_part_done, pe),)
-        events: list[Any] = []
-        # Expert all-to-all of this batch on the high-priority class. Modelled on the receive
-        # side only (the KV traffic that competes with it is mostly inbound); the send side's
-        # equal share is counted, not simulated (about 5% of a CNIC for ds-660b).
-        coll = self.cost.ep_bytes_per_token * new_tokens
-        if coll > 0:
-            events.extend(self._hi(pe.rx, now, coll) or ())
-            pe.acct_tx += coll
-        in_bytes = in_tokens * self.kvb
-        if self.layerwise:
-            pe.bphase = 0
-            pe.batch_pending = 1
-            events.append((now + compute_s, self._batch_part_done, pe))
-            if in_bytes > 0:
-                pe.batch_pending += 1
-                events.extend(pe.rx.add(now, in_bytes, (K_BATCH_IN, pe), LO) or ())
-                self._account_in(batch)
-            for req, c in batch:
-                events.extend(self._send_kv(now, pe, req, c) or ())
-        else:
-            pe.bphase = 1
-            pe.batch_pending = 1
-            if in_bytes > 0:
-                events.extend(pe.rx.add(now, in_bytes, (K_BATCH_IN, pe), LO) or ())
-                self._account_in(batch)
-            else:
-                events.append((now, self._batch_part_done, pe))
-        return events
+        return flops, in_tokens, new_tokens
 
-    def _account_in(self: Any, batch: list[tuple[SimRequest, int]]) -> None:
-        """DE-path prefix KV leaves the decode engine's CNIC (the flow is on the PE's)."""
-        for req, _ in batch:
-            if req.side != "pe" and req.de is not None:
-                req.de.acct_tx += (req.cached - self._pe_read_tokens(req)) * self.kvb
-
-    def _pe_read_tokens(self: Any, req: SimRequest) -> int:
-        return int(req.pe_buf_bytes // self.kvb) if self.kvb else 0
-
-    def _send_kv(self: Any, now: float, pe: Engine, req: SimRequest, chunk: int) -> Any:
-        """PD transfer of this chunk's KV (plus, with the first chunk, the PE-read prefix)."""
-        tokens = chunk
-        if req.done_new == 0:
-            tokens += self._pe_read_tokens(req)
-        nbytes = tokens * self.kvb
-        req.pd_pending += 1
-        if req.de is not None:
-            req.de.acct_rx += nbytes
-        # The PE's send queue is FIFO (the only traffic simulated on its CNIC's send side).
-        return ((pe.tx.reserve(now, nbytes), self._pd_part_done, req),)
-
-    def _batch_part_done(self: Any, now: float, pe: Engine) -> Any:
-        pe.batch_pending -= 1
-        if pe.batch_pending > 0:
+    def _start(self, now: float, g: PrefillGroup) -> Any:
+        working: list[Engine] = []
+        slowest = 0.0
+        flows: list[tuple[Engine, float, float]] = []  # (member, KV-in bytes, collective bytes)
+        kvb = self.kvb
+        for m in g.members:
+            if not m.ready:
+                continue
+            flops, in_tokens, new_tokens = self._form(m)
+            working.append(m)
+            t = self.cost.prefill_member_s(flops, g.weight_bytes, in_tokens, new_tokens)
+            if t > slowest:
+                slowest = t
+            flows.append((m, in_tokens * kvb, g.coll_bytes_per_token * new_tokens))
+        if not working:
             return None
-        if pe.bphase == 1:  # non-layerwise: prefix loaded, now compute
-            pe.bphase = 2
-            pe.batch_pending = 1
-            return ((now + pe.bcompute_s, self._batch_part_done, pe),)
+        g.busy = True
+        g.start_s = now
+        g.working = working
+        g.compute_s = slowest + self.overhead_s
+        if self.free_io:
+            g.phase = 2
+            g.pending = 1
+            return ((now + g.compute_s, self.part_done, g),)
         events: list[Any] = []
-        overlapped = pe.bphase == 0
-        for req, c in pe.batch:
-            if not overlapped and not self.free_io:
-                events.extend(self._send_kv(now, pe, req, c) or ())
-            req.done_new += c
-            if req.done_new >= req.prompt - req.cached:
-                req.first_s = now
-                req.prefilled = True
-                req.charge.apply(self, PREFILL_PART, -1)
-                events.extend(self._free_buffer(now, pe.node, req.pe_buf_bytes) or ())
-                if req.pd_pending == 0:
-                    events.extend(self._decode_arrive(now, req) or ())
-        pe.busy = False
-        pe.busy_s += now - pe.bstart_s
-        pe.batch = []
-        events.extend(self._start_batch(now, pe) or ())
-        events.extend(self._want_schedule(now) or ())
+        token = (K_BATCH_IN, g)
+        g.pending = 0
+        for m, in_bytes, coll in flows:
+            if coll > 0:
+                # Modelled on the receive side (the KV traffic that competes with it is
+                # inbound); the send side's equal share is counted, not simulated.
+                events.extend(m.rx.add(now, coll, (K_COLLECTIVE, None), HI) or ())
+                m.acct_tx += coll
+            if in_bytes > 0:
+                g.pending += 1
+                events.extend(m.rx.add(now, in_bytes, token, LO) or ())
+                self._account_in(m)
+        if self.layerwise:
+            g.phase = 0
+            g.pending += 1
+            events.append((now + g.compute_s, self.part_done, g))
+            send = self.sim.transfer.send_chunk
+            for m in working:
+                for req, c in m.batch:
+                    send(now, m, req, c)
+        else:
+            g.phase = 1
+            if g.pending == 0:
+                g.pending = 1
+                events.append((now, self.part_done, g))
         return events
 
-    def _pd_part_done(self: Any, now: float, req: SimRequest) -> Any:
-        req.pd_pending -= 1
-        if req.pd_pending == 0 and req.prefilled:
-            return self._decode_arrive(now, req)
-        return None
+    def _account_in(self, pe: Engine) -> None:
+        """DE-path prefix KV leaves the decode engine's CNIC (the flow is on the PE's)."""
+        kvb = self.kvb
+        for req, _ in pe.batch:
+            if req.side != "pe":
+                req.de.acct_tx += (req.cached - req.pe_read) * kvb
+
+    def part_done(self, now: float, g: PrefillGroup) -> Any:
+        """A KV-in stream or the compute of the group's forward ended."""
+        g.pending -= 1
+        if g.pending > 0:
+            return None
+        if g.phase == 1:  # non-layerwise: every prefix loaded, now compute
+            g.phase = 2
+            g.pending = 1
+            return ((now + g.compute_s, self.part_done, g),)
+        events: list[Any] = []
+        send_after = g.phase == 2 and not self.free_io
+        sim = self.sim
+        transfer = sim.transfer
+        span = now - g.start_s
+        for m in g.working:
+            m.busy_s += span
+            for req, c in m.batch:
+                if send_after:
+                    transfer.send_chunk(now, m, req, c)
+                req.done_new += c
+                if req.done_new >= req.prompt - req.cached:
+                    req.first_s = now
+                    req.prefilled = True
+                    req.charge.apply_part(sim, PREFILL, -1)
+                    events.extend(transfer.prefill_done(now, req) or ())
+            m.batch = []
+        g.busy = False
+        g.working = []
+        events.extend(self._start(now, g) or ())
+        events.extend(sim.want_schedule(now) or ())
+        return events

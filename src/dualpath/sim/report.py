@@ -101,6 +101,8 @@ def sim_report(sim: Simulator, records: list[TurnRecord], *, mode: str, wall_s: 
         "cnic_utilization_mean": _mean(cnic_util),
         "cnic_utilization_max": max(cnic_util) if cnic_util else float("nan"),
         **(breakdown if breakdown is not None else ttft_breakdown(sim.finished)),
+        "pd_room_waits": sim.transfer.room_waits,
+        "dram_buffer_peak_bytes": [round(n.buf_total - n.buf_min_free) for n in nodes],
         "pe_busy_fraction_mean": _mean([e.busy_s / span for e in sim.engines if e.role == "prefill"]),
         "de_busy_fraction_mean": _mean([e.busy_s / span for e in sim.engines if e.role == "decode"]),
         "de_batch_size_mean": _mean([e.d_area / e.busy_s for e in sim.engines

@@ -1,15 +1,16 @@
-"""The cluster simulator: event handlers for scheduling, storage reads and prefill.
+"""The cluster simulator: turns arrive, the shared scheduler places them, stages move them.
 
 A turn's journey (DESIGN.md sections 2-3):
 arrive -> global queue -> `GlobalScheduler.schedule` picks PE, DE and read side ->
-storage read over the chosen node's SNIC into its DRAM buffer (FIFO, `read_slots_per_node`
-at a time, bounded buffer) -> ready at the PE -> PE batch (quota, chunking) whose prefix KV
-streams into the GPU over its CNIC's low-priority class (layerwise: overlapped with compute;
-basic: loaded whole before compute) while expert all-to-all uses the high class -> the
-prompt KV goes PE -> DE over CNICs (the PE's FIFO send queue) -> the DE copies it into HBM
-(its FIFO copy queue) and decodes (see `decode`)
--> the finished turn persists its new full blocks to storage and the agent's next turn
-arrives.
+storage read over the chosen node's SNIC into its DRAM buffer (`reads`) -> ready at the PE ->
+a lockstep forward of the PE's expert-parallel group (`prefill`) whose prefix KV streams into
+the GPU over its CNIC (layerwise: overlapped with compute; basic: loaded whole first) while
+the KV streams on to the decode node's bounded buffer (`transfer`) -> the DE copies it into
+HBM and decodes in lockstep with its group (`decode`) -> the finished turn persists its new
+full blocks and the agent's next turn arrives.
+
+The load books the scheduler sees (seq_e, tok_e, free KV, read_q) change only through the
+shared charge rule (`scheduler.charges.Charge`), applied at placement and released in parts.
 """
 
 from __future__ import annotations
@@ -18,54 +19,51 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dualpath.core.errors import ConfigError
 from dualpath.core.systems import system_spec
 from dualpath.scheduler.charges import ALL_PARTS, Charge, ChargePart, decode_kv_tokens
 from dualpath.scheduler.config import alpha_tokens, beta_tokens, scheduler_config_for_system
 from dualpath.scheduler.global_scheduler import GlobalScheduler
 from dualpath.scheduler.types import ClusterView, EngineState, NodeState, RequestInfo
+from dualpath.sim.cluster import build_cluster
 from dualpath.sim.config import SimConfig
 from dualpath.sim.cost import CostModel
-from dualpath.sim.decode import DecodeMixin
+from dualpath.sim.decode import DecodeStage
 from dualpath.sim.events import EventLoop
 from dualpath.sim.hardware import HardwareSpec, load_hardware
-from dualpath.sim.link import HI, LO, Link
-from dualpath.sim.model_cost import model_cost
-from dualpath.sim.prefill import PrefillMixin
-from dualpath.sim.state import Engine, Node, SimRequest, computed_kv_tokens
+from dualpath.sim.model_cost import ModelCost, model_cost
+from dualpath.sim.prefill import K_BATCH_IN, PrefillStage
+from dualpath.sim.prefix import PrefixStore
+from dualpath.sim.reads import StorageReads
+from dualpath.sim.state import SimRequest, computed_kv_tokens
+from dualpath.sim.transfer import KVTransfer
 
 logger = logging.getLogger(__name__)
 
 NO_READ_PARTS = frozenset({ChargePart.PREFILL, ChargePart.DECODE})
-# Flow tokens on CNIC links: (kind, object).
-K_BATCH_IN, K_COLLECTIVE = 0, 3
+
+# One agent: (arrival_s, [(append_tokens, gen_tokens), ...]) and optionally a third item,
+# (hash_ids, tokens per hash id), naming the first append's content block by block.
+Agent = tuple[Any, ...]
 
 
-class Simulator(PrefillMixin, DecodeMixin):
-    """One run: `Simulator(config, trajectories).run()` -> finished `SimRequest`s."""
+class Simulator:
+    """One run: `Simulator(config, agents).run()` -> finished `SimRequest`s."""
 
-    def __init__(self, config: SimConfig, agents: Sequence[tuple[float, Sequence[tuple[int, int]]]],
-                 hardware: HardwareSpec | None = None) -> None:
-        """agents: (arrival_s, [(append_tokens, gen_tokens), ...]) per agent."""
+    def __init__(self, config: SimConfig, agents: Sequence[Agent],
+                 hardware: HardwareSpec | None = None, model: ModelCost | None = None) -> None:
+        """model: a cost preset not in `MODEL_PRESETS` (e.g. one built from a runtime model's
+        config); None = `model_cost(config.model)`."""
         self.cfg = config
         self.spec = system_spec(config.system)
         self.free_io = self.spec.free_io
         self.layerwise = self.spec.layerwise
         self.hw = hardware if hardware is not None else load_hardware(config.hardware)
-        self.model = model_cost(config.model)
+        self.model = model if model is not None else model_cost(config.model)
         self.kvb = self.model.kv_bytes_per_token
-        p_nodes, d_nodes = config.pd
-        g = self.hw.gpus_per_node
-        self.cost = CostModel(self.model, self.hw, p_nodes * g, d_nodes * g, p_nodes)
-        usable = self.hw.hbm_bytes * (1.0 - self.hw.hbm_reserve_fraction)
-        for role, w in (("prefill", self.cost.pe_weight_bytes), ("decode", self.cost.de_weight_bytes)):
-            if w >= usable:
-                raise ConfigError(
-                    f"{self.model.name} does not fit: {w / 1e9:.1f} GB of weights per {role} GPU "
-                    f"(HBM {usable / 1e9:.1f} GB usable); use more nodes (--pd)"
-                )
-        self.arrivals = [float(a) for a, _ in agents]
-        self.turns = [list(t) for _, t in agents]
+        self.cost = CostModel(self.model, self.hw)
+        self.arrivals = [float(a[0]) for a in agents]
+        self.turns = [list(a[1]) for a in agents]
+        self.prefixes = PrefixStore.for_agents(agents, config.block_tokens)
         self.loop = EventLoop()
         self.finished: list[SimRequest] = []
         self.decisions: list[tuple[Any, ...]] = []
@@ -76,44 +74,23 @@ class Simulator(PrefillMixin, DecodeMixin):
         self._sched_pending = False
         self._last_sched_s = -1e18
         self.waiting: dict[int, SimRequest] = {}
-        self._build_cluster(p_nodes, d_nodes)
+        self.waiting_info: dict[int, RequestInfo] = {}  # the same turns, as the scheduler sees them
+        self.reads = StorageReads(self)
+        self.transfer = KVTransfer(self)
+        self.decode = DecodeStage(self)
+        cluster = build_cluster(config, self.hw, self.model, self.cost,
+                                self.reads.on_read_done, self._on_cnic_done)
+        self.nodes = cluster.nodes
+        self.engines = cluster.engines
+        # The scheduler's view, rebuilt only for engines / nodes whose books changed.
+        self._engine_states = [self._engine_state(e.eid) for e in self.engines]
+        self._node_states = [self._node_state(n.nid) for n in self.nodes]
+        self._dirty_engines: set[int] = set()
+        self._dirty_nodes: set[int] = set()
+        self.prefill_groups = cluster.prefill_groups
+        self.decode_groups = cluster.decode_groups
         self._build_scheduler()
-
-    # -- setup -------------------------------------------------------------------------
-    def _build_cluster(self, p_nodes: int, d_nodes: int) -> None:
-        hw, cfg = self.hw, self.cfg
-        g = hw.gpus_per_node
-        bin_s = cfg.timeline_bin_s
-        snic_bw = hw.snic_share_bytes_s(p_nodes + d_nodes)
-        cnic_bw = hw.cnic_goodput_bytes_s
-        buf = hw.buffer_bytes_for(self.model.name)
-        self.nodes: list[Node] = []
-        self.engines: list[Engine] = []
-        pe_kv = self.cost.kv_hbm_bytes(self.cost.pe_weight_bytes)
-        de_kv = self.cost.kv_hbm_bytes(self.cost.de_weight_bytes)
-        de_kv_tokens = int(de_kv // self.kvb)
-        if cfg.de_kv_capacity_tokens is not None:
-            de_kv_tokens = cfg.de_kv_capacity_tokens
-        for n in range(p_nodes + d_nodes):
-            role = "prefill" if n < p_nodes else "decode"
-            snic = Link(f"snic{n}", snic_bw, on_complete=self._on_read_done, bin_s=bin_s)
-            node = Node(n, role, snic, buf)
-            self.nodes.append(node)
-            for _ in range(g):
-                eid = len(self.engines)
-                rx = Link(f"cnic{eid}-rx", cnic_bw, hi_weight=hw.cnic_hi_weight,
-                          on_complete=self._on_cnic_done, bin_s=bin_s)
-                tx = Link(f"cnic{eid}-tx", cnic_bw, hi_weight=hw.cnic_hi_weight,
-                          on_complete=self._on_cnic_done, bin_s=bin_s)
-                # free_kv_tokens is the scheduler's decode-side KV room; a prefill engine keeps
-                # no KV between requests and reports 0, as the runtime's prefill engines do.
-                if role == "prefill":
-                    eng = Engine(eid, node, role, rx, tx, pe_kv, 0)
-                else:
-                    eng = Engine(eid, node, role, rx, tx, de_kv, de_kv_tokens)
-                node.engines.append(eng)
-                self.engines.append(eng)
-        self.node_states_static = [(n.nid, n.role) for n in self.nodes]
+        self.prefill = PrefillStage(self)
 
     def _build_scheduler(self) -> None:
         # α: a node's storage read rate for 3 s; β: prompt tokens one PE prefills in 5 s at
@@ -125,7 +102,8 @@ class Simulator(PrefillMixin, DecodeMixin):
             alpha = alpha_tokens(self.nodes[0].snic.capacity_bytes_s, self.kvb)
         beta = self.cfg.beta_tokens
         if beta is None:
-            beta = beta_tokens(self.cost.prefill_tokens_per_s(ctx, new))
+            weights = self.prefill_groups[0].weight_bytes
+            beta = beta_tokens(self.cost.prefill_tokens_per_s(ctx, new, weights))
         self.alpha, self.beta = alpha, beta
         sc = scheduler_config_for_system(self.spec, alpha_tokens=alpha, beta_tokens=beta,
                                          read_path=self.cfg.read_path, split_reads=self.cfg.split_reads)
@@ -149,7 +127,7 @@ class Simulator(PrefillMixin, DecodeMixin):
         """Simulate to the end (or `max_sim_s`). progress(turns done, turns total, sim time)
         is called now and then (every 65,536 events) and once at the end."""
         for agent, at in enumerate(self.arrivals):
-            self.loop.schedule(at, self._on_arrive, self._new_turn(agent, 0, 0))
+            self.loop.schedule(at, self._on_first_arrive, agent)
         tick = None
         if progress is not None:
             total = sum(len(t) for t in self.turns)
@@ -165,15 +143,17 @@ class Simulator(PrefillMixin, DecodeMixin):
 
     def _new_turn(self, agent: int, turn: int, done_tokens: int) -> SimRequest:
         """done_tokens: the agent's context so far (earlier prompts and answers). Its stored
-        prefix is the whole blocks of the KV the last turn computed (`computed_kv_tokens`),
+        prefix is the whole blocks of the KV the last turn computed (`computed_kv_tokens`), or
+        for a first turn what other turns sharing its hash ids persisted (`PrefixStore`),
         capped, as the runtime's lookup is, so at least one prompt token is computed."""
         app, gen = self.turns[agent][turn]
         prompt = done_tokens + app
         block = self.cfg.block_tokens
-        stored = 0
         if turn > 0:
             prev_gen = self.turns[agent][turn - 1][1]
             stored = computed_kv_tokens(done_tokens - prev_gen, prev_gen)
+        else:
+            stored = self.prefixes.stored_tokens(agent, prompt) if self.prefixes else 0
         cached = min(stored // block, (prompt - 1) // block) * block
         self._rid += 1
         req = SimRequest(self._rid, agent, turn, prompt, cached, gen)
@@ -181,23 +161,41 @@ class Simulator(PrefillMixin, DecodeMixin):
         req.info = RequestInfo(self._rid, prompt, cached, 0.0, reserve)
         return req
 
+    def _on_first_arrive(self, now: float, agent: int) -> Any:
+        # The stored prefix is looked up on arrival, as the runtime's scheduler does.
+        return self._on_arrive(now, self._new_turn(agent, 0, 0))
+
     def _on_arrive(self, now: float, req: SimRequest) -> Any:
         req.start_s = now
         self.waiting[req.rid] = req
-        return self._want_schedule(now)
+        self.waiting_info[req.rid] = req.info
+        return self.want_schedule(now)
 
-    def _want_schedule(self, now: float) -> Any:
+    def want_schedule(self, now: float) -> Any:
         if self._sched_pending or not self.waiting:
             return None
         self._sched_pending = True
         return ((max(now, self._last_sched_s + self.cfg.sched_interval_s), self._on_schedule, None),)
 
+    def _engine_state(self, eid: int) -> EngineState:
+        e = self.engines[eid]
+        return EngineState(eid, e.node.nid, "prefill" if e.role == "prefill" else "decode",
+                           e.seq, e.tok, max(0, e.free_kv_tokens))
+
+    def _node_state(self, nid: int) -> NodeState:
+        n = self.nodes[nid]
+        return NodeState(nid, "prefill" if n.role == "prefill" else "decode", n.read_q)
+
     def cluster_view(self) -> ClusterView:
-        engines = [EngineState(e.eid, e.node.nid, "prefill" if e.role == "prefill" else "decode",
-                               e.seq, e.tok, max(0, e.free_kv_tokens)) for e in self.engines]
-        nodes = [NodeState(n.nid, "prefill" if n.role == "prefill" else "decode", n.read_q)
-                 for n in self.nodes]
-        return ClusterView(tuple(engines), tuple(nodes))
+        states = self._engine_states
+        for eid in self._dirty_engines:
+            states[eid] = self._engine_state(eid)
+        self._dirty_engines.clear()
+        nstates = self._node_states
+        for nid in self._dirty_nodes:
+            nstates[nid] = self._node_state(nid)
+        self._dirty_nodes.clear()
+        return ClusterView(tuple(states), tuple(nstates))
 
     def _on_schedule(self, now: float, _: Any) -> Any:
         self._sched_pending = False
@@ -206,14 +204,17 @@ class Simulator(PrefillMixin, DecodeMixin):
             return None
         self.sched_calls += 1
         waiting = self.waiting
-        infos = [r.info for r in waiting.values()]
+        infos = list(self.waiting_info.values())
         view = self.cluster_view()
         if self.cfg.record_scheduler_inputs:
             self.sched_inputs.append((tuple(infos), view))
         result = self.scheduler.schedule(infos, view)
         events: list[Any] = []
+        waiting_info = self.waiting_info
         for p in result.placements:
-            req = waiting.pop(int(p.request_id))
+            rid = int(p.request_id)
+            del waiting_info[rid]
+            req = waiting.pop(rid)
             ev = self._apply(now, req, p)
             if ev:
                 events.extend(ev)
@@ -225,6 +226,7 @@ class Simulator(PrefillMixin, DecodeMixin):
         req.pe, req.de, req.placed_s = pe, de, now
         plan = p.read
         req.side = plan.side
+        req.pe_read = plan.pe_tokens
         self.side_counts[plan.side] += 1
         if self.cfg.log_decisions:
             self.decisions.append((now, req.rid, pe.eid, de.eid, plan.side, plan.pe_tokens, plan.de_tokens))
@@ -235,16 +237,30 @@ class Simulator(PrefillMixin, DecodeMixin):
         if not self.free_io:
             for node, tokens in ((pe.node, plan.pe_tokens), (de.node, plan.de_tokens)):
                 if tokens > 0:
-                    node.read_wait.append((req, tokens))
-                    req.pending_reads += 1
-                    ev = self._pump_reads(now, node)
-                    if ev:
-                        events.extend(ev)
+                    events.extend(self.reads.queue(now, req, node, tokens) or ())
         req.info = None  # only the scheduler needs it; frees memory at scale
         if req.pending_reads == 0:
-            ev = self._reads_complete(now, req)
-            if ev:
-                events.extend(ev)
+            events.extend(self.reads.complete(now, req) or ())
+        return events
+
+    def end_turn(self, now: float, req: SimRequest) -> Any:
+        """The last token is out: release the decode charge, persist, next turn arrives."""
+        req.end_s = now
+        self.finished.append(req)
+        block = self.cfg.block_tokens
+        req.charge.apply_part(self, ChargePart.DECODE, -1)
+        req.charge = None
+        events: list[Any] = []
+        total = req.prompt + req.gen
+        new_blocks = computed_kv_tokens(req.prompt, req.gen) // block - req.cached // block
+        if new_blocks > 0 and not self.free_io:
+            # Persisting goes out of the SNIC's send direction, which nothing else uses: it is
+            # counted, not simulated as a flow.
+            req.de.node.bytes_written += new_blocks * block * self.kvb
+        if req.turn + 1 < len(self.turns[req.agent]):
+            nxt = self._new_turn(req.agent, req.turn + 1, total)
+            events.append((now + self.hw.turn_gap_s, self._on_arrive, nxt))
+        events.extend(self.want_schedule(now) or ())
         return events
 
     # -- the load books the scheduler sees (scheduler.charges.LoadBooks) -----------------
@@ -253,62 +269,14 @@ class Simulator(PrefillMixin, DecodeMixin):
         e.seq += seq
         e.tok += tok
         e.free_kv_tokens -= kv
+        self._dirty_engines.add(engine)
 
     def charge_node(self, node: int, tokens: int) -> None:
         self.nodes[node].read_q += tokens
-
-    # -- storage reads -------------------------------------------------------------------
-    def _pump_reads(self, now: float, node: Node) -> Any:
-        events: list[Any] = []
-        wait = node.read_wait
-        while wait and node.reads_active < self.cfg.read_slots_per_node:
-            req, tokens = wait[0]
-            nbytes = tokens * self.kvb
-            if nbytes > node.buf_free and not (node.buf_free >= node.buf_total):
-                break  # bounded DRAM buffer: wait until prefill/decode frees some
-            wait.popleft()
-            node.buf_free -= nbytes
-            if node.role == "prefill":
-                req.pe_buf_bytes += nbytes
-            else:
-                req.de_buf_bytes += nbytes
-            node.reads_active += 1
-            ev = node.snic.add(now, nbytes, (req, node, tokens), LO)
-            if ev:
-                events.extend(ev)
-        return events
-
-    def _on_read_done(self, now: float, token: tuple[SimRequest, Node, int]) -> Any:
-        req, node, tokens = token
-        node.reads_active -= 1
-        self.charge_node(node.nid, -tokens)
-        req.pending_reads -= 1
-        events: list[Any] = list(self._pump_reads(now, node) or ())
-        if req.pending_reads == 0:
-            events.extend(self._reads_complete(now, req) or ())
-        return events
-
-    def _reads_complete(self, now: float, req: SimRequest) -> Any:
-        req.read_done_s = now
-        pe = req.pe
-        assert pe is not None
-        pe.ready.append(req)
-        if not pe.busy:
-            return self._start_batch(now, pe)
-        return None
-
-    def _free_buffer(self, now: float, node: Node, nbytes: float) -> Any:
-        if nbytes <= 0:
-            return None
-        node.buf_free += nbytes
-        return self._pump_reads(now, node)
+        self._dirty_nodes.add(node)
 
     def _on_cnic_done(self, now: float, token: tuple[int, Any]) -> Any:
         kind, obj = token
         if kind == K_BATCH_IN:
-            return self._batch_part_done(now, obj)
+            return self.prefill.part_done(now, obj)
         return None  # K_COLLECTIVE: nothing waits for it
-
-    @staticmethod
-    def _hi(link: Link, now: float, nbytes: float) -> Any:
-        return link.add(now, nbytes, (K_COLLECTIVE, None), HI) if nbytes > 0 else None

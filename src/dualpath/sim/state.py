@@ -1,4 +1,4 @@
-"""Mutable state of the simulated cluster: requests (turns), engines (GPUs), nodes.
+"""Mutable state of the simulated cluster: requests (turns), engines (GPUs), nodes, EP groups.
 
 Plain `__slots__` classes, not dataclasses: the simulator touches these hundreds of
 thousands of times per second, and only the simulator mutates them. What leaves the
@@ -24,8 +24,8 @@ class SimRequest:
 
     __slots__ = (
         "agent", "cached", "charge", "de", "de_buf_bytes", "done_new", "end_s", "first_s", "gen", "info",
-        "pd_pending", "pe", "pe_buf_bytes", "pending_reads", "placed_s", "prefilled", "prompt",
-        "read_done_s", "rid", "second_s", "side", "sjoin", "start_s", "turn",
+        "pd_end", "pd_wait_bytes", "pe", "pe_buf_bytes", "pe_read", "pending_reads", "placed_s",
+        "prefilled", "prompt", "read_done_s", "rid", "room", "second_s", "side", "sjoin", "start_s", "turn",
     )
 
     def __init__(self, rid: int, agent: int, turn: int, prompt: int, cached: int, gen: int) -> None:
@@ -47,11 +47,14 @@ class SimRequest:
         self.pe: Any = None
         self.de: Any = None
         self.side = "pe"
+        self.pe_read = 0  # prefix tokens read through the prefill node (the rest: DE side)
         self.pending_reads = 0
-        self.pe_buf_bytes = 0.0
-        self.de_buf_bytes = 0.0
+        self.pe_buf_bytes = 0.0  # held in the prefill node's DRAM buffer
+        self.de_buf_bytes = 0.0  # held (reserved) in the decode node's DRAM buffer
         self.done_new = 0
-        self.pd_pending = 0
+        self.pd_end = 0.0  # when the PE -> DE KV streams started so far are through
+        self.room = 0  # DE buffer room for the PE -> DE stream: 0 not asked, 1 waiting, 2 held
+        self.pd_wait_bytes = 0.0  # KV waiting for that room
         self.prefilled = False
         self.sjoin = 0.0
 
@@ -61,11 +64,15 @@ class SimRequest:
 
 
 class Node:
-    """A node: g engines of one role, one SNIC (read and write directions), a DRAM buffer."""
+    """A node: g engines of one role, one SNIC (read and write directions), a DRAM buffer.
+
+    `read_wait` queues storage reads for a read slot and buffer room; `room_wait` (decode
+    nodes) queues PE -> DE KV streams for buffer room.
+    """
 
     __slots__ = (
-        "buf_free", "buf_total", "bytes_written", "engines", "nid", "read_q", "read_wait", "reads_active", "role",
-        "snic",
+        "buf_free", "buf_min_free", "buf_total", "bytes_written", "engines", "nid", "read_q", "read_wait",
+        "reads_active", "role", "room_wait", "snic",
     )
 
     def __init__(self, nid: int, role: str, snic: Link, buffer_bytes: float) -> None:
@@ -76,23 +83,25 @@ class Node:
         self.read_q = 0  # tokens queued or being read (the scheduler's read_q)
         self.buf_total = buffer_bytes
         self.buf_free = buffer_bytes
+        self.buf_min_free = buffer_bytes  # low-water mark (peak use = buf_total - this)
         self.read_wait: deque[tuple[SimRequest, int]] = deque()
+        self.room_wait: deque[SimRequest] = deque()
         self.reads_active = 0
         self.engines: list[Engine] = []
 
 
 class Engine:
-    """One GPU. Prefill engines batch their ready requests; decode engines run one batch.
+    """One GPU, a member of one EP group (`group`). Prefill engines form one batch per group
+    forward from their ready queue; decode engines put all their requests in every step.
 
-    Decode progress is lazy: `d_steps` is the (fractional) number of decode steps done at
-    `d_last_s`; a request that joins at step s finishes at step s + gen - 1. The context sum
-    of the batch is `d_base + d_n * d_steps`, so a membership change costs O(log n).
+    Decode: `d_n` requests whose context sum is `d_base + d_n * group.d_steps`; `d_time` is
+    this member's step time (no overhead) as of its last change; `d_acct_s` is when its
+    busy time / batch-size integral were last brought up to date.
     """
 
     __slots__ = (
-        "acct_rx", "acct_tx", "batch", "batch_pending", "bcompute_s", "bphase", "bstart_s", "busy", "busy_s", "d_area", "d_base", "d_heap", "d_last_s", "d_n", "d_step_s",
-        "d_steps", "d_version", "eid", "free_kv_tokens", "kv_hbm_bytes", "node", "ready", "role",
-        "rx", "seq", "tok", "tx",
+        "acct_rx", "acct_tx", "batch", "busy_s", "d_acct_s", "d_area", "d_base", "d_n", "d_time",
+        "eid", "free_kv_tokens", "group", "kv_hbm_bytes", "node", "ready", "role", "rx", "seq", "tok", "tx",
     )
 
     def __init__(self, eid: int, node: Node, role: str, rx: Link, tx: Link, kv_hbm_bytes: float,
@@ -106,22 +115,60 @@ class Engine:
         self.tok = 0
         self.kv_hbm_bytes = kv_hbm_bytes
         self.free_kv_tokens = free_kv_tokens
+        self.group: Any = None  # PrefillGroup or DecodeGroup
         self.ready: deque[SimRequest] = deque()
-        self.busy = False
         self.batch: list[tuple[SimRequest, int]] = []
-        self.batch_pending = 0
-        self.bphase = 0  # 1: loading the prefix (non-layerwise), 2: computing, 0: overlapped
-        self.bcompute_s = 0.0
-        self.bstart_s = 0.0
-        self.busy_s = 0.0  # prefill: time inside batches; decode: time with a non-empty batch
+        self.busy_s = 0.0  # prefill: time inside group forwards with work; decode: with a batch
         # Bytes this GPU's CNIC carried as the far end of a flow modelled on the other end.
         self.acct_rx = 0.0
         self.acct_tx = 0.0
         self.d_n = 0
         self.d_base = 0.0
+        self.d_time = 0.0
+        self.d_acct_s = 0.0
+        self.d_area = 0.0  # integral of the decode batch size over time
+
+
+class PrefillGroup:
+    """Prefill engines that share experts: their forwards run in lockstep (one forward at a
+    time; it ends when the slowest member's compute and KV transfers have)."""
+
+    __slots__ = ("busy", "coll_bytes_per_token", "compute_s", "gid", "members", "pending", "phase",
+                 "start_pending", "start_s", "weight_bytes", "working")
+
+    def __init__(self, gid: int, members: list[Engine], weight_bytes: float,
+                 coll_bytes_per_token: float) -> None:
+        self.gid = gid
+        self.members = members
+        self.weight_bytes = weight_bytes
+        self.coll_bytes_per_token = coll_bytes_per_token
+        self.busy = False
+        self.start_pending = False  # a forward start is queued for the current instant
+        self.pending = 0
+        self.phase = 0  # 1: loading prefixes whole (basic), 2: computing, 0: overlapped
+        self.compute_s = 0.0
+        self.start_s = 0.0
+        self.working: list[Engine] = []  # members with a batch in the current forward
+
+
+class DecodeGroup:
+    """Decode engines that share experts: every member advances one step at a time together,
+    at the pace of the slowest member (`t_max` + the per-step overhead). Progress is lazy:
+    `d_steps` (fractional) steps done at `d_last_s`; `heap` holds every member's requests
+    keyed by the group step at which they finish."""
+
+    __slots__ = ("arg_max", "d_last_s", "d_n", "d_step_s", "d_steps", "gid", "heap", "members",
+                 "t_max", "version", "weight_bytes")
+
+    def __init__(self, gid: int, members: list[Engine], weight_bytes: float) -> None:
+        self.gid = gid
+        self.members = members
+        self.weight_bytes = weight_bytes
+        self.d_n = 0
         self.d_steps = 0.0
         self.d_last_s = 0.0
         self.d_step_s = 0.0
-        self.d_heap: list[tuple[float, int, SimRequest]] = []
-        self.d_version = 0
-        self.d_area = 0.0  # integral of the decode batch size over time
+        self.t_max = 0.0
+        self.arg_max: Engine | None = None
+        self.heap: list[tuple[float, int, SimRequest]] = []
+        self.version = 0

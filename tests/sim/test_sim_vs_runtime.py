@@ -1,0 +1,83 @@
+"""`dualpath bench sim-vs-runtime`: the profiler's arithmetic, the simulated half on the
+storage-bound scenario, and (slow) the whole benchmark against a live cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dualpath.bench import runtime_profile, sim_vs_runtime, storage_bound
+from dualpath.core.errors import UserInputError
+from dualpath.model.presets import preset_config
+from dualpath.sim.model_cost import model_cost_of_config
+
+HW = {
+    "name": "test-runtime", "gpus_per_node": 1, "snic_bytes_s": 8e6, "cnic_bytes_s": 64e6,
+    "nic_efficiency": 1.0, "pcie_bytes_s": 1e12, "storage_aggregate_bytes_s": 1e12,
+    "dram_buffer_bytes": 256 << 20, "hbm_bytes": 64e9, "hbm_reserve_fraction": 0.0,
+    "prefill_batch_overhead_s": 0.005, "prefill_context_token_s": 2e-6,
+    "prefill_new_token_s": 2e-5, "decode_step_overhead_s": 0.004, "decode_seq_s": 0.001,
+    "decode_context_token_s": 1e-7, "turn_gap_s": 0.001,
+    "_cluster": {"block_tokens": 64, "de_kv_capacity_tokens": 349_504, "read_slots_per_node": 2},
+}
+
+
+def _args(agents: int = 4, turns: int = 2) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    sim_vs_runtime.add_arguments(p)
+    return p.parse_args(["--agents", str(agents), "--turns", str(turns)])
+
+
+def test_profile_fit_and_slope_recover_known_values() -> None:
+    rows = [(1.0, c, n) for c, n in ((0, 1024), (960, 64), (0, 4096), (4032, 64))]
+    ys = [0.004 + 2e-6 * c + 3e-5 * n for _, c, n in rows]
+    assert runtime_profile._fit(rows, ys) == pytest.approx([0.004, 2e-6, 3e-5], rel=1e-6)
+    assert runtime_profile._slope([0.5 + 0.02 * i for i in (3, 0, 2, 1, 4)]) == pytest.approx(0.02)
+
+
+def test_simulated_half_reads_what_the_warm_store_holds() -> None:
+    _, measured = storage_bound.build_workload(_args())
+    model = model_cost_of_config(preset_config("tiny", seed=0))
+    report = sim_vs_runtime.simulate_system("basic", measured, HW, model, (1, 2))
+    first_turns = [a.trajectory.turns[0].append_tokens for a in measured.agents]
+    # Each first turn finds all but its last (partial or final) block: what the runtime's
+    # lookup finds in the warm-up's store.
+    first_hits = sum((p - 1) // 64 * 64 for p in first_turns)
+    assert report["num_turns"] == 8 and report["unfinished_turns"] == 0
+    assert report["cached_tokens_total"] >= first_hits > 0
+    assert report["bytes_read_pe_path"] == pytest.approx(report["cached_tokens_total"] * 768)
+    assert report["bytes_read_de_path"] == 0
+    oracle = sim_vs_runtime.simulate_system("oracle", measured, HW, model, (1, 2))
+    assert oracle["jct_s"] < report["jct_s"]
+    assert oracle["bytes_read_pe_path"] == oracle["bytes_read_de_path"] == 0
+
+
+def test_netns_testbed_is_refused_not_silently_run_locally() -> None:
+    p = argparse.ArgumentParser()
+    sim_vs_runtime.add_arguments(p)
+    with pytest.raises(UserInputError, match="local"):
+        sim_vs_runtime.run(p.parse_args(["--testbed", "netns"]))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_benchmark_runs_on_a_live_cluster(tmp_path: Path) -> None:
+    hw = tmp_path / "hw.json"
+    hw.write_text(json.dumps(HW))
+    out = tmp_path / "out.json"
+    subprocess.run([sys.executable, "-m", "dualpath", "bench", "sim-vs-runtime", "--agents", "4",
+                    "--turns", "2", "--systems", "basic,oracle", "--hardware", str(hw),
+                    "--work-dir", str(tmp_path / "work"), "--json", str(out)], check=True)
+    result = json.loads(out.read_text())
+    systems = result["systems"]
+    assert set(systems) == {"basic", "oracle"}
+    for r in systems.values():
+        assert r["sim_over_runtime"] == pytest.approx(r["sim_jct_s"] / r["runtime_jct_s"])
+        assert r["runtime_cached_tokens_fraction"] == pytest.approx(r["sim_cached_tokens_fraction"],
+                                                                    abs=0.02)
+    assert result["max_abs_error"] == max(abs(r["sim_over_runtime"] - 1) for r in systems.values())
