@@ -30,8 +30,6 @@ from typing import Any
 from dualpath.bench import storage_bound
 from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
-from dualpath.core.systems import SYSTEM_NAMES
-from dualpath.core.units import parse_bandwidth
 from dualpath.workload.workload import Workload
 
 
@@ -80,13 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The flag comes with storage-bound's arguments; the simulated half models the
         # software-shaped local cluster only.
         raise UserInputError("sim-vs-runtime runs the local cluster only (--testbed local)")
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    for s in systems:
-        if s not in SYSTEM_NAMES:
-            raise UserInputError(f"unknown system {s!r}; choose from {', '.join(SYSTEM_NAMES)}")
-    snic = parse_bandwidth(args.snic_bandwidth)
-    if snic is None:
-        raise UserInputError("--snic-bandwidth must be finite for a storage-bound scenario")
+    systems, snic = storage_bound.systems_and_snic(args)
     load_start = list(os.getloadavg())
     warm_wl, measured_wl = storage_bound.build_workload(args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="dualpath-sim-vs-runtime-"))

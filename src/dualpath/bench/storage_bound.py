@@ -125,6 +125,18 @@ def _snic_bytes(counters: dict[int, dict[str, float]], engine_nodes: dict[int, i
     return [per_node[n] for n in sorted(per_node)]
 
 
+def systems_and_snic(args: argparse.Namespace) -> tuple[list[str], float]:
+    """`--systems` (each a known name) and the finite `--snic-bandwidth` in bytes/s."""
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    for s in systems:
+        if s not in SYSTEM_NAMES:
+            raise UserInputError(f"unknown system {s!r}; choose from {', '.join(SYSTEM_NAMES)}")
+    snic = parse_bandwidth(args.snic_bandwidth)
+    if snic is None:
+        raise UserInputError("--snic-bandwidth must be finite for a storage-bound scenario")
+    return systems, snic
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "engine", "runtime") == "vllm":
         from dualpath.bench.vllm_storage_bound import from_storage_bound
@@ -135,13 +147,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return from_storage_bound(args)
     from dualpath.workload.metrics import build_report
 
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    for s in systems:
-        if s not in SYSTEM_NAMES:
-            raise UserInputError(f"unknown system {s!r}; choose from {', '.join(SYSTEM_NAMES)}")
-    snic = parse_bandwidth(args.snic_bandwidth)
-    if snic is None:
-        raise UserInputError("--snic-bandwidth must be finite for a storage-bound scenario")
+    systems, snic = systems_and_snic(args)
     cnic = snic * args.cnic_factor
     if getattr(args, "testbed", "local") == "netns":
         from dualpath.bench import storage_bound_netns
