@@ -103,9 +103,10 @@ def check_invariants(view: ClusterView, waiting: list[RequestInfo],
     rp = Replay(view)
     pe_engines = [e for e in view.engines if e.role == "prefill"]
     # A fresh scheduler breaks engine ties in node-interleaved order (each node's first
-    # engine, then each node's second, ...); read-side ties alternate, PE side first.
+    # engine, then each node's second, ...); read-side ties alternate, PE side first
+    # (round robin: per decode node).
     fair = _interleaved_rank(pe_engines)
-    next_tie, next_rr = "pe", "pe"
+    next_tie, next_rr = "pe", {}  # round robin: each decode node's next side
     for p in result.placements:
         r = reqs[p.request_id]
         kv = r.decode_kv_tokens
@@ -121,8 +122,8 @@ def check_invariants(view: ClusterView, waiting: list[RequestInfo],
         elif cfg.read_policy == "de-only":
             assert plan.side == "de"
         elif cfg.read_policy == "round-robin" and r.cached_tokens > 0:
-            assert plan.side == next_rr
-            next_rr = "de" if next_rr == "pe" else "pe"
+            assert plan.side == next_rr.get(p.de_node, "pe")
+            next_rr[p.de_node] = "de" if plan.side == "pe" else "pe"
         elif cfg.read_policy == "shorter-queue" and r.cached_tokens > 0:
             # Always the shorter queue; ties alternate.
             if q_pe == q_de:

@@ -106,3 +106,17 @@ def test_dualpath_rr_alternates_sides_through_the_scheduler() -> None:
     first = [p.read.side for p in s.schedule(reqs(*[(200, 100)] * 3), view).placements]
     second = [p.read.side for p in s.schedule(reqs(*[(200, 100)] * 2), view).placements]
     assert first + second == ["pe", "de", "pe", "de", "pe"]
+
+
+def test_dualpath_rr_spreads_de_side_reads_over_every_decode_node() -> None:
+    """Round-robin placement over two decode nodes and a side cursor per decode node: each
+    decode node alternates, so both get DE-side reads (one shared cursor sent all of them to
+    the first decode node)."""
+    from dualpath.core.systems import system_spec
+    from dualpath.scheduler import scheduler_config_for_system
+
+    view = make_view([[0]], [[(0, 10**9)], [(0, 10**9)]])
+    s = GlobalScheduler(scheduler_config_for_system(system_spec("dualpath-rr")))
+    placements = s.schedule(reqs(*[(200, 100)] * 8), view).placements
+    de_side = [p.read.de_node for p in placements if p.read.side == "de"]
+    assert len(de_side) == 4 and sorted(set(de_side)) == [1, 2], placements

@@ -9,7 +9,10 @@ and the simulator, making the same calls, make the same choices.
 - "pe-only": always the prefill node (the classic path; basic, layerwise).
 - "de-only": always the decode node (`--read-path de`).
 - "round-robin" (`dualpath-rr`, DESIGN.md 6): no load awareness, the requests that read
-  anything alternate PE side / DE side (the first goes to the PE side).
+  anything alternate PE side / DE side (the first goes to the PE side), one alternation per
+  decode node: with round-robin placement over an even number of decode nodes a single
+  cursor would send every DE-side read to the same half of them (measured on the netns
+  testbed, 1P2D: all DE-side bytes on one decode host).
 - "shorter-queue": DESIGN.md 3 — the side whose node has the shorter read queue. Equal
   queues alternate between the sides (the first tie goes to the PE side), so neither side
   is preferred systematically: with a drained cluster every queue is 0 and a fixed rule
@@ -68,18 +71,20 @@ class DeOnly:
 
 
 class RoundRobinSide:
-    """Alternates the side of every request that reads something. State: the next side."""
+    """Alternates the side of every request that reads something, per decode node. State:
+    each decode node's next side."""
 
     name = "round-robin"
 
     def __init__(self) -> None:
-        self.next_side = "pe"
+        self.next_side: dict[int, str] = {}
 
     def __call__(self, req: RequestInfo, pe_node: int, de_node: int, pe_q: int, de_q: int,
                  block_tokens: int) -> ReadPlan:
         if req.cached_tokens == 0:
             return _pe(req, pe_node, de_node)
-        side, self.next_side = self.next_side, ("de" if self.next_side == "pe" else "pe")
+        side = self.next_side.get(de_node, "pe")
+        self.next_side[de_node] = "de" if side == "pe" else "pe"
         return _pe(req, pe_node, de_node) if side == "pe" else _de(req, pe_node, de_node)
 
 
