@@ -85,7 +85,9 @@ def test_cluster_is_idle_after_aborts_one_token_answers_and_a_killed_engine(
             assert others[0].finish.finish_reason == "length" and len(others[0].tokens) == 1
             assert len(others[1].tokens) == 8
             assert others[2] >= 2 and others[3] >= 2
-            assert not cluster.books.ledger.alive(killed)
+            # The death was seen: the engine is still down, or was restarted and rejoined.
+            assert (not cluster.books.ledger.alive(killed)
+                    or cluster.metrics.engine_restarts >= 1)
             await assert_idle(cluster, capacity)
         finally:
             await cluster.shutdown()
