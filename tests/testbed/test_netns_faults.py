@@ -58,7 +58,9 @@ def test_link_down_node_killed_and_storage_restarted(tmp_path: Path) -> None:
         url = dep.start_store(tmp_path / "redis")
         config = dep.config(store_path=url, engine_heartbeat_timeout_s=3.0,
                             kv_wait_timeout_s=30.0, peer_timeout_s=20.0)
+        # The chats last the whole 120 s however fast the machine is (max_turns is no limit).
         task = {"kind": "conversation", "chats": 4, "turns": 2, "duration_s": 120.0,
+                "max_turns": 10_000,
                 "max_tokens": 48, "turn_timeout_s": 240, "persist_wait_s": 0.2,
                 "after": {"chats": 2, "turns": 2, "max_tokens": 8}}
         # d0's agent gives up on the silent scheduler after 10 s and rejoins (~30 s to get

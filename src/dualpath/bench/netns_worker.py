@@ -67,15 +67,18 @@ async def _turn(cluster: LocalCluster, rid: str, prompt: list[int], max_tokens: 
 async def _conversations(cluster: LocalCluster, task: dict[str, Any]) -> dict[str, Any]:
     """`chats` concurrent multi-turn chats; each prompt = previous prompt + answer + append.
     Each chat completes `turns` turns, and more (up to `max_turns`) until `duration_s` passed;
-    a failed turn is tried again a second later (at most `4 * max_turns` attempts)."""
+    a failed turn is tried again a second later (at most `4 * max_turns` attempts). A prompt
+    longer than `max_prompt` starts its chat over from the first prompt."""
     turns, chats = int(task.get("turns", 3)), int(task.get("chats", 1))
     duration_s, max_turns = float(task.get("duration_s", 0.0)), int(task.get("max_turns", 60))
     until = time.monotonic() + duration_s
     max_tokens = int(task.get("max_tokens", 8))
+    max_prompt = int(task.get("max_prompt", 3000))  # tokens; then a chat starts over
     timeout_s = float(task.get("turn_timeout_s", 120))
 
     async def chat(c: int) -> list[dict[str, Any]]:
         prompt = [(11 * i + 5 + 3 * c) % 256 for i in range(int(task.get("first_len", 150)))]
+        first = prompt
         out: list[dict[str, Any]] = []
         tag = task.get("tag", "c")
         turn = 0  # turns completed; a failed attempt is retried and does not count
@@ -89,6 +92,8 @@ async def _conversations(cluster: LocalCluster, task: dict[str, Any]) -> dict[st
                 await asyncio.sleep(1.0)  # like a client: try this turn again in a moment
                 continue
             prompt = prompt + result["tokens"] + [(7 * i + turn + c) % 256 for i in range(40)]
+            if len(prompt) > max_prompt:  # a long run: start the conversation over
+                prompt = first
             turn += 1
             await asyncio.sleep(float(task.get("persist_wait_s", 0.5)))
         return out
