@@ -105,7 +105,6 @@ def test_online_rejects_bad_input_before_starting_anything() -> None:
             storage_bound_online.run(_args(**kw))
 
 
-@pytest.mark.slow  # a live cluster probed at two rates: 1-5 min on this machine
 def test_live_search_finds_a_passing_and_a_failing_rate(tmp_path, capsys) -> None:
     # Basic on a slow SNIC: at 1 APS one agent arrives in the 3 s window and meets an SLO of
     # 4x the unloaded medians; at 10 APS 23 agents queue on the one SNIC (each turn reads
