@@ -2,7 +2,7 @@
 prefill and two decode hosts), every process a real CLI process, CURVE on every internal
 connection, the SNICs and CNICs shaped by the kernel.
 
-Greedy answers are identical whether the prefix KV comes through the prefill host's storage
+Greedy answers (the non-degenerate `tiny` preset; SmolLM2 in the slow variant) are identical whether the prefix KV comes through the prefill host's storage
 interface (`--read-path pe`), the decode hosts' (`de`), or is recomputed (`--no-kv-store`);
 later turns report cached tokens; and the KV bytes the cluster counts on each path agree
 within 5 % with what the kernel counted on those hosts' storage interfaces.
@@ -37,12 +37,13 @@ def _storage_rx(result: dict[str, Any], hosts: list[str]) -> int:
 
 
 @pytest.mark.skipif(find_redis_server() is None, reason="redis-server is not installed")
-def test_read_paths_agree_over_kernel_shaped_networks(tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", ["tiny", pytest.param("smollm2", marks=pytest.mark.slow)])
+def test_read_paths_agree_over_kernel_shaped_networks(tmp_path: Path, model: str) -> None:
     with NetnsDeployment(LAYOUT, tmp_path) as dep:
         results = {}
         for mode in ("cold", "pe", "de"):
             url = dep.start_store(tmp_path / f"redis-{mode}")
-            config = dep.config(store_path=url, use_kv_store=mode != "cold",
+            config = dep.config(store_path=url, use_kv_store=mode != "cold", model=model,
                                 read_path="auto" if mode == "cold" else mode)
             results[mode] = dep.run(config, TASK)
             dep.stop_store()
