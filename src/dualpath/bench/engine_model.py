@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dualpath.bench.report import format_table, machine_info
+from dualpath.bench.report import format_table, machine_info, parse_modes
 from dualpath.core.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
-        modes = tuple((m.split(":")[0], m.split(":")[1]) for m in args.modes.split(",") if m)
+        modes = tuple(parse_modes(args.modes))
         batches = tuple(int(b) for b in args.batch_sizes.split(","))
     except (IndexError, ValueError) as exc:
         raise UserInputError(f"bad --modes or --batch-sizes: {exc}") from None

@@ -18,7 +18,7 @@ import gc
 from collections.abc import Sequence
 from typing import Any
 
-from dualpath.bench.report import format_table, machine_info
+from dualpath.bench.report import format_table, machine_info, parse_modes
 from dualpath.core.errors import UserInputError
 
 PROMPTS: tuple[str, ...] = (
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
-        modes = [(m.split(":")[0], m.split(":")[1]) for m in args.modes.split(",") if m]
+        modes = parse_modes(args.modes)
     except IndexError:
         raise UserInputError(f"bad --modes {args.modes!r} (want dtype:quantization,...)") from None
     result = quality(args.model, modes, max_tokens=args.max_tokens, threads=args.threads)

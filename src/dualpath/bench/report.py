@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 
+def parse_modes(text: str) -> list[tuple[str, str]]:
+    """`--modes` "dtype:quantization,..." as pairs; IndexError when one lacks its ":"."""
+    return [(m.split(":")[0], m.split(":")[1]) for m in text.split(",") if m]
+
+
 def machine_info() -> dict[str, Any]:
     """What ran the benchmark, embedded in every result JSON."""
     return {
