@@ -61,6 +61,11 @@ class BlockQuantized:
             w += self.mins[..., None]
         return torch.from_numpy(np.ascontiguousarray(w.reshape(n, k)))
 
+    def row_range(self, start: int, stop: int) -> BlockQuantized:
+        """Rows `start:stop` (views, no copy)."""
+        return BlockQuantized(self.kind, self.codes[start:stop], self.scales[start:stop],
+                              None if self.mins is None else self.mins[start:stop])
+
     def permute_rows(self, permute: Callable[[np.ndarray], np.ndarray]) -> BlockQuantized:
         """Apply a row permutation (a function of a rows-first array) to every part."""
         return BlockQuantized(self.kind, permute(self.codes), permute(self.scales),

@@ -1,7 +1,7 @@
 """The config and tokenizer of a llama.cpp GGUF checkpoint, read from its metadata alone.
 
-Torch-free: the tensors' bytes are memory-mapped by `gguf.GGUFReader` and never touched, so
-a process that only needs the config and tokenizer (the scheduler) stays small.
+Torch-free: the tensors' bytes are memory-mapped by `gguf_file.GGUFFile` and never touched,
+so a process that only needs the config and tokenizer (the scheduler) stays small.
 """
 
 from __future__ import annotations
@@ -12,22 +12,18 @@ from typing import Any
 from dualpath.core.errors import ModelLoadError
 from dualpath.core.model_config import ModelConfig
 from dualpath.model.digest import file_digest
+from dualpath.model.gguf_file import GGUFFile
 from dualpath.model.tokenizer import BPETokenizer
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
 
-def open_reader(path: Path) -> Any:
-    from gguf import GGUFReader
-
-    try:
-        return GGUFReader(str(path))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read GGUF file {path}: {exc}") from exc
+def open_reader(path: Path) -> GGUFFile:
+    return GGUFFile(path)  # raises ModelLoadError for an unreadable or malformed file
 
 
-def read_fields(reader: Any) -> dict[str, Any]:
-    return {name: field.contents() for name, field in reader.fields.items()}
+def read_fields(reader: GGUFFile) -> dict[str, Any]:
+    return reader.fields
 
 
 def config_from_gguf(path: Path, fields: dict[str, Any], tensor_names: set[str],

@@ -86,6 +86,7 @@ def read_gguf(path: Path, kv_dtype: str, *, keep_quantized: bool = False
 
 def _tensors(path: Path, reader: Any, config: ModelConfig, keep_quantized: bool
              ) -> Iterator[tuple[str, WeightValue]]:
+    from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
 
     permuted = dict(config.extra).get("architecture") == "llama"
@@ -102,7 +103,7 @@ def _tensors(path: Path, reader: Any, config: ModelConfig, keep_quantized: bool
                 blocks = blocks.permute_rows(functools.partial(_unpermute, n_heads=heads))
             yield name, blocks
             continue
-        arr = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32).reshape(shape)
+        arr = np.asarray(dequantize(t.data, GGMLQuantizationType(t.tensor_type)), dtype=np.float32).reshape(shape)
         if permuted and heads:
             arr = _unpermute(arr, heads)
         yield name, torch.from_numpy(np.array(arr, order="C", copy=True))

@@ -134,7 +134,11 @@ class Transformer(nn.Module):
         self.dtype = torch_dtype(config.kv_dtype)
         self.quantization: Quantization = "none"
         with torch.device("meta"):
-            self.embed_tokens: nn.Module = nn.Embedding(config.vocab_size, config.hidden_size)
+            # given an empty weight, Embedding skips its random init (whose normal_ on meta
+            # imports torch._dynamo: 1.5 s of every engine's start-up)
+            self.embed_tokens: nn.Module = nn.Embedding(
+                config.vocab_size, config.hidden_size,
+                _weight=torch.empty(config.vocab_size, config.hidden_size))
             self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
             self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
             self.lm_head: nn.Module = nn.Linear(config.hidden_size, config.vocab_size,
@@ -238,7 +242,7 @@ class Transformer(nn.Module):
 
     def _set_quantized(self, name: str, value: WeightValue, quantization: Quantization) -> None:
         if name in ("embed_tokens.weight", "lm_head.weight"):
-            table = Int8Linear.from_float(as_float(value))
+            table = Int8Linear.from_value(value)
             if name == "lm_head.weight" or self.config.tie_word_embeddings:
                 self.lm_head = table
             if name == "embed_tokens.weight":
