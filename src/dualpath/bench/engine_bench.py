@@ -66,6 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--serve-args", default="--dtype bfloat16 --quantization int4",
                         help="extra flags for `dualpath serve` (default: the fastest mode)")
     parser.add_argument("--no-transformers", action="store_true")
+    parser.add_argument("--plot", metavar="PNG", default=None,
+                        help="write TPOT / output tokens/s / RSS per system and agents")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -82,7 +84,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         serve_args=tuple(args.serve_args.split()), transformers=not args.no_transformers)
     result = run_engine_bench(config)
     print(table(result))
+    if args.plot:
+        print(f"wrote {write_plot(result, args.plot)}")
     return result
+
+
+def write_plot(result: dict[str, Any], path: str) -> str:
+    """Three bar panels (TPOT p50, output tokens/s, RSS), one bar per (system, agents)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in result["runs"] if "error" not in r]
+    labels = [f"{r['system']}\n{r['agents']} agent(s)" for r in runs]
+    colors = ["tab:blue" if r["system"] == "dualpath" else "tab:gray" for r in runs]
+    panels = (("TPOT p50 (ms)", [1e3 * (r.get("tpot_s_p50") or 0) for r in runs]),
+              ("output tokens/s", [r.get("output_tok_s") or 0 for r in runs]),
+              ("RSS (GiB)", [(r.get("rss_bytes") or 0) / 2**30 for r in runs]))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        ax.bar(range(len(runs)), values, color=colors)
+        ax.set_xticks(range(len(runs)), labels, fontsize=8)
+        ax.set_title(title)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"dualpath bench engine ({' '.join(result.get('serve_args', []))}): "
+                 f"start-up {result['startup_s']:.1f} s, TPOT ÷ transformers "
+                 f"{result['tpot_over_transformers'] or float('nan'):.2f}")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 def run_engine_bench(config: EngineBenchConfig) -> dict[str, Any]:
