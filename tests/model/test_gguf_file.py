@@ -8,11 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_llama_gguf
 
 from dualpath.core.errors import ModelLoadError
 from dualpath.model.gguf_file import GGUFFile
-
-from conftest import write_llama_gguf
 
 
 def _assert_same_as_gguf_reader(path: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 from dualpath.bench import runtime_profile, sim_vs_runtime, storage_bound
 from dualpath.core.errors import UserInputError
 from dualpath.model.presets import preset_config
+from dualpath.sim.cost import CostModel, attention_pairs
+from dualpath.sim.hardware import hardware_from_dict
 from dualpath.sim.model_cost import model_cost_of_config
 
 HW = {
@@ -38,6 +40,32 @@ def test_profile_fit_and_slope_recover_known_values() -> None:
     ys = [0.004 + 2e-6 * c + 3e-5 * n for _, c, n in rows]
     assert runtime_profile._fit(rows, ys) == pytest.approx([0.004, 2e-6, 3e-5], rel=1e-6)
     assert runtime_profile._slope([0.5 + 0.02 * i for i in (3, 0, 2, 1, 4)]) == pytest.approx(0.02)
+
+
+def test_profile_fit_recovers_the_attention_pair_term_and_stays_non_negative() -> None:
+    shapes = [(0, 1024), (960, 64), (0, 2048), (1984, 64), (0, 4096), (4032, 64)]
+    rows = [(1.0, c, n, attention_pairs(c, n)) for c, n in shapes]
+    truth = [0.003, 4e-6, 2e-5, 3.5e-8]
+    ys = [sum(k * x for k, x in zip(truth, row, strict=True)) for row in rows]
+    assert runtime_profile._fit(rows, ys) == pytest.approx(truth, rel=1e-6)
+    # a column that would need a negative coefficient is dropped, the rest refitted
+    ys_neg = [0.01 + 3e-5 * n - 1e-7 * c for _, c, n, _ in rows]
+    fit = runtime_profile._fit([r[:3] for r in rows], ys_neg)
+    assert min(fit) >= 0 and fit[1] == 0.0
+    assert attention_pairs(0, 3) == 6 and attention_pairs(10, 2) == 23  # 11 + 12 keys
+
+
+def test_profiled_prefill_charges_attention_per_chunk() -> None:
+    """A profiled engine's forward costs Σ per chunk, so two chunks' pairs are not the pairs
+    of their summed tokens (which would charge each chunk the other's context)."""
+    hw = hardware_from_dict({**HW, "prefill_attention_pair_s": 1e-8})
+    cost = CostModel(model_cost_of_config(preset_config("tiny", seed=0)), hw)
+    one = cost.prefill_member_s(0.0, 0.0, 4032, 64)
+    assert one == pytest.approx(4032 * 2e-6 + 64 * 2e-5 + attention_pairs(4032, 64) * 1e-8)
+    assert cost.attention_time_s(4032, 64) == pytest.approx(one)
+    two = cost.prefill_member_s(0.0, 0.0, 8064, 128, 2 * attention_pairs(4032, 64))
+    assert two == pytest.approx(2 * one)
+    assert cost.prefill_member_s(0.0, 0.0, 8064, 128) > two
 
 
 def test_simulated_half_reads_what_the_warm_store_holds() -> None:

@@ -5,9 +5,13 @@ runs small calibration workloads, none of them the benchmark's:
 
 - prefill service time: K agents submit together, so the prefill engine serves them one
   after another and their first tokens come one service time apart (the slope of the
-  sorted first-token times); fresh prompts of 1,024 and 4,096 tokens, then the same prompts
-  again, now hits of all but the last block. A least-squares fit gives
-  time = overhead + context x `prefill_context_token_s` + new x `prefill_new_token_s`;
+  sorted first-token times); fresh prompts of 1,024, 2,048 and 4,096 tokens, then the same
+  prompts again, now hits of all but the last block. A non-negative least-squares fit gives
+  time = overhead + context x `prefill_context_token_s` + new x `prefill_new_token_s`
+  + pairs x `prefill_attention_pair_s`, pairs = new x context + new (new + 1) / 2 the
+  query-key pairs of causal attention (`sim.cost.attention_pairs`): without that term a
+  cached turn (4,032 context, 64 new) was predicted 2.7x slower than measured, because the
+  fresh prompts' quadratic attention was charged to every context token;
 - decode step time: K agents with prompts of P tokens decode G tokens together (each of the
   two decode engines holds K/2); TPOT at (K, P) = (2, 1024), (16, 1024), (16, 4096) fits
   step = overhead + batch x `decode_seq_s` + Σ context x `decode_context_token_s`;
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dualpath.core.config import ClusterConfig
+from dualpath.sim.cost import attention_pairs
 from dualpath.workload.metrics import TurnRecord
 from dualpath.workload.trajectory import Trajectory, Turn
 from dualpath.workload.workload import offline_workload
@@ -38,7 +43,7 @@ from dualpath.workload.workload import offline_workload
 logger = logging.getLogger(__name__)
 
 K_PREFILL = 12
-FRESH_PROMPTS = (1024, 4096)  # fresh, then again as hits of all but the last block
+FRESH_PROMPTS = (1024, 2048, 4096)  # fresh, then again as hits of all but the last block
 DECODE_POINTS = ((2, 2048), (16, 2048), (16, 6144))
 DECODE_GEN = 33
 REPEATS = 3  # each point is the median of this many runs (the machine is shared)
@@ -64,12 +69,21 @@ def _slope(values: list[float]) -> float:
 
 
 def _fit(rows: list[tuple[float, ...]], ys: list[float]) -> list[float]:
-    """Least squares y = Σ c_j x_j (normal equations; coefficients clamped at >= 0)."""
+    """Non-negative least squares y = Σ c_j x_j: a fit with a negative coefficient drops
+    that column (its coefficient is 0) and is redone over the rest."""
     import numpy as np
 
     a = np.array(rows, dtype=float)
-    sol, *_ = np.linalg.lstsq(a, np.array(ys, dtype=float), rcond=None)
-    return [max(0.0, float(c)) for c in sol]
+    y = np.array(ys, dtype=float)
+    active = list(range(a.shape[1]))
+    coef = np.zeros(a.shape[1])
+    while active:
+        sol, *_ = np.linalg.lstsq(a[:, active], y, rcond=None)
+        if (sol >= 0).all():
+            coef[active] = sol
+            break
+        active.pop(int(np.argmin(sol)))
+    return [float(c) for c in coef]
 
 
 async def _measure(config: ClusterConfig) -> dict[str, Any]:
@@ -129,7 +143,8 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         cfg = replace(base, system="oracle", store_path=str(Path(tmp) / "store"))
         print("profiling the engines (oracle cluster, calibration workloads)", file=sys.stderr)
         m = asyncio.run(_measure(cfg))
-    pre = _fit([(1.0, c, n) for c, n, _ in m["prefill_samples"]], [t for *_, t in m["prefill_samples"]])
+    pre = _fit([(1.0, c, n, attention_pairs(c, n)) for c, n, _ in m["prefill_samples"]],
+               [t for *_, t in m["prefill_samples"]])
     dec = _fit([(1.0, b, b * c) for b, c, _ in m["decode_samples"]], [t for *_, t in m["decode_samples"]])
     snic = base.snic_bytes_s or 1e12
     cnic = base.cnic_bytes_s or 1e12
@@ -153,7 +168,7 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "_hbm_bytes": "engines keep KV in host memory; decode KV room is set from decode_kv_bytes",
         "cnic_hi_weight": base.cnic_high_weight, "_cnic_hi_weight": "ClusterConfig.cnic_high_weight",
         "prefill_batch_overhead_s": pre[0], "prefill_context_token_s": pre[1],
-        "prefill_new_token_s": max(pre[2], 1e-9),
+        "prefill_new_token_s": max(pre[2], 1e-9), "prefill_attention_pair_s": pre[3],
         "_prefill_new_token_s": f"fit of prefill service times {m['prefill_samples']} (context, new, s)",
         "decode_step_overhead_s": dec[0], "decode_seq_s": dec[1], "decode_context_token_s": dec[2],
         "_decode_seq_s": f"fit of TPOT {m['decode_samples']} (per-engine batch, mean context, s)",

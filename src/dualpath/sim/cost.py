@@ -8,8 +8,9 @@ slowest member's time plus the fixed per-forward overhead (`prefill_batch_overhe
 (each with its source). A hardware file may instead carry a profiled engine (measured
 per-token costs, `HardwareSpec.profiled_prefill` / `profiled_decode`), which then replaces
 the roofline: a prefill forward costs Σ (context x `prefill_context_token_s` + new x
-`prefill_new_token_s`) and a decode step batch x `decode_seq_s` + Σ context x
-`decode_context_token_s` (plus the same overheads).
+`prefill_new_token_s` + attention pairs x `prefill_attention_pair_s`) over its chunks and a
+decode step batch x `decode_seq_s` + Σ context x `decode_context_token_s` (plus the same
+overheads).
 
 Weights per GPU follow the EP group, not the cluster: routed experts are sharded over the
 `ModelCost.prefill_ep_gpus` / `decode_ep_gpus` GPUs of one group (an instance), so a bigger
@@ -28,6 +29,12 @@ from dualpath.sim.model_cost import ModelCost
 MAX_ROUTED_NODES = 4
 # Dispatch in FP8 (1 byte/element), combine in BF16 (2 bytes/element): V3 report, 3.3.
 EP_BYTES_PER_ELEMENT = 1 + 2
+
+
+def attention_pairs(context_tokens: float, new_tokens: float) -> float:
+    """Query-key pairs of causal attention for `new_tokens` after `context_tokens`: new token
+    i sees the context and itself and the i new tokens before it."""
+    return new_tokens * context_tokens + new_tokens * (new_tokens + 1) / 2
 
 
 @dataclass(frozen=True)
@@ -54,16 +61,25 @@ class CostModel:
         profiled engine predicts its whole chunk time."""
         hw = self.hw
         if hw.profiled_prefill:
-            return context_tokens * hw.prefill_context_token_s + new_tokens * hw.prefill_new_token_s
+            return self._profiled_prefill_s(context_tokens, new_tokens)
         return self.model.attention_flops(context_tokens, new_tokens) / (self.peak_flops * hw.prefill_mfu)
 
+    def _profiled_prefill_s(self, context_tokens: float, new_tokens: float,
+                            pairs: float | None = None) -> float:
+        hw = self.hw
+        if pairs is None:
+            pairs = attention_pairs(context_tokens, new_tokens)
+        return (context_tokens * hw.prefill_context_token_s + new_tokens * hw.prefill_new_token_s
+                + pairs * hw.prefill_attention_pair_s)
+
     def prefill_member_s(self, flops: float, weight_bytes: float, context_tokens: int = 0,
-                         new_tokens: int = 0) -> float:
+                         new_tokens: int = 0, pairs: float | None = None) -> float:
         """One member's share of a group forward (no fixed overhead): its batch's FLOPs
-        (roofline), or its chunks' context and new tokens summed (a profiled engine)."""
+        (roofline), or its chunks' context and new tokens and attention pairs summed (a
+        profiled engine; `pairs` None = one chunk of those sizes)."""
         hw = self.hw
         if hw.profiled_prefill:
-            return context_tokens * hw.prefill_context_token_s + new_tokens * hw.prefill_new_token_s
+            return self._profiled_prefill_s(context_tokens, new_tokens, pairs)
         compute = flops / (self.peak_flops * hw.prefill_mfu)
         weights = weight_bytes / self.hw.hbm_bytes_s
         return compute if compute > weights else weights

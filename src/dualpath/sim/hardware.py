@@ -16,8 +16,8 @@ from typing import Any
 from dualpath.core.errors import ConfigError
 
 DEFAULT_HARDWARE = "hopper-testbed"
-PROFILE_FIELDS = ("prefill_context_token_s", "prefill_new_token_s", "decode_seq_s",
-                  "decode_context_token_s", "turn_gap_s")
+PROFILE_FIELDS = ("prefill_context_token_s", "prefill_new_token_s", "prefill_attention_pair_s",
+                  "decode_seq_s", "decode_context_token_s", "turn_gap_s")
 
 
 @dataclass(frozen=True)
@@ -47,9 +47,12 @@ class HardwareSpec:
     dram_buffer_bytes_by_model: tuple[tuple[str, float], ...] = field(default=())
     # A profiled engine instead of the roofline (`CostModel`): measured per-token costs of
     # one engine on one machine (e.g. our PyTorch runtime on CPU). 0 = not profiled.
-    # prefill forward of chunks (c context, n new tokens): overhead + Σ (c x ctx + n x new).
+    # prefill forward of chunks (c context, n new tokens): overhead + Σ (c x ctx + n x new
+    # + pairs(c, n) x pair), pairs = n x c + n (n + 1) / 2 the query-key pairs of causal
+    # attention (`cost.attention_pairs`): attention grows with new x context, not either alone.
     prefill_context_token_s: float = 0.0
     prefill_new_token_s: float = 0.0
+    prefill_attention_pair_s: float = 0.0
     # decode step: overhead + batch x seq + Σ context x ctx-token.
     decode_seq_s: float = 0.0
     decode_context_token_s: float = 0.0

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dualpath.scheduler.charges import ChargePart
 from dualpath.sim.batching import form_batch
+from dualpath.sim.cost import attention_pairs
 from dualpath.sim.link import HI, LO
 from dualpath.sim.state import Engine, PrefillGroup, SimRequest
 
@@ -72,8 +73,9 @@ class PrefillStage:
             return None
         return self._start(now, g)
 
-    def _form(self, pe: Engine) -> tuple[float, int, int]:
-        """Form `pe.batch`; returns (FLOPs, prefix tokens to stream in, new tokens)."""
+    def _form(self, pe: Engine) -> tuple[float, int, int, float]:
+        """Form `pe.batch`; returns (FLOPs, prefix tokens to stream in, new tokens, attention
+        pairs)."""
         ready = pe.ready
         queue = ((r.cached + r.done_new, r.prompt - r.cached - r.done_new, r.cached + r.done_new)
                  for r in islice(ready, self.lookahead))
@@ -85,6 +87,7 @@ class PrefillStage:
         batch: list[tuple[SimRequest, int]] = []
         flops = 0.0
         in_tokens = new_tokens = 0
+        pairs = 0.0
         model = self.model
         for c in chunks:
             req = ready[0]
@@ -93,12 +96,13 @@ class PrefillStage:
             flops += model.prefill_flops(ctx, c)
             in_tokens += ctx
             new_tokens += c
+            pairs += attention_pairs(ctx, c)
             if c >= req.prompt - ctx:
                 ready.popleft()
             else:
                 break  # a chunked request stays at the head for the next batch
         pe.batch = batch
-        return flops, in_tokens, new_tokens
+        return flops, in_tokens, new_tokens, pairs
 
     def _start(self, now: float, g: PrefillGroup) -> Any:
         working: list[Engine] = []
@@ -108,9 +112,9 @@ class PrefillStage:
         for m in g.members:
             if not m.ready:
                 continue
-            flops, in_tokens, new_tokens = self._form(m)
+            flops, in_tokens, new_tokens, pairs = self._form(m)
             working.append(m)
-            t = self.cost.prefill_member_s(flops, g.weight_bytes, in_tokens, new_tokens)
+            t = self.cost.prefill_member_s(flops, g.weight_bytes, in_tokens, new_tokens, pairs)
             if t > slowest:
                 slowest = t
             flows.append((m, in_tokens * kvb, g.coll_bytes_per_token * new_tokens))
