@@ -98,14 +98,18 @@ class DecodeStage:
         events: list[Any] = []
         limit = g.d_steps + 1e-6
         end_turn = self.sim.end_turn
+        changed: dict[int, Engine] = {}  # members whose batch shrank: retimed once each
         while heap and heap[0][0] <= limit:
             req = heapq.heappop(heap)[2]
             de = req.de
-            self._account(de, now)
+            if de.eid not in changed:
+                self._account(de, now)  # later finishers of this step add no time
+                changed[de.eid] = de
             de.d_n -= 1
             g.d_n -= 1
             de.d_base -= req.prompt - req.sjoin
-            self._retime(g, de)
             events.extend(end_turn(now, req) or ())
+        for de in changed.values():
+            self._retime(g, de)
         events.extend(self._next(g) or ())
         return events
