@@ -22,12 +22,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smol_tokenizer() -> Tokenizer:
-    gguf = pytest.importorskip("gguf")
-    from dualpath.model.gguf_loader import read_fields
+    pytest.importorskip("gguf")
+    from dualpath.model.gguf_file import GGUFFile
     from dualpath.model.loader import smollm2_path
     from dualpath.model.tokenizer import BPETokenizer
 
-    tok = BPETokenizer.from_gguf_fields(read_fields(gguf.GGUFReader(smollm2_path())))
+    tok = BPETokenizer.from_gguf_fields(GGUFFile(smollm2_path()).fields)
     assert isinstance(tok, Tokenizer)  # structural protocol check
     return tok
 

@@ -18,14 +18,6 @@ from dualpath.model.tokenizer import BPETokenizer
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
 
-def open_reader(path: Path) -> GGUFFile:
-    return GGUFFile(path)  # raises ModelLoadError for an unreadable or malformed file
-
-
-def read_fields(reader: GGUFFile) -> dict[str, Any]:
-    return reader.fields
-
-
 def config_from_gguf(path: Path, fields: dict[str, Any], tensor_names: set[str],
                      kv_dtype: str) -> ModelConfig:
     arch = fields.get("general.architecture")
@@ -75,7 +67,7 @@ def config_from_gguf(path: Path, fields: dict[str, Any], tensor_names: set[str],
 
 def gguf_config_and_tokenizer(path: Path, kv_dtype: str) -> tuple[ModelConfig, BPETokenizer]:
     """Config and tokenizer only: the tensors' bytes are never read (memory-mapped, untouched)."""
-    reader = open_reader(path)
-    fields = read_fields(reader)
+    reader = GGUFFile(path)  # a ModelLoadError for an unreadable or malformed file
+    fields = reader.fields
     config = config_from_gguf(path, fields, {t.name for t in reader.tensors}, kv_dtype)
     return config, BPETokenizer.from_gguf_fields(fields)

@@ -14,7 +14,6 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,13 +21,12 @@ import torch
 from dualpath.core.errors import ModelLoadError
 from dualpath.core.model_config import ModelConfig
 from dualpath.model.gguf_blocks import KEPT_TYPES, from_gguf_data
-from dualpath.model.gguf_config import (  # noqa: F401 (read_fields, SUPPORTED_ARCHS: re-exported)
+from dualpath.model.gguf_config import (  # noqa: F401 (SUPPORTED_ARCHS: re-exported)
     SUPPORTED_ARCHS,
     config_from_gguf,
     gguf_config_and_tokenizer,
-    open_reader,
-    read_fields,
 )
+from dualpath.model.gguf_file import GGUFFile
 from dualpath.model.quant import WeightValue, as_float
 from dualpath.model.tokenizer import BPETokenizer
 
@@ -77,14 +75,14 @@ def read_gguf(path: Path, kv_dtype: str, *, keep_quantized: bool = False
     the whole model in float32. With `keep_quantized`, Q4_0 / Q4_1 / Q8_0 tensors come as
     `BlockQuantized` (rows already un-permuted), everything else as float32 tensors.
     """
-    reader = open_reader(path)
-    fields = read_fields(reader)
+    reader = GGUFFile(path)
+    fields = reader.fields
     config = config_from_gguf(path, fields, {t.name for t in reader.tensors}, kv_dtype)
     return config, _tensors(path, reader, config, keep_quantized), \
         BPETokenizer.from_gguf_fields(fields)
 
 
-def _tensors(path: Path, reader: Any, config: ModelConfig, keep_quantized: bool
+def _tensors(path: Path, reader: GGUFFile, config: ModelConfig, keep_quantized: bool
              ) -> Iterator[tuple[str, WeightValue]]:
     from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
