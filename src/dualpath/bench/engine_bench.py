@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from dualpath.bench.engine_model import (
     agent_chunks,
     run_model_bench,
 )
+from dualpath.bench.http_target import sse_json
 from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
 from dualpath.workload.metrics import percentile
@@ -256,11 +256,7 @@ async def _turn(session: Any, url: str, prompt: list[int],
     async with session.post(url + "/v1/completions", json=body) as resp:
         if resp.status != 200:
             raise UserInputError(f"server answered {resp.status}: {await resp.text()}")
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for chunk in sse_json(resp):
             if "error" in chunk:
                 raise UserInputError(f"stream failed: {chunk['error']}")
             for choice in chunk.get("choices", ()):

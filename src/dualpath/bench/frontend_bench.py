@@ -25,6 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dualpath.bench.http_target import sse_json
 from dualpath.bench.report import format_table, machine_info
 from dualpath.core.errors import UserInputError
 from dualpath.workload.metrics import percentile
@@ -324,11 +325,7 @@ async def _one_turn(session: Any, url: str, model: str, messages: list[dict[str,
     async with session.post(url + "/v1/chat/completions", json=body) as resp:
         if resp.status != 200:
             raise UserInputError(f"server answered {resp.status}: {await resp.text()}")
-        async for raw in resp.content:
-            line = raw.strip()
-            if not line.startswith(b"data: ") or line == b"data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        async for chunk in sse_json(resp):
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices", ()):

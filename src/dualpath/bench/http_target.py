@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from dualpath.bench.target import Target, TurnRequest, TurnResult
@@ -91,14 +92,7 @@ class HttpTarget(Target):
                 if resp.status != 200:
                     text = (await resp.text())[:300]
                     raise EngineError(f"server answered HTTP {resp.status}: {text}")
-                async for raw in resp.content:
-                    line = raw.decode("utf-8", "replace").strip()
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    chunk = json.loads(data)
+                async for chunk in sse_json(resp):
                     cached = _cached_tokens(chunk, cached)
                     new = _chunk_token_ids(chunk)
                     if not new:
@@ -120,6 +114,19 @@ class HttpTarget(Target):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def sse_json(resp: Any) -> AsyncIterator[Any]:
+    """The JSON payloads of a streamed (server-sent events) response's `data:` lines, up to
+    `[DONE]`."""
+    async for raw in resp.content:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
 
 
 def _chunk_token_ids(chunk: dict[str, Any]) -> list[int]:
