@@ -75,6 +75,11 @@ def test_slo_is_the_factor_times_the_larger_unloaded_median() -> None:
         unloaded_slo({"basic": []}, 3.0)
     with pytest.raises(UserInputError):
         unloaded_slo({"basic": [_rec(1.0, 0.01)]}, 0.0)
+    slo, how = unloaded_slo({"basic": [_rec(1.0, 0.01)]}, 3.0, 50.0)
+    assert (slo.ttft_s, slo.tpot_s) == (pytest.approx(3.0), pytest.approx(0.5))
+    assert how["tpot_factor"] == 50.0
+    with pytest.raises(UserInputError):
+        unloaded_slo({"basic": [_rec(1.0, 0.01)]}, 3.0, -1.0)
 
 
 def test_agents_in_the_window_grow_with_the_rate() -> None:
@@ -109,11 +114,14 @@ def test_live_search_finds_a_passing_and_a_failing_rate(tmp_path, capsys) -> Non
     # Basic on a slow SNIC: at 1 APS one agent arrives in the 3 s window and meets an SLO of
     # 4x the unloaded medians; at 10 APS 23 agents queue on the one SNIC (each turn reads
     # ~0.7 MB at 2 MB/s) and the TTFT objective is missed. Attainment, not time, is asserted.
+    # The TPOT objective is loose (50x): two calibration turns of a few tokens each give a
+    # noisy median TPOT (CI saw 1.1 ms unloaded, then 6.6 ms for the same lone agent).
     out_path = tmp_path / "online.json"
     rc = main(["bench", "storage-bound", "--online", "--systems", "basic", "--scale", "0.03",
                "--turns", "2", "--snic-bandwidth", "2MB/s", "--aps", "1", "--aps-step", "10",
                "--max-aps", "10", "--probes", "2", "--probe-duration", "3",
                "--probe-drain", "6", "--min-agents", "1", "--calibration-agents", "1", "--slo-factor", "4",
+               "--slo-tpot-factor", "50",
                "--work-dir", str(tmp_path / "work"), "--plot", str(tmp_path),
                "--json", str(out_path)])
     assert rc == 0
@@ -123,6 +131,7 @@ def test_live_search_finds_a_passing_and_a_failing_rate(tmp_path, capsys) -> Non
     assert [p["passed"] for p in basic["probes"]] == [True, False]
     assert basic["capacity_bracketed"] and basic["capacity_aps"] == 1.0
     assert out["slo_ttft_s"] > 0 and out["slo_derivation"]["factor"] == 4.0
+    assert out["slo_derivation"]["tpot_factor"] == 50.0
     assert all(p["bytes_read_pe_path"] > 0 and p["bytes_read_de_path"] == 0
                for p in basic["probes"])  # basic reads through the prefill side only
     assert (tmp_path / "storage_bound_online_attainment.png").exists()

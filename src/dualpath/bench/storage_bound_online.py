@@ -12,8 +12,8 @@ an idle cluster and reads exactly what it would on a fresh one (`storage_bound_p
 
 SLOs scaled to this machine: before any probe each system runs `--calibration-agents` agents
 one at a time (an unloaded cluster; agent i on every system before agent i + 1); SLO =
-`--slo-factor` x the larger of the systems' median unloaded TTFT, and the same factor x the
-larger median TPOT. One pair of SLOs holds for every system; taking the larger median means
+`--slo-factor` x the larger of the systems' median unloaded TTFT, and the same factor (or
+`--slo-tpot-factor`) x the larger median TPOT. One pair of SLOs holds for every system; taking the larger median means
 no system fails only because another set its objective. `--slo-ttft-s` and `--slo-tpot-s`
 fix them instead.
 """
@@ -81,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="SLO attainment a probe must reach to pass (0.9)")
     o.add_argument("--slo-factor", type=float, default=4.0,
                    help="SLO = this x the unloaded median TTFT / TPOT (4)")
+    o.add_argument("--slo-tpot-factor", type=float, default=None,
+                   help="TPOT SLO = this x the unloaded median TPOT (default: --slo-factor); "
+                        "TPOTs of short outputs are noisier than TTFTs")
     o.add_argument("--calibration-agents", type=int, default=2,
                    help="agents run one at a time per system to measure unloaded latency (2)")
     o.add_argument("--slo-ttft-s", type=float, default=None,
@@ -121,6 +124,8 @@ def _scenario(args: argparse.Namespace) -> Scenario:
         raise UserInputError("--aps must be > 0, --aps-step > 1 and --probes >= 1")
     if not 0 < args.slo_target <= 1 or not args.slo_factor > 0:
         raise UserInputError("--slo-target must be in (0, 1] and --slo-factor > 0")
+    if args.slo_tpot_factor is not None and not args.slo_tpot_factor > 0:
+        raise UserInputError(f"--slo-tpot-factor must be > 0, got {args.slo_tpot_factor}")
     if args.min_agents < 1:
         raise UserInputError("--min-agents must be >= 1")
     if args.calibration_agents < 1 or not args.max_aps >= args.aps:
@@ -191,7 +196,7 @@ async def _search(args: argparse.Namespace, scenario: Scenario, systems: list[st
             for agent in range(args.calibration_agents):  # interleaved, as the probes are
                 for live in lives:
                     calibration[live.system].extend(await live.calibrate(agent))
-            slo, derivation = unloaded_slo(calibration, args.slo_factor)
+            slo, derivation = unloaded_slo(calibration, args.slo_factor, args.slo_tpot_factor)
         print(f"SLO: TTFT <= {slo.ttft_s:.3g} s, TPOT <= {slo.tpot_s * 1e3:.3g} ms "
               f"(attainment >= {args.slo_target})", file=sys.stderr)
         searches = {s: CapacitySearch(start_aps=args.aps, slo_target=args.slo_target,

@@ -251,13 +251,18 @@ class LiveSystem:
         return report
 
 
-def unloaded_slo(calibration: dict[str, list[TurnRecord]], factor: float) -> tuple[SLO, dict[str, Any]]:
+def unloaded_slo(calibration: dict[str, list[TurnRecord]], factor: float,
+                 tpot_factor: float | None = None) -> tuple[SLO, dict[str, Any]]:
     """SLO = factor x the unloaded median, the larger of the systems' medians for each of TTFT
-    and TPOT (so every system meets it when alone); returns the SLO and how it was derived."""
+    and TPOT (so every system meets it when alone); `tpot_factor` (default `factor`) scales the
+    TPOT one. Returns the SLO and how it was derived."""
     from dualpath.workload.metrics import percentile
 
+    tpot_factor = factor if tpot_factor is None else tpot_factor
     if not factor > 0:
         raise UserInputError(f"--slo-factor must be > 0, got {factor}")
+    if not tpot_factor > 0:
+        raise UserInputError(f"--slo-tpot-factor must be > 0, got {tpot_factor}")
     per_system: dict[str, dict[str, float]] = {}
     for system, records in calibration.items():
         tpots = [v for v in (r.tpot_s for r in records) if v is not None]
@@ -274,8 +279,9 @@ def unloaded_slo(calibration: dict[str, list[TurnRecord]], factor: float) -> tup
     derivation = {
         "rule": "slo = factor x max over systems of the unloaded p50 (one agent at a time)",
         "factor": factor,
+        "tpot_factor": tpot_factor,
         "unloaded_ttft_s_p50": ttft,
         "unloaded_tpot_s_p50": tpot,
         "per_system": per_system,
     }
-    return SLO(ttft_s=factor * ttft, tpot_s=factor * tpot), derivation
+    return SLO(ttft_s=factor * ttft, tpot_s=tpot_factor * tpot), derivation
