@@ -20,13 +20,15 @@ runs small calibration workloads, none of them the benchmark's:
 A throw-away round first (the engines' first requests pay one-off costs), and every point
 is the median of `REPEATS` runs, each with its own prompts.
 
-Everything else in the file is the cluster's configuration (NIC rates, buffers, KV room).
+Everything else in the file is the cluster's configuration (NIC rates, buffers, KV room) and
+the cores its engines share (`host_cores`: the simulator's `sim.cpu`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -50,6 +52,12 @@ REPEATS = 3  # each point is the median of this many runs (the machine is shared
 # The engines' storage reader pools (`engine/prefill.py`, `engine/decode.py`:
 # ThreadPoolExecutor(max_workers=2)): concurrent reads per engine.
 READER_THREADS = 2
+
+
+def host_cores(config: ClusterConfig) -> float:
+    """The engines' share of this machine in engines' worth of cores: the cores this process
+    may run on over each engine's torch threads (an engine computes on `threads` cores)."""
+    return len(os.sched_getaffinity(0)) / max(1, config.threads)
 
 
 def _agents(prompts: list[int], gen: int, tag: str, turns: int = 1) -> list[Trajectory]:
@@ -174,6 +182,10 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "_decode_seq_s": f"fit of TPOT {m['decode_samples']} (per-engine batch, mean context, s)",
         "turn_gap_s": max(0.0, m["turn_gap_s"]),
         "_turn_gap_s": "mean time from a turn's last token to the agent's next turn (client + front-end)",
+        "host_cores": float(host_cores(base)),
+        "_host_cores": "cores the engines share (os.sched_getaffinity of this process) over "
+                       "ClusterConfig.threads torch threads per engine; the profile's points "
+                       "keep at most two engines computing at once",
         # Not hardware fields: the simulator configuration this cluster implies (SimConfig).
         "_cluster": {
             "block_tokens": base.block_size,

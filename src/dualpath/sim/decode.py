@@ -75,9 +75,24 @@ class DecodeStage:
         g.d_n += 1
         de.d_base += req.prompt - g.d_steps
         self._retime(g, de)
+        cpu = self.sim.cpu
+        if cpu is not None and de.d_n == 1:  # the engine starts computing
+            events = cpu.change(now, 1, skip=g)
+            events.extend(self._next(g) or ())
+            req.second_s = now + g.d_step_s
+            return events
         ev = self._next(g)
         req.second_s = now + g.d_step_s
         return ev
+
+    def retime_all(self, now: float, skip: DecodeGroup | None) -> list[Any]:
+        """Every running group's step time from `now` (the host CPU's share changed)."""
+        events: list[Any] = []
+        for g in self.sim.decode_groups:
+            if g.d_n > 0 and g is not skip:
+                self._advance(g, now)
+                events.extend(self._next(g) or ())
+        return events
 
     def _next(self, g: DecodeGroup) -> Any:
         g.version += 1
@@ -85,6 +100,9 @@ class DecodeStage:
             g.d_step_s = 0.0
             return None
         step = g.t_max + self.overhead_s
+        cpu = self.sim.cpu
+        if cpu is not None:
+            step *= cpu.slowdown
         g.d_step_s = step
         left = g.heap[0][0] - g.d_steps
         return ((g.d_last_s + (left if left > 0 else 0.0) * step, self._on_decode, (g, g.version)),)
@@ -109,7 +127,13 @@ class DecodeStage:
             g.d_n -= 1
             de.d_base -= req.prompt - req.sjoin
             events.extend(end_turn(now, req) or ())
+        idle = 0
         for de in changed.values():
             self._retime(g, de)
+            if de.d_n == 0:
+                idle += 1
+        cpu = self.sim.cpu
+        if cpu is not None and idle:
+            events.extend(cpu.change(now, -idle, skip=g))
         events.extend(self._next(g) or ())
         return events

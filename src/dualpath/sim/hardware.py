@@ -17,7 +17,7 @@ from dualpath.core.errors import ConfigError
 
 DEFAULT_HARDWARE = "hopper-testbed"
 PROFILE_FIELDS = ("prefill_context_token_s", "prefill_new_token_s", "prefill_attention_pair_s",
-                  "decode_seq_s", "decode_context_token_s", "turn_gap_s")
+                  "decode_seq_s", "decode_context_token_s", "turn_gap_s", "host_cores")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,10 @@ class HardwareSpec:
     # Time between a turn's last token and the agent's next turn reaching the scheduler
     # (client and front-end work: building and hashing the next prompt); 0 = none.
     turn_gap_s: float = 0.0
+    # CPU cores every engine of the cluster shares, in engines' worth (profiled engines of one
+    # host: cores / `ClusterConfig.threads`); a computing engine runs at min(1, cores /
+    # computing engines) of its profiled speed (`sim.cpu`). 0 = each engine has its own device.
+    host_cores: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -127,7 +127,7 @@ class PrefillStage:
         if self.free_io:
             g.phase = 2
             g.pending = 1
-            return ((now + g.compute_s, self.part_done, g),)
+            return self._compute(now, g)
         events: list[Any] = []
         token = (K_BATCH_IN, g)
         g.pending = 0
@@ -144,7 +144,7 @@ class PrefillStage:
         if self.layerwise:
             g.phase = 0
             g.pending += 1
-            events.append((now + g.compute_s, self.part_done, g))
+            events.extend(self._compute(now, g))
             send = self.sim.transfer.send_chunk
             for m in working:
                 for req, c in m.batch:
@@ -154,6 +154,23 @@ class PrefillStage:
             if g.pending == 0:
                 g.pending = 1
                 events.append((now, self.part_done, g))
+        return events
+
+    def _compute(self, now: float, g: PrefillGroup) -> list[Any]:
+        """The group's forward computes from `now` (its end is one of its parts)."""
+        cpu = self.sim.cpu
+        if cpu is None:
+            return [(now + g.compute_s, self.part_done, g)]
+        events = cpu.change(now, len(g.working))
+        events.append((now + g.compute_s * cpu.slowdown, self._computed, g))
+        return events
+
+    def _computed(self, now: float, g: PrefillGroup) -> Any:
+        """The compute of a forward on a shared host ended (`HostCPU`)."""
+        cpu = self.sim.cpu
+        assert cpu is not None
+        events = cpu.change(now, -len(g.working))
+        events.extend(self.part_done(now, g) or ())
         return events
 
     def _account_in(self, pe: Engine) -> None:
@@ -171,7 +188,7 @@ class PrefillStage:
         if g.phase == 1:  # non-layerwise: every prefix loaded, now compute
             g.phase = 2
             g.pending = 1
-            return ((now + g.compute_s, self.part_done, g),)
+            return self._compute(now, g)
         events: list[Any] = []
         send_after = g.phase == 2 and not self.free_io
         sim = self.sim

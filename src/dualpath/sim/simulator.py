@@ -27,6 +27,7 @@ from dualpath.scheduler.types import ClusterView, EngineState, NodeState, Reques
 from dualpath.sim.cluster import build_cluster
 from dualpath.sim.config import SimConfig
 from dualpath.sim.cost import CostModel
+from dualpath.sim.cpu import HostCPU
 from dualpath.sim.decode import DecodeStage
 from dualpath.sim.events import EventLoop
 from dualpath.sim.hardware import HardwareSpec, load_hardware
@@ -78,6 +79,8 @@ class Simulator:
         self.reads = StorageReads(self)
         self.transfer = KVTransfer(self)
         self.decode = DecodeStage(self)
+        # Engines sharing one host's cores (a profiled runtime): None = each has its own GPU.
+        self.cpu = HostCPU(self, self.hw.host_cores) if self.hw.host_cores > 0 else None
         cluster = build_cluster(config, self.hw, self.model, self.cost,
                                 self.reads.on_read_done, self._on_cnic_done)
         self.nodes = cluster.nodes

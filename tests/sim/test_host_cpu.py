@@ -1,0 +1,79 @@
+"""Profiled engines sharing one host's cores (`HardwareSpec.host_cores`, `sim.cpu.HostCPU`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from dualpath.model.presets import preset_config
+from dualpath.sim.api import simulate
+from dualpath.sim.config import SimConfig
+from dualpath.sim.cpu import HostCPU
+from dualpath.sim.hardware import hardware_from_dict
+from dualpath.sim.model_cost import model_cost_of_config
+
+HW = {
+    "name": "test-host", "gpus_per_node": 1, "snic_bytes_s": 8e6, "cnic_bytes_s": 64e6,
+    "nic_efficiency": 1.0, "pcie_bytes_s": 1e12, "storage_aggregate_bytes_s": 1e12,
+    "dram_buffer_bytes": 256 << 20, "hbm_bytes": 64e9, "hbm_reserve_fraction": 0.0,
+    "prefill_batch_overhead_s": 0.005, "prefill_context_token_s": 2e-6,
+    "prefill_new_token_s": 2e-5, "decode_step_overhead_s": 0.004, "decode_seq_s": 0.001,
+    "decode_context_token_s": 1e-7, "turn_gap_s": 0.001,
+}
+
+
+def _run(system: str, pd: tuple[int, int], agents: list[tuple[Any, ...]],
+         cores: float) -> dict[str, Any]:
+    hw = hardware_from_dict({**HW, "host_cores": cores} if cores else HW)
+    cfg = SimConfig(model="ds-27b", system=system, pd=pd, timeline_bin_s=None, block_tokens=64,
+                    sched_interval_s=0.0, ep_group_gpus=(1, 1), prefill_batch_requests=1)
+    model = model_cost_of_config(preset_config("tiny", seed=0))
+    return simulate(cfg, agents, hardware=hw, model=model).report
+
+
+def test_a_lone_engine_on_half_a_core_takes_twice_its_profiled_time() -> None:
+    # One agent, one turn: the prefill engine computes alone, then the decode engine does.
+    agents = [(0.0, [(1000, 40)])]
+    own = _run("oracle", (1, 1), agents, 0)
+    half = _run("oracle", (1, 1), agents, 0.5)
+    assert half["tpot_s_p50"] == pytest.approx(2 * own["tpot_s_p50"], rel=1e-9)
+    assert half["ttft_s_p50"] == pytest.approx(2 * own["ttft_s_p50"], rel=1e-6)
+
+
+def test_enough_cores_change_nothing() -> None:
+    agents = [(0.1 * i, [(900 + 50 * i, 20), (64, 20), (64, 20)]) for i in range(8)]
+    for system in ("basic", "dualpath", "oracle"):
+        own = _run(system, (1, 2), agents, 0)
+        many = _run(system, (1, 2), agents, 3)  # never more than 3 engines compute
+        wall = ("sim_wall_s", "sim_events_per_s")
+        same = [json.dumps({k: v for k, v in r.items() if k not in wall}, sort_keys=True)
+                for r in (many, own)]  # through JSON: NaN (no storage reads) equals NaN
+        assert same[0] == same[1], system
+
+
+def test_engines_computing_together_on_too_few_cores_slow_each_other() -> None:
+    # 16 agents over 1P2D: the decode engines decode while the prefill engine prefills the
+    # next turns, three engines on two cores.
+    agents = [(0.05 * i, [(2000 + 64 * i, 30)] + [(128, 30)] * 3) for i in range(16)]
+    own = _run("oracle", (1, 2), agents, 0)
+    shared = _run("oracle", (1, 2), agents, 2)
+    assert shared["jct_s"] > own["jct_s"]
+    assert shared["tpot_s_p50"] > own["tpot_s_p50"]
+    assert shared["num_turns"] == own["num_turns"] == 64
+
+
+def test_slowdown_is_computing_engines_over_cores() -> None:
+    class _Sim:
+        decode = None
+
+    cpu = HostCPU(_Sim(), 2)  # type: ignore[arg-type]
+    assert cpu.slowdown == 1.0
+    assert cpu.change(0.0, 2) == []  # two engines on two cores: no change, nothing retimed
+    cpu.computing += 1
+    assert cpu.slowdown == pytest.approx(1.5)
+    with pytest.raises(AssertionError):
+        cpu.change(0.0, -4)
+    with pytest.raises(ValueError):
+        HostCPU(_Sim(), 0)  # type: ignore[arg-type]
