@@ -30,6 +30,7 @@ class DecodeStage:
         self.sim = sim
         self.cost = sim.cost
         self.overhead_s = sim.hw.decode_step_overhead_s
+        self.cpu = sim.cpu
 
     @staticmethod
     def _advance(g: DecodeGroup, now: float) -> None:
@@ -75,7 +76,7 @@ class DecodeStage:
         g.d_n += 1
         de.d_base += req.prompt - g.d_steps
         self._retime(g, de)
-        cpu = self.sim.cpu
+        cpu = self.cpu
         if cpu is not None and de.d_n == 1:  # the engine starts computing
             events = cpu.change(now, 1, skip=g)
             events.extend(self._next(g) or ())
@@ -100,7 +101,7 @@ class DecodeStage:
             g.d_step_s = 0.0
             return None
         step = g.t_max + self.overhead_s
-        cpu = self.sim.cpu
+        cpu = self.cpu
         if cpu is not None:
             step *= cpu.slowdown
         g.d_step_s = step
@@ -132,7 +133,7 @@ class DecodeStage:
             self._retime(g, de)
             if de.d_n == 0:
                 idle += 1
-        cpu = self.sim.cpu
+        cpu = self.cpu
         if cpu is not None and idle:
             events.extend(cpu.change(now, -idle, skip=g))
         events.extend(self._next(g) or ())

@@ -52,6 +52,7 @@ class PrefillStage:
         self.free_io = sim.free_io
         self.quota_s = sim.quota_s
         self.overhead_s = sim.hw.prefill_batch_overhead_s
+        self.cpu = sim.cpu
         # SimConfig.prefill_batch_requests: an engine that runs a batch's requests one after
         # another (our runtime's PE) is a forward per request.
         limit = sim.cfg.prefill_batch_requests
@@ -158,7 +159,7 @@ class PrefillStage:
 
     def _compute(self, now: float, g: PrefillGroup) -> list[Any]:
         """The group's forward computes from `now` (its end is one of its parts)."""
-        cpu = self.sim.cpu
+        cpu = self.cpu
         if cpu is None:
             return [(now + g.compute_s, self.part_done, g)]
         events = cpu.change(now, len(g.working))
@@ -167,7 +168,7 @@ class PrefillStage:
 
     def _computed(self, now: float, g: PrefillGroup) -> Any:
         """The compute of a forward on a shared host ended (`HostCPU`)."""
-        cpu = self.sim.cpu
+        cpu = self.cpu
         assert cpu is not None
         events = cpu.change(now, -len(g.working))
         events.extend(self.part_done(now, g) or ())

@@ -78,9 +78,9 @@ class Simulator:
         self.waiting_info: dict[int, RequestInfo] = {}  # the same turns, as the scheduler sees them
         self.reads = StorageReads(self)
         self.transfer = KVTransfer(self)
-        self.decode = DecodeStage(self)
         # Engines sharing one host's cores (a profiled runtime): None = each has its own GPU.
         self.cpu = HostCPU(self, self.hw.host_cores) if self.hw.host_cores > 0 else None
+        self.decode = DecodeStage(self)
         cluster = build_cluster(config, self.hw, self.model, self.cost,
                                 self.reads.on_read_done, self._on_cnic_done)
         self.nodes = cluster.nodes
