@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from profiled_hw import PROFILED_HW as HW
 
 from dualpath.model.presets import preset_config
 from dualpath.sim.api import simulate
@@ -13,15 +14,6 @@ from dualpath.sim.config import SimConfig
 from dualpath.sim.cpu import HostCPU
 from dualpath.sim.hardware import hardware_from_dict
 from dualpath.sim.model_cost import model_cost_of_config
-
-HW = {
-    "name": "test-host", "gpus_per_node": 1, "snic_bytes_s": 8e6, "cnic_bytes_s": 64e6,
-    "nic_efficiency": 1.0, "pcie_bytes_s": 1e12, "storage_aggregate_bytes_s": 1e12,
-    "dram_buffer_bytes": 256 << 20, "hbm_bytes": 64e9, "hbm_reserve_fraction": 0.0,
-    "prefill_batch_overhead_s": 0.005, "prefill_context_token_s": 2e-6,
-    "prefill_new_token_s": 2e-5, "decode_step_overhead_s": 0.004, "decode_seq_s": 0.001,
-    "decode_context_token_s": 1e-7, "turn_gap_s": 0.001,
-}
 
 
 def _run(system: str, pd: tuple[int, int], agents: list[tuple[Any, ...]],

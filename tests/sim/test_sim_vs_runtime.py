@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from profiled_hw import PROFILED_HW
 
 from dualpath.bench import runtime_profile, sim_vs_runtime, storage_bound
 from dualpath.core.errors import UserInputError
@@ -18,15 +19,8 @@ from dualpath.sim.cost import CostModel, attention_pairs
 from dualpath.sim.hardware import hardware_from_dict
 from dualpath.sim.model_cost import model_cost_of_config
 
-HW = {
-    "name": "test-runtime", "gpus_per_node": 1, "snic_bytes_s": 8e6, "cnic_bytes_s": 64e6,
-    "nic_efficiency": 1.0, "pcie_bytes_s": 1e12, "storage_aggregate_bytes_s": 1e12,
-    "dram_buffer_bytes": 256 << 20, "hbm_bytes": 64e9, "hbm_reserve_fraction": 0.0,
-    "prefill_batch_overhead_s": 0.005, "prefill_context_token_s": 2e-6,
-    "prefill_new_token_s": 2e-5, "decode_step_overhead_s": 0.004, "decode_seq_s": 0.001,
-    "decode_context_token_s": 1e-7, "turn_gap_s": 0.001,
-    "_cluster": {"block_tokens": 64, "de_kv_capacity_tokens": 349_504, "read_slots_per_node": 2},
-}
+HW = {**PROFILED_HW,
+      "_cluster": {"block_tokens": 64, "de_kv_capacity_tokens": 349_504, "read_slots_per_node": 2}}
 
 
 def _args(agents: int = 4, turns: int = 2) -> argparse.Namespace:

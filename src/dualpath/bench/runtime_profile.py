@@ -182,7 +182,7 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "_decode_seq_s": f"fit of TPOT {m['decode_samples']} (per-engine batch, mean context, s)",
         "turn_gap_s": max(0.0, m["turn_gap_s"]),
         "_turn_gap_s": "mean time from a turn's last token to the agent's next turn (client + front-end)",
-        "host_cores": float(host_cores(base)),
+        "host_cores": host_cores(base),
         "_host_cores": "cores the engines share (os.sched_getaffinity of this process) over "
                        "ClusterConfig.threads torch threads per engine; the profile's points "
                        "keep at most two engines computing at once",

@@ -13,8 +13,8 @@ an idle cluster and reads exactly what it would on a fresh one (`storage_bound_p
 SLOs scaled to this machine: before any probe each system runs `--calibration-agents` agents
 one at a time (an unloaded cluster; agent i on every system before agent i + 1); SLO =
 `--slo-factor` x the larger of the systems' median unloaded TTFT, and the same factor (or
-`--slo-tpot-factor`) x the larger median TPOT. One pair of SLOs holds for every system; taking the larger median means
-no system fails only because another set its objective. `--slo-ttft-s` and `--slo-tpot-s`
+`--slo-tpot-factor`) x the larger median TPOT. One pair of SLOs holds for every system;
+taking the larger median means no system fails only because another set its objective. `--slo-ttft-s` and `--slo-tpot-s`
 fix them instead.
 """
 

@@ -77,13 +77,13 @@ class DecodeStage:
         de.d_base += req.prompt - g.d_steps
         self._retime(g, de)
         cpu = self.cpu
-        if cpu is not None and de.d_n == 1:  # the engine starts computing
-            events = cpu.change(now, 1, skip=g)
-            events.extend(self._next(g) or ())
-            req.second_s = now + g.d_step_s
-            return events
+        # The engine starts computing: the other groups slow down before this one's step.
+        events = cpu.change(now, 1, skip=g) if cpu is not None and de.d_n == 1 else None
         ev = self._next(g)
         req.second_s = now + g.d_step_s
+        if events:
+            events.extend(ev or ())
+            return events
         return ev
 
     def retime_all(self, now: float, skip: DecodeGroup | None) -> list[Any]:
