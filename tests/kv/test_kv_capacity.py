@@ -169,3 +169,43 @@ def test_the_index_is_bounded_and_forgetting_costs_only_a_stat(tmp_path: Path) -
         put_chain(store, chain(c, 3))
     assert len(store.index) <= bound
     assert store.longest_prefix(chain(c, 3)) == 3
+
+
+def test_the_rename_happens_under_the_root_lock(tmp_path: Path, monkeypatch) -> None:
+    """An eviction's listing resets the ledger; a rename racing that listing can be seen under
+    neither name (the soak test once saw a block on disk the ledger did not count), so a put
+    renames while it holds the lock every listing holds."""
+    root = tmp_path / "s"
+    store = FileKVStore(root, SMALL, max_bytes=10 * FILE)
+    held: list[bool] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        fd = os.open(root / ".dualpath-kv-ledger", os.O_RDWR)  # another open file description
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    put_chain(store, chain(1, 3))
+    assert held == [True, True, True]
+
+
+def test_two_puts_of_one_block_count_once(tmp_path: Path, monkeypatch) -> None:
+    """Two writers that both found a block missing both write it; the second replaces the
+    first, and the ledger counts the file once (it counted both before)."""
+    root = tmp_path / "s"
+    first, second = FileKVStore(root, SMALL, max_bytes=10 * FILE), FileKVStore(root, SMALL)
+    block = random_block(3)
+    first.put(hex_hash(7), block)
+    monkeypatch.setattr(second, "_exists", lambda _h: False)  # it looked before the first put
+    second.put(hex_hash(7), block)
+    assert disk_bytes(root) == FILE
+    assert first.stored_bytes() == second.stored_bytes() == FILE
+    assert np.array_equal(first.get(hex_hash(7)), block)

@@ -96,7 +96,10 @@ def test_killing_a_decode_engine_mid_run(tmp_path: Path) -> None:
                 victim = busy[0] if busy else None
             cluster.kill_engine(victim)
             results = await asyncio.gather(*tasks)
-            assert not cluster.books.ledger.alive(victim)
+            # The death was seen: the engine is still down, or was restarted (0.5 s backoff)
+            # and rejoined before the re-run requests finished.
+            assert (not cluster.books.ledger.alive(victim)
+                    or cluster.metrics.engine_restarts >= 1)
             for r in results:
                 assert r.finish.finish_reason == "length", r.finish
                 assert len(r.tokens) == 300

@@ -6,8 +6,9 @@ the same two pieces, so the cap holds for the root as a whole:
 - `SizeLedger` is one small file at the root holding the bytes of every block file (and
   every block being written) under the root, guarded by `flock`. A put creates its temp
   file, then reserves the block's size in the ledger (evicting first if the cap would be
-  passed), then writes and renames; a put that cannot make room is dropped. So the ledger
-  never exceeds the cap, and the files on disk never exceed the ledger.
+  passed), then writes, then renames under the lock (`Capacity.commit`); a put that cannot
+  make room is dropped. So the ledger never exceeds the cap, and the files on disk never
+  exceed the ledger.
 - `Evictor.make_room` runs under the ledger lock when a reservation does not fit: it lists
   the whole root (every geometry directory), which also resets the ledger to the exact
   total (temp files counted at their final size), and deletes least recently used LEAF
@@ -307,6 +308,24 @@ class Capacity:
                            "after eviction; blocks are being dropped", self.root, need,
                            self.max_bytes)
         return Reservation(fits, done.evicted_blocks, done.evicted_bytes)
+
+    def commit(self, tmp: str, path: str) -> None:
+        """Rename a written block from `tmp` onto `path`, under the root lock.
+
+        Under the lock because an eviction's listing resets the ledger: a rename in flight
+        while a directory is scanned can be seen under neither name, which left the ledger a
+        block short of the disk. A block already at `path` (the same content, put by another
+        writer) is replaced and its size taken off, so two puts of one block count once.
+        Raises OSError with the reservation still held (the caller releases it).
+        """
+        with self.ledger.locked() as view:
+            try:
+                replaced = os.stat(path).st_size
+            except FileNotFoundError:
+                replaced = 0
+            os.replace(tmp, path)
+            if replaced:
+                view.set((view.get() or 0) - replaced)
 
     def release(self, nbytes: int) -> None:
         """Give back a reservation whose block was never written."""

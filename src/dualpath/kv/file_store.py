@@ -291,7 +291,11 @@ class FileKVStore(BatchedStore):
                     raise
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            try:
+                self.capacity.commit(tmp, path)
+            except OSError:
+                self.capacity.release(need)
+                raise
         except OSError as exc:
             block_io.unlink_quietly(tmp)
             raise StoreError(f"writing KV block {block_hash} to {path}: {exc}") from exc
@@ -375,7 +379,8 @@ class FileKVStore(BatchedStore):
     def _corrupt(self, block_hash: str, fd: int, reason: str) -> None:
         path = self.path_of(block_hash)
         self._forget(block_hash)
-        moved = store_root.quarantine(self.dir, path, fd, block_hash, reason)
+        with self.capacity.ledger.locked():  # a move out of a directory being listed
+            moved = store_root.quarantine(self.dir, path, fd, block_hash, reason)
         where = f"moved to {moved}" if moved else "left in place (already replaced or moved)"
         logger.warning("corrupt KV block %s at %s: %s; treated as a miss, %s", block_hash, path, reason, where)
         self._stats.add(corrupt_blocks=1, quarantined_blocks=1 if moved else 0)
