@@ -107,7 +107,8 @@ def test_cluster_is_idle_after_a_prefill_engine_is_killed_mid_read(tmp_path: Pat
             victim, killed, victim_prompt = await _start_victim(cluster, "pe")
             cluster.kill_engine(killed)
             result = await asyncio.wait_for(victim, 30)
-            assert not cluster.books.ledger.alive(killed)
+            assert (not cluster.books.ledger.alive(killed)  # still down, or restarted
+                    or cluster.metrics.engine_restarts >= 1)
             again = await run_request(cluster, "again", victim_prompt)
             assert result.tokens == again.tokens and len(result.tokens) == 8
             await assert_idle(cluster, capacity)
