@@ -63,11 +63,12 @@ def simulate(config: SimConfig, agents: list[AgentTurns], *, agent_ids: list[int
     """
     with no_cyclic_gc(), _progress_bar(progress, config.system) as bar:
         t0 = time.perf_counter()
-        sim = Simulator(config, agents, hardware, model)
+        sim = Simulator(config, agents, hardware, model, agent_ids=agent_ids,
+                        keep_requests=False)
         sim.run(progress=bar)
         wall = time.perf_counter() - t0
-        breakdown = ttft_breakdown(sim.finished)
-        records = turn_records(sim, agent_ids, release=True)
+        breakdown = ttft_breakdown(sim)
+        records = turn_records(sim, release=True)
         report = sim_report(sim, records, mode=config.mode, wall_s=wall, num_agents=len(agents),
                             breakdown=breakdown)
     return SimRun(config, records, report)

@@ -7,29 +7,43 @@ bytes and utilization per NIC, the TTFT breakdown, the scheduler's decisions.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from dualpath.sim.simulator import Simulator
-from dualpath.sim.state import SimRequest
 from dualpath.workload.metrics import TurnRecord, build_report
 
 
-def turn_records(sim: Simulator, agent_ids: list[int] | None = None, *,
-                 release: bool = False) -> list[TurnRecord]:
-    """One TurnRecord per finished turn, by end time. release: empty `sim.finished` while
-    converting (halves peak memory at scale)."""
-    out = []
-    fin = sim.finished
-    source = (fin.pop() for _ in range(len(fin))) if release else iter(fin)
-    for r in source:
-        out.append(TurnRecord(
-            agent_id=agent_ids[r.agent] if agent_ids is not None else r.agent,
-            turn_index=r.turn, start_s=r.start_s, first_token_s=r.first_s,
-            second_token_s=r.second_s if r.gen > 1 else None, end_s=r.end_s,
-            prompt_tokens=r.prompt, generated_tokens=r.gen, cached_tokens=r.cached,
-        ))
-    out.sort(key=lambda t: (t.end_s, t.agent_id, t.turn_index))
+def turn_records(sim: Simulator, *, release: bool = False) -> list[TurnRecord]:
+    """Every finished turn's TurnRecord, by (end time, agent, turn). release: hand over
+    `sim.records` itself (emptied in the simulator) instead of a copy."""
+    out = sim.records if release else list(sim.records)
+    if release:
+        sim.records = []
+    _sort_by_end(out)
     return out
+
+
+def _sort_by_end(recs: list[TurnRecord]) -> None:
+    """Sort in place by (end_s, agent_id, turn_index). Turns finish in the order of the
+    loop's clock, so `recs` is usually by end_s already and only runs of equal end_s need
+    sorting (a full sort of millions of keys is not free); otherwise sorts it all."""
+    def key(t: TurnRecord) -> tuple[float, int, int]:
+        return (t.end_s, t.agent_id, t.turn_index)
+
+    ends = [t.end_s for t in recs]
+    if any(b < a for a, b in pairwise(ends)):
+        recs.sort(key=key)
+        return
+    ties = [i for i, (a, b) in enumerate(pairwise(ends)) if a == b]
+    k = 0
+    while k < len(ties):  # each run of equal end_s: recs[start : end + 1]
+        start = end = ties[k]
+        k += 1
+        while k < len(ties) and ties[k] == end + 1:
+            end = ties[k]
+            k += 1
+        recs[start:end + 2] = sorted(recs[start:end + 2], key=key)
 
 
 def _mean(xs: list[float]) -> float:
@@ -52,19 +66,18 @@ def _util_timeline(links: list[Any], bin_s: float, nbins: int) -> list[float]:
     return [round(x / len(links), 4) for x in out]
 
 
-def ttft_breakdown(reqs: list[SimRequest]) -> dict[str, float]:
+def ttft_breakdown(sim: Simulator) -> dict[str, float]:
     """Mean seconds of TTFT spent queueing (waiting for placement), reading (placement to
     prefix in a buffer, including waits for a read slot or buffer room) and in prefill
-    (ready at the PE to first token, including the PE's own queue)."""
-    q = [r.placed_s - r.start_s for r in reqs]
-    rd = [r.read_done_s - r.placed_s for r in reqs]
-    pf = [r.first_s - r.read_done_s for r in reqs]
-    return {"ttft_queue_s_mean": _mean(q), "ttft_read_s_mean": _mean(rd), "ttft_prefill_s_mean": _mean(pf)}
+    (ready at the PE to first token, including the PE's own queue), over finished turns."""
+    n = len(sim.records)
+    q, rd, pf = (s / n if n else float("nan") for s in sim.ttft_sums)
+    return {"ttft_queue_s_mean": q, "ttft_read_s_mean": rd, "ttft_prefill_s_mean": pf}
 
 
 def sim_report(sim: Simulator, records: list[TurnRecord], *, mode: str, wall_s: float,
                num_agents: int, breakdown: dict[str, float] | None = None) -> dict[str, Any]:
-    """breakdown: `ttft_breakdown(sim.finished)`, computed before `turn_records(release=True)`."""
+    """breakdown: `ttft_breakdown(sim)`, computed before `turn_records(release=True)`."""
     cfg = sim.cfg
     total_turns = sum(len(t) for t in sim.turns)
     unfinished = total_turns - len(records)
@@ -100,7 +113,7 @@ def sim_report(sim: Simulator, records: list[TurnRecord], *, mode: str, wall_s: 
         "cnic_utilization": [round(u, 4) for u in cnic_util],
         "cnic_utilization_mean": _mean(cnic_util),
         "cnic_utilization_max": max(cnic_util) if cnic_util else float("nan"),
-        **(breakdown if breakdown is not None else ttft_breakdown(sim.finished)),
+        **(breakdown if breakdown is not None else ttft_breakdown(sim)),
         "pd_room_waits": sim.transfer.room_waits,
         "dram_buffer_peak_bytes": [round(n.buf_total - n.buf_min_free) for n in nodes],
         "pe_busy_fraction_mean": _mean([e.busy_s / span for e in sim.engines if e.role == "prefill"]),

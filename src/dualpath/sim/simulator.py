@@ -37,6 +37,7 @@ from dualpath.sim.prefix import PrefixStore
 from dualpath.sim.reads import StorageReads
 from dualpath.sim.state import SimRequest, computed_kv_tokens
 from dualpath.sim.transfer import KVTransfer
+from dualpath.workload.metrics import TurnRecord
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,13 @@ class Simulator:
     """One run: `Simulator(config, agents).run()` -> finished `SimRequest`s."""
 
     def __init__(self, config: SimConfig, agents: Sequence[Agent],
-                 hardware: HardwareSpec | None = None, model: ModelCost | None = None) -> None:
+                 hardware: HardwareSpec | None = None, model: ModelCost | None = None, *,
+                 agent_ids: Sequence[int] | None = None, keep_requests: bool = True) -> None:
         """model: a cost preset not in `MODEL_PRESETS` (e.g. one built from a runtime model's
-        config); None = `model_cost(config.model)`."""
+        config); None = `model_cost(config.model)`. Every finished turn becomes a
+        `TurnRecord` in `records` (agent = `agent_ids[i]`, default the index `i`) as it
+        ends; keep_requests=False drops its `SimRequest` then (`finished` stays empty), which
+        at 7.8M turns saves gigabytes."""
         self.cfg = config
         self.spec = system_spec(config.system)
         self.free_io = self.spec.free_io
@@ -67,6 +72,11 @@ class Simulator:
         self.prefixes = PrefixStore.for_agents(agents, config.block_tokens)
         self.loop = EventLoop()
         self.finished: list[SimRequest] = []
+        self.records: list[TurnRecord] = []  # in the order turns ended
+        self._agent_ids = agent_ids
+        self._keep_requests = keep_requests
+        # Sums over finished turns of TTFT's parts: queue, read, prefill (`ttft_breakdown`).
+        self.ttft_sums = [0.0, 0.0, 0.0]
         self.decisions: list[tuple[Any, ...]] = []
         self.side_counts = {"pe": 0, "de": 0, "split": 0}
         self.sched_calls = 0
@@ -90,6 +100,7 @@ class Simulator:
         self._node_states = [self._node_state(n.nid) for n in self.nodes]
         self._dirty_engines: set[int] = set()
         self._dirty_nodes: set[int] = set()
+        self._view_checked = False
         self.prefill_groups = cluster.prefill_groups
         self.decode_groups = cluster.decode_groups
         self._build_scheduler()
@@ -134,7 +145,7 @@ class Simulator:
         tick = None
         if progress is not None:
             total = sum(len(t) for t in self.turns)
-            finished = self.finished
+            finished = self.records
 
             def tick(now: float) -> None:
                 progress(len(finished), total, now)
@@ -198,6 +209,9 @@ class Simulator:
         for nid in self._dirty_nodes:
             nstates[nid] = self._node_state(nid)
         self._dirty_nodes.clear()
+        if self._view_checked:  # the same engines and nodes as the first, checked view
+            return ClusterView.unchecked(tuple(states), tuple(nstates))
+        self._view_checked = True
         return ClusterView(tuple(states), tuple(nstates))
 
     def _on_schedule(self, now: float, _: Any) -> Any:
@@ -249,7 +263,18 @@ class Simulator:
     def end_turn(self, now: float, req: SimRequest) -> Any:
         """The last token is out: release the decode charge, persist, next turn arrives."""
         req.end_s = now
-        self.finished.append(req)
+        gen = req.gen
+        ids = self._agent_ids
+        self.records.append(TurnRecord(req.agent if ids is None else ids[req.agent], req.turn,
+                                       req.start_s, req.first_s,
+                                       req.second_s if gen > 1 else None, now, req.prompt, gen,
+                                       req.cached))
+        sums = self.ttft_sums
+        sums[0] += req.placed_s - req.start_s
+        sums[1] += req.read_done_s - req.placed_s
+        sums[2] += req.first_s - req.read_done_s
+        if self._keep_requests:
+            self.finished.append(req)
         block = self.cfg.block_tokens
         req.charge.apply_part(self, ChargePart.DECODE, -1)
         req.charge = None
