@@ -69,3 +69,31 @@ def test_slowdown_is_computing_engines_over_cores() -> None:
         cpu.change(0.0, -4)
     with pytest.raises(ValueError):
         HostCPU(_Sim(), 0)  # type: ignore[arg-type]
+
+
+def _run_kv(agents: list[tuple[Any, ...]], cores: float, kv_s: float,
+            persist_s: float) -> dict[str, Any]:
+    hw = hardware_from_dict({**HW, "host_cores": cores, "de_kv_cpu_s_per_byte": kv_s,
+                             "de_persist_cpu_s_per_byte": persist_s})
+    cfg = SimConfig(model="ds-27b", system="oracle", pd=(1, 2), timeline_bin_s=None,
+                    block_tokens=64, sched_interval_s=0.0, ep_group_gpus=(1, 1),
+                    prefill_batch_requests=1)
+    model = model_cost_of_config(preset_config("tiny", seed=0))
+    return simulate(cfg, agents, hardware=hw, model=model).report
+
+
+def test_moving_kv_on_the_decode_engines_takes_the_shared_cores() -> None:
+    # Long decodes on both DEs while later turns' KV arrives: the KV work is one more
+    # engine's worth of computing on two cores, so decoding slows; with cores to spare
+    # (4: PE, two DEs and the KV work never need more) it changes nothing.
+    agents = [(0.05 * i, [(1500 + 64 * i, 60), (128, 60)]) for i in range(8)]
+    base = _run_kv(agents, 2, 0.0, 0.0)
+    kv = _run_kv(agents, 2, 2e-9, 0.0)
+    persist = _run_kv(agents, 2, 0.0, 2e-9)
+    assert kv["tpot_s_p50"] > base["tpot_s_p50"] and kv["jct_s"] > base["jct_s"]
+    assert persist["jct_s"] > base["jct_s"]
+    # Only the first turn persists a fresh prompt's blocks: less work than every prompt's KV.
+    assert persist["jct_s"] < kv["jct_s"]
+    spare = [_run_kv(agents, 4, a, b)["jct_s"] for a, b in ((0.0, 0.0), (2e-9, 2e-9))]
+    assert spare[0] == spare[1]
+    assert base["num_turns"] == kv["num_turns"] == 16

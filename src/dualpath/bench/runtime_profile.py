@@ -15,7 +15,12 @@ runs small calibration workloads, none of them the benchmark's:
 - decode step time: K agents with prompts of P tokens decode G tokens together (each of the
   two decode engines holds K/2); TPOT at (K, P) = (2, 1024), (16, 1024), (16, 4096) fits
   step = overhead + batch x `decode_seq_s` + Σ context x `decode_context_token_s`;
-- turn gap: the time from a turn's last token to the agent's next turn starting.
+- turn gap: the time from a turn's last token to the agent's next turn starting;
+- the decode engines' CPU for moving KV: their process CPU seconds (reported with their
+  stats) beyond their idle rate over each prefill run above (1-token turns: every prompt's
+  KV goes into a decode engine's cache, fresh prompts persist their whole blocks, hits only
+  the last), fitted non-negatively as tokens into decode KV x `de_kv_cpu_s_per_byte` +
+  tokens persisted x `de_persist_cpu_s_per_byte` (per byte: x the model's KV bytes/token).
 
 A throw-away round first (the engines' first requests pay one-off costs), and every point
 is the median of `REPEATS` runs, each with its own prompts.
@@ -49,6 +54,8 @@ FRESH_PROMPTS = (1024, 2048, 4096)  # fresh, then again as hits of all but the l
 DECODE_POINTS = ((2, 2048), (16, 2048), (16, 6144))
 DECODE_GEN = 33
 REPEATS = 3  # each point is the median of this many runs (the machine is shared)
+IDLE_S = 3.0  # the decode engines' idle CPU rate is measured over this long
+STATS_WAIT_S = 0.6  # a reading waits for every engine's next report (sent every 0.5 s)
 # The engines' storage reader pools (`engine/prefill.py`, `engine/decode.py`:
 # ThreadPoolExecutor(max_workers=2)): concurrent reads per engine.
 READER_THREADS = 2
@@ -114,18 +121,36 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
             return list(result.records)
 
         await run(_agents([512] * 4, 4, "throwaway-"))
+        idle0 = await _de_cpu(cluster)
+        await asyncio.sleep(IDLE_S)
+        idle1 = await _de_cpu(cluster)
+        idle_rate = max(0.0, (idle1[0] - idle0[0]) / max(1e-9, idle1[1] - idle0[1]))
         prefill: list[tuple[float, float, float]] = []  # (context, new, service seconds)
+        # (prompt tokens into decode KV, tokens persisted, decode engines' CPU seconds)
+        kv_cpu: list[tuple[float, float, float]] = []
         for p in FRESH_PROMPTS:
-            fresh, hits = [], []
+            fresh, hits, fresh_cpu, hit_cpu = [], [], [], []
             ctx = 0.0
             for rep in range(REPEATS):
                 trajs = _agents([p] * K_PREFILL, 1, f"fresh{p}r{rep}-")
+                before = await _de_cpu(cluster)
                 fresh.append(_slope([r.first_token_s for r in await run(trajs)]))
+                mid = await _de_cpu(cluster)
                 again = await run(trajs)  # the same prompts: now stored
+                after = await _de_cpu(cluster)
                 hits.append(_slope([r.first_token_s for r in again]))
                 ctx = statistics.mean(r.cached_tokens for r in again)
+                fresh_cpu.append(_busy(before, mid, idle_rate))
+                hit_cpu.append(_busy(mid, after, idle_rate))
             prefill.append((0.0, float(p), statistics.median(fresh)))
             prefill.append((ctx, p - ctx, statistics.median(hits)))
+            # 1-token turns: every prompt token's KV goes into a decode engine's cache; a
+            # fresh prompt's whole blocks are persisted, a hit persists only its last one.
+            blocks = p // config.block_size * config.block_size
+            kv_cpu.append((float(K_PREFILL * p), float(K_PREFILL * blocks),
+                           statistics.median(fresh_cpu)))
+            kv_cpu.append((float(K_PREFILL * p), float(K_PREFILL * (blocks - ctx)),
+                           statistics.median(hit_cpu)))
         decode: list[tuple[float, float, float]] = []  # (per-DE batch, mean context, TPOT)
         for k, p in DECODE_POINTS:
             tpots = []
@@ -141,7 +166,30 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
         gap = statistics.mean(t[1].start_s - t[0].end_s for t in by_agent.values())
     finally:
         await cluster.shutdown()
-    return {"prefill_samples": prefill, "decode_samples": decode, "turn_gap_s": gap}
+    return {"prefill_samples": prefill, "decode_samples": decode, "turn_gap_s": gap,
+            "kv_cpu_samples": kv_cpu, "de_idle_cpu_rate": idle_rate}
+
+
+async def _de_cpu(cluster: Any) -> tuple[float, float]:
+    """(CPU seconds, engine clock seconds) summed over the decode engines, from reports that
+    all came after this call began (an engine reports every 0.5 s)."""
+    asked = {e: c.get("process.clock_s", 0.0) for e, c in cluster.counters().items()}
+    await asyncio.sleep(STATS_WAIT_S)
+    cpu = clock = 0.0
+    for info in cluster.books.ledger.engines.values():
+        c = cluster.counters().get(info.engine_id, {})
+        if info.role != "decode" or "process.cpu_s" not in c:
+            continue
+        if c["process.clock_s"] <= asked.get(info.engine_id, 0.0):
+            raise RuntimeError(f"engine {info.engine_id} sent no stats in {STATS_WAIT_S} s")
+        cpu += c["process.cpu_s"]
+        clock += c["process.clock_s"]
+    return cpu, clock
+
+
+def _busy(before: tuple[float, float], after: tuple[float, float], idle_rate: float) -> float:
+    """CPU seconds the decode engines spent beyond idling between two `_de_cpu` readings."""
+    return max(0.0, (after[0] - before[0]) - idle_rate * (after[1] - before[1]))
 
 
 def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, Any]:
@@ -154,6 +202,8 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
     pre = _fit([(1.0, c, n, attention_pairs(c, n)) for c, n, _ in m["prefill_samples"]],
                [t for *_, t in m["prefill_samples"]])
     dec = _fit([(1.0, b, b * c) for b, c, _ in m["decode_samples"]], [t for *_, t in m["decode_samples"]])
+    kv = _fit([(into, persisted) for into, persisted, _ in m["kv_cpu_samples"]],
+              [cpu for *_, cpu in m["kv_cpu_samples"]])
     snic = base.snic_bytes_s or 1e12
     cnic = base.cnic_bytes_s or 1e12
     return {
@@ -180,6 +230,13 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "_prefill_new_token_s": f"fit of prefill service times {m['prefill_samples']} (context, new, s)",
         "decode_step_overhead_s": dec[0], "decode_seq_s": dec[1], "decode_context_token_s": dec[2],
         "_decode_seq_s": f"fit of TPOT {m['decode_samples']} (per-engine batch, mean context, s)",
+        "de_kv_cpu_s_per_byte": kv[0] / kv_bytes_per_token,
+        "de_persist_cpu_s_per_byte": kv[1] / kv_bytes_per_token,
+        "_de_kv_cpu_s_per_byte": "fit of the decode engines' CPU seconds beyond idle "
+                                 f"(idle {m['de_idle_cpu_rate']:.3f} cores) over 1-token turns "
+                                 f"{m['kv_cpu_samples']} (prompt tokens into decode KV, tokens "
+                                 "persisted, s): receiving KV into the paged cache, and "
+                                 "persisting whole blocks",
         "turn_gap_s": max(0.0, m["turn_gap_s"]),
         "_turn_gap_s": "mean time from a turn's last token to the agent's next turn (client + front-end)",
         "host_cores": host_cores(base),

@@ -299,6 +299,9 @@ class EngineBase:
                 counters[f"store.{key}"] = float(value)
         counters["buffer.used_bytes"] = float(self.buffer.stats().reserved_bytes)
         counters["load.seq"], counters["load.tok"] = float(seq), float(tok)
+        # The process's CPU seconds and the engine's clock at this report: the runtime
+        # profile measures what moving KV costs a decode engine's CPU from their deltas.
+        counters["process.cpu_s"], counters["process.clock_s"] = time.process_time(), now
         rejected = self.rejections.snapshot()
         for reason, n in self.transport.rejections.snapshot().items():
             rejected[reason] = rejected.get(reason, 0) + n

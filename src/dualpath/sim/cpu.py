@@ -7,8 +7,10 @@ computing at once: one prefill engine alone, or the two decode engines). An engi
 computing during a prefill forward's compute (not while it waits for its prefix KV) and while
 a decode engine's batch is not empty. A change in the count retimes every running decode
 group from that moment (`DecodeStage.retime_all`); a prefill forward's time is fixed at its
-start. Not modelled: the CPU the engines spend moving KV (receiving, persisting, reading the
-store) and the front end's.
+start. A decode engine's work of moving a turn's KV (profiled per byte:
+`HardwareSpec.de_kv_cpu_s_per_byte`, `de_persist_cpu_s_per_byte`) counts as one more engine
+computing while it lasts (`DecodeStage._kv_work`). Not modelled: the prefill engine's CPU for
+sending KV, the engines' store reads, and the front end's CPU.
 
 With `host_cores` 0 (every GPU preset) there is no `HostCPU` and nothing is counted.
 """

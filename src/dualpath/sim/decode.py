@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING, Any
 
-from dualpath.sim.state import DecodeGroup, Engine, SimRequest
+from dualpath.sim.state import DecodeGroup, Engine, SimRequest, computed_kv_tokens
 
 if TYPE_CHECKING:
     from dualpath.sim.simulator import Simulator
@@ -31,6 +31,10 @@ class DecodeStage:
         self.cost = sim.cost
         self.overhead_s = sim.hw.decode_step_overhead_s
         self.cpu = sim.cpu
+        hw = sim.hw
+        # CPU for moving a turn's KV on a shared host (`HardwareSpec.de_kv_cpu_s_per_byte`).
+        self.kv_cpu = sim.cpu is not None and (hw.de_kv_cpu_s_per_byte > 0
+                                               or hw.de_persist_cpu_s_per_byte > 0)
 
     @staticmethod
     def _advance(g: DecodeGroup, now: float) -> None:
@@ -65,9 +69,13 @@ class DecodeStage:
         if req.turn == 0 and prefixes is not None:
             # The runtime's DE persists the prompt's whole blocks as it emits the first token.
             prefixes.persisted(req.agent, req.prompt)
+        kv_events = self._kv_work(now, req) if self.kv_cpu else None
         self._advance(g, now)
         if req.gen <= 1:
             req.second_s = -1.0
+            if kv_events:
+                kv_events.extend(self.sim.end_turn(now, req) or ())
+                return kv_events
             return self.sim.end_turn(now, req)
         self._account(de, now)
         req.sjoin = g.d_steps
@@ -81,10 +89,35 @@ class DecodeStage:
         events = cpu.change(now, 1, skip=g) if cpu is not None and de.d_n == 1 else None
         ev = self._next(g)
         req.second_s = now + g.d_step_s
+        if kv_events:
+            events = kv_events + (events or [])
         if events:
             events.extend(ev or ())
             return events
         return ev
+
+    def _kv_work(self, now: float, req: SimRequest) -> list[Any]:
+        """The DE's CPU work of moving this turn's KV (into its paged cache, and persisting
+        the turn's new whole blocks) starts now on the shared cores: one more engine's
+        worth computing until it is done (its time fixed at its start, as a prefill's)."""
+        sim = self.sim
+        hw = sim.hw
+        cpu = self.cpu
+        assert cpu is not None
+        block = sim.cfg.block_tokens
+        persisted = computed_kv_tokens(req.prompt, req.gen) // block - req.cached // block
+        work = sim.kvb * (req.prompt * hw.de_kv_cpu_s_per_byte
+                          + max(0, persisted) * block * hw.de_persist_cpu_s_per_byte)
+        if work <= 0:
+            return []
+        events = cpu.change(now, 1)
+        events.append((now + work * cpu.slowdown, self._kv_done, None))
+        return events
+
+    def _kv_done(self, now: float, _: Any) -> Any:
+        cpu = self.cpu
+        assert cpu is not None
+        return cpu.change(now, -1)
 
     def retime_all(self, now: float, skip: DecodeGroup | None) -> list[Any]:
         """Every running group's step time from `now` (the host CPU's share changed)."""

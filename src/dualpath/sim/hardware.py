@@ -17,7 +17,8 @@ from dualpath.core.errors import ConfigError
 
 DEFAULT_HARDWARE = "hopper-testbed"
 PROFILE_FIELDS = ("prefill_context_token_s", "prefill_new_token_s", "prefill_attention_pair_s",
-                  "decode_seq_s", "decode_context_token_s", "turn_gap_s", "host_cores")
+                  "decode_seq_s", "decode_context_token_s", "turn_gap_s", "host_cores",
+                  "de_kv_cpu_s_per_byte", "de_persist_cpu_s_per_byte")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ class HardwareSpec:
     # host: cores / `ClusterConfig.threads`); a computing engine runs at min(1, cores /
     # computing engines) of its profiled speed (`sim.cpu`). 0 = each engine has its own device.
     host_cores: float = 0.0
+    # CPU a decode engine on such a host spends moving a turn's KV, per byte: its prompt's
+    # KV into the paged cache (received or from its buffer) and the whole blocks it persists.
+    # Counted on the shared cores like compute (`sim.cpu`); 0 = not modelled (GPU presets:
+    # DMA engines and NICs move KV, not the host's cores).
+    de_kv_cpu_s_per_byte: float = 0.0
+    de_persist_cpu_s_per_byte: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
