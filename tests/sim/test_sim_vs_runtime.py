@@ -113,3 +113,39 @@ def test_benchmark_runs_on_a_live_cluster(tmp_path: Path) -> None:
         assert r["runtime_cached_tokens_fraction"] == pytest.approx(r["sim_cached_tokens_fraction"],
                                                                     abs=0.02)
     assert result["max_abs_error"] == max(abs(r["sim_over_runtime"] - 1) for r in systems.values())
+
+
+def test_decode_cpu_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) -> None:
+    import asyncio
+    from types import SimpleNamespace
+
+    class _Cluster:
+        """Two decode engines and a prefill engine whose reports advance on every look."""
+
+        def __init__(self) -> None:
+            self.looks = 0
+            self.books = SimpleNamespace(ledger=SimpleNamespace(engines={
+                0: SimpleNamespace(engine_id=0, role="prefill"),
+                1: SimpleNamespace(engine_id=1, role="decode"),
+                2: SimpleNamespace(engine_id=2, role="decode")}))
+
+        def counters(self) -> dict[int, dict[str, float]]:
+            self.looks += 1
+            fresh = 1.0 if self.looks > 3 else 0.0  # the new reports arrive on the 4th look
+            return {0: {"process.cpu_s": 99.0, "process.clock_s": 9.0 + fresh},
+                    1: {"process.cpu_s": 1.0 + fresh, "process.clock_s": 10.0 + fresh},
+                    2: {"process.cpu_s": 2.0 + 2 * fresh, "process.clock_s": 10.0 + fresh}}
+
+    cluster = _Cluster()
+    cpu, clock = asyncio.run(runtime_profile._de_cpu(cluster))
+    assert (cpu, clock) == (6.0, 22.0)  # the prefill engine is not counted
+    assert runtime_profile._busy((3.0, 20.0), (cpu, clock), idle_rate=0.25) == pytest.approx(2.5)
+    assert runtime_profile._busy((3.0, 20.0), (3.1, 22.0), idle_rate=0.25) == 0.0
+
+    class _Silent(_Cluster):
+        def counters(self) -> dict[int, dict[str, float]]:
+            return {1: {"process.cpu_s": 1.0, "process.clock_s": 10.0}}
+
+    monkeypatch.setattr(runtime_profile, "STATS_WAIT_S", 0.3)
+    with pytest.raises(RuntimeError, match="sent no stats"):
+        asyncio.run(runtime_profile._de_cpu(_Silent()))
