@@ -123,8 +123,8 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
         await run(_agents([512] * 4, 4, "throwaway-"))
         idle0 = await _de_cpu(cluster)
         await asyncio.sleep(IDLE_S)
-        idle1 = await _de_cpu(cluster)
-        idle_rate = max(0.0, (idle1[0] - idle0[0]) / max(1e-9, idle1[1] - idle0[1]))
+        reading = await _de_cpu(cluster)  # each run's end is the next run's start
+        idle_rate = max(0.0, (reading[0] - idle0[0]) / max(1e-9, reading[1] - idle0[1]))
         prefill: list[tuple[float, float, float]] = []  # (context, new, service seconds)
         # (prompt tokens into decode KV, tokens persisted, decode engines' CPU seconds)
         kv_cpu: list[tuple[float, float, float]] = []
@@ -133,11 +133,11 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
             ctx = 0.0
             for rep in range(REPEATS):
                 trajs = _agents([p] * K_PREFILL, 1, f"fresh{p}r{rep}-")
-                before = await _de_cpu(cluster)
+                before = reading
                 fresh.append(_slope([r.first_token_s for r in await run(trajs)]))
                 mid = await _de_cpu(cluster)
                 again = await run(trajs)  # the same prompts: now stored
-                after = await _de_cpu(cluster)
+                after = reading = await _de_cpu(cluster)
                 hits.append(_slope([r.first_token_s for r in again]))
                 ctx = statistics.mean(r.cached_tokens for r in again)
                 fresh_cpu.append(_busy(before, mid, idle_rate))

@@ -132,18 +132,6 @@ class ClusterView:
     def build(cls, engines: Sequence[EngineState], nodes: Sequence[NodeState]) -> ClusterView:
         return cls(tuple(engines), tuple(nodes))
 
-    @classmethod
-    def unchecked(cls, engines: tuple[EngineState, ...],
-                  nodes: tuple[NodeState, ...]) -> ClusterView:
-        """A view built without the O(engines) checks, for a caller whose engines and nodes
-        are those of a view it built checked (same ids, nodes and roles, new counters) and
-        whose books cannot go negative: the simulator, which calls the scheduler tens of
-        thousands of times over 1,152 engines (the checks were ~5 % of a run)."""
-        view = object.__new__(cls)
-        object.__setattr__(view, "engines", engines)
-        object.__setattr__(view, "nodes", nodes)
-        return view
-
 
 @dataclass(frozen=True, slots=True)
 class ReadPlan:

@@ -7,7 +7,6 @@ bytes and utilization per NIC, the TTFT breakdown, the scheduler's decisions.
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any
 
 from dualpath.sim.simulator import Simulator
@@ -20,30 +19,8 @@ def turn_records(sim: Simulator, *, release: bool = False) -> list[TurnRecord]:
     out = sim.records if release else list(sim.records)
     if release:
         sim.records = []
-    _sort_by_end(out)
+    out.sort(key=lambda t: (t.end_s, t.agent_id, t.turn_index))  # ends in order: linear
     return out
-
-
-def _sort_by_end(recs: list[TurnRecord]) -> None:
-    """Sort in place by (end_s, agent_id, turn_index). Turns finish in the order of the
-    loop's clock, so `recs` is usually by end_s already and only runs of equal end_s need
-    sorting (a full sort of millions of keys is not free); otherwise sorts it all."""
-    def key(t: TurnRecord) -> tuple[float, int, int]:
-        return (t.end_s, t.agent_id, t.turn_index)
-
-    ends = [t.end_s for t in recs]
-    if any(b < a for a, b in pairwise(ends)):
-        recs.sort(key=key)
-        return
-    ties = [i for i, (a, b) in enumerate(pairwise(ends)) if a == b]
-    k = 0
-    while k < len(ties):  # each run of equal end_s: recs[start : end + 1]
-        start = end = ties[k]
-        k += 1
-        while k < len(ties) and ties[k] == end + 1:
-            end = ties[k]
-            k += 1
-        recs[start:end + 2] = sorted(recs[start:end + 2], key=key)
 
 
 def _mean(xs: list[float]) -> float:

@@ -100,7 +100,6 @@ class Simulator:
         self._node_states = [self._node_state(n.nid) for n in self.nodes]
         self._dirty_engines: set[int] = set()
         self._dirty_nodes: set[int] = set()
-        self._view_checked = False
         self.prefill_groups = cluster.prefill_groups
         self.decode_groups = cluster.decode_groups
         self._build_scheduler()
@@ -209,9 +208,6 @@ class Simulator:
         for nid in self._dirty_nodes:
             nstates[nid] = self._node_state(nid)
         self._dirty_nodes.clear()
-        if self._view_checked:  # the same engines and nodes as the first, checked view
-            return ClusterView.unchecked(tuple(states), tuple(nstates))
-        self._view_checked = True
         return ClusterView(tuple(states), tuple(nstates))
 
     def _on_schedule(self, now: float, _: Any) -> Any:
