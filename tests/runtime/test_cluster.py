@@ -43,7 +43,7 @@ def _path_bytes(counters: dict, key: str) -> float:
 
 def test_outputs_identical_across_read_paths(tmp_path: Path) -> None:
     async def main() -> None:
-        cold, _ = await _conversation(_config(tmp_path / "cold", use_kv_store=False))
+        cold, cold_counters = await _conversation(_config(tmp_path / "cold", use_kv_store=False))
         pe, pe_counters = await _conversation(_config(tmp_path / "pe", read_path="pe"))
         de, de_counters = await _conversation(_config(tmp_path / "de", read_path="de"))
         assert [r.tokens for r in pe] == [r.tokens for r in cold]
@@ -61,6 +61,14 @@ def test_outputs_identical_across_read_paths(tmp_path: Path) -> None:
         assert _path_bytes(pe_counters, "bytes_read_de_path") == 0
         assert _path_bytes(de_counters, "bytes_read_de_path") > 0
         assert _path_bytes(de_counters, "bytes_read_pe_path") == 0
+        # The decode engines count their steps (`runtime_profile` fits its decode model on
+        # them): every answer token after the prefill's first is one sequence of one step.
+        batch = _path_bytes(cold_counters, "decode.batch_sum")
+        answers = sum(len(r.tokens) for r in cold)
+        assert answers - len(cold) <= batch <= answers
+        assert 0 < _path_bytes(cold_counters, "decode.steps") <= batch
+        assert _path_bytes(cold_counters, "decode.ctx_sum") > batch * 64
+        assert _path_bytes(cold_counters, "decode.cpu_s") > 0
 
     asyncio.run(main())
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from profiled_hw import PROFILED_HW
@@ -115,9 +116,12 @@ def test_benchmark_runs_on_a_live_cluster(tmp_path: Path) -> None:
     assert result["max_abs_error"] == max(abs(r["sim_over_runtime"] - 1) for r in systems.values())
 
 
-def test_decode_cpu_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) -> None:
+def test_profile_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) -> None:
     import asyncio
+    from dataclasses import replace
     from types import SimpleNamespace
+
+    from dualpath.workload.metrics import TurnRecord
 
     class _Cluster:
         """Two decode engines and a prefill engine whose reports advance on every look."""
@@ -132,15 +136,27 @@ def test_decode_cpu_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatc
         def counters(self) -> dict[int, dict[str, float]]:
             self.looks += 1
             fresh = 1.0 if self.looks > 3 else 0.0  # the new reports arrive on the 4th look
-            return {0: {"process.cpu_s": 99.0, "process.clock_s": 9.0 + fresh},
-                    1: {"process.cpu_s": 1.0 + fresh, "process.clock_s": 10.0 + fresh},
-                    2: {"process.cpu_s": 2.0 + 2 * fresh, "process.clock_s": 10.0 + fresh}}
+            return {0: {"process.cpu_s": 99.0, "process.clock_s": 9.0 + fresh,
+                        "bytes_read_pe_path": 500.0, "cnic.tx.kv.bytes": 700.0},
+                    1: {"process.cpu_s": 1.0 + fresh, "process.clock_s": 10.0 + fresh,
+                        "decode.steps": 4.0, "decode.batch_sum": 8.0, "decode.ctx_sum": 900.0,
+                        "bytes_read_de_path": 30.0, "cnic.tx.kv.bytes": 40.0},
+                    2: {"process.cpu_s": 2.0 + 2 * fresh, "process.clock_s": 10.0 + fresh,
+                        "decode.steps": 6.0, "decode.batch_sum": 6.0, "decode.ctx_sum": 100.0}}
 
-    cluster = _Cluster()
-    cpu, clock = asyncio.run(runtime_profile._de_cpu(cluster))
-    assert (cpu, clock) == (6.0, 22.0)  # the prefill engine is not counted
-    assert runtime_profile._busy((3.0, 20.0), (cpu, clock), idle_rate=0.25) == pytest.approx(2.5)
-    assert runtime_profile._busy((3.0, 20.0), (3.1, 22.0), idle_rate=0.25) == 0.0
+    r = asyncio.run(runtime_profile._reading(_Cluster()))
+    # The decode engines summed (the prefill engine apart), the front end's own CPU.
+    assert (r.cpu_s, r.clock_s, r.steps, r.batch_sum, r.ctx_sum) == (6.0, 22.0, 10.0, 14.0, 1000.0)
+    assert (r.pe_cpu_s, r.pe_clock_s, r.pe_read_bytes, r.pe_sent_bytes) == (99.0, 10.0, 500.0, 700.0)
+    assert (r.de_read_bytes, r.de_sent_bytes) == (30.0, 40.0) and r.fe_cpu_s > 0
+    before = replace(r, cpu_s=3.0, clock_s=20.0, steps=4.0, batch_sum=4.0, ctx_sum=200.0)
+    # 200-token prompt, 10 answer tokens, 128 cached: KV of 209 tokens, 3 whole blocks of
+    # which 2 were stored: one block (64 tokens) persisted.
+    rec = TurnRecord(0, 0, 0.0, 0.1, 0.2, 0.5, 200, 10, 128)
+    row = runtime_profile._cpu_row([rec], before, r, idle_rate=0.25, block=64)
+    assert row == pytest.approx((200.0, 64.0, 6.0, 10.0, 800.0, 2.5))
+    idle = runtime_profile._cpu_row([rec], before, replace(r, cpu_s=3.1), idle_rate=0.25, block=64)
+    assert idle[-1] == 0.0
 
     class _Silent(_Cluster):
         def counters(self) -> dict[int, dict[str, float]]:
@@ -148,4 +164,55 @@ def test_decode_cpu_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatc
 
     monkeypatch.setattr(runtime_profile, "STATS_WAIT_S", 0.3)
     with pytest.raises(RuntimeError, match="sent no stats"):
-        asyncio.run(runtime_profile._de_cpu(_Silent()))
+        asyncio.run(runtime_profile._reading(_Silent()))
+
+
+def test_profile_hardware_recovers_every_cpu_rate_from_synthetic_runs(monkeypatch, tmp_path) -> None:
+    """The chain of fits: prefill service times, then the prefill engine's CPU beyond its
+    compute (reads, sends), then the decode engines' CPU with their own reads and sends
+    taken off at the prefill engine's rates, and the front end's."""
+    from dualpath.core.config import ClusterConfig
+
+    pre = (0.004, 5e-7, 6e-6, 3e-8)
+    read_cpu, send_cpu = 2e-9, 3e-9
+    de = (4e-4, 1e-4, 1.4e-3, 2e-4, 1.7e-7)  # into, persisted, step, Σ batch, Σ context
+    fe = (2.5e-3, 2e-4)
+
+    def compute(c: float, n: float) -> float:
+        return pre[0] + c * pre[1] + n * pre[2] + attention_pairs(c, n) * pre[3]
+
+    shapes = [(0.0, 1024.0), (960.0, 64.0), (0.0, 2048.0), (1984.0, 64.0), (0.0, 4096.0),
+              (4032.0, 64.0)]
+    pe_rows, cpu_rows, de_io, fe_rows = [], [], [], []
+    for i in range(8):
+        turns = [shapes[(i + j) % 6] for j in range(3 + i % 3)]
+        read, sent = 1e6 * (i % 4), 2e6 + 5e5 * i * i
+        pe_rows.append((turns, read, sent, sum(compute(c, n) for c, n in turns)
+                        + read * read_cpu + sent * send_cpu))
+        cols = (1e4 * (i + 1), 3e3 * (i % 3), 50.0 * (i % 4) + 20 * i * i, 60.0 * (i + 1) + 90 * (i % 2),
+                2e4 * (i + 1) ** 1.5)
+        de_read, de_sent = 4e5 * (i % 2), 3e5 * (i % 3)
+        cpu_rows.append((*cols, sum(k * x for k, x in zip(de, cols, strict=True))
+                         + de_read * read_cpu + de_sent * send_cpu))
+        de_io.append((de_read, de_sent))
+        fe_rows.append((10.0 + i, 100.0 + 37 * i * i, fe[0] * (10 + i) + fe[1] * (100 + 37 * i * i)))
+
+    async def fake(config: Any) -> dict[str, Any]:
+        return {"prefill_samples": [(c, n, compute(c, n)) for c, n in shapes],
+                "decode_tpot": [(2.0, 2048.0, 1.0, 0.002)], "turn_gap_s": 1e-4,
+                "cpu_rows": cpu_rows, "fe_rows": fe_rows, "pe_rows": pe_rows, "de_io": de_io,
+                "de_idle_cpu_rate": 0.02, "fe_idle_cpu_rate": 0.01, "pe_idle_cpu_rate": 0.01}
+
+    monkeypatch.setattr(runtime_profile, "_measure", fake)
+    base = ClusterConfig(model="tiny", prefill_nodes=1, decode_nodes=2, store_path=str(tmp_path))
+    hw = runtime_profile.profile_hardware(base, kv_bytes_per_token=768)
+    got = {k: hw[k] for k in ("prefill_batch_overhead_s", "prefill_context_token_s",
+                              "prefill_new_token_s", "prefill_attention_pair_s")}
+    assert list(got.values()) == pytest.approx(pre, rel=1e-5)
+    assert (hw["engine_read_cpu_s_per_byte"], hw["engine_send_cpu_s_per_byte"]) == pytest.approx(
+        (read_cpu, send_cpu), rel=1e-5)
+    assert (hw["de_kv_cpu_s_per_byte"] * 768, hw["de_persist_cpu_s_per_byte"] * 768,
+            hw["decode_step_overhead_s"], hw["decode_seq_s"],
+            hw["decode_context_token_s"]) == pytest.approx(de, rel=1e-5)
+    assert (hw["frontend_cpu_s_per_turn"], hw["frontend_cpu_s_per_token"]) == pytest.approx(fe, rel=1e-6)
+    hardware_from_dict(hw)  # a valid hardware file

@@ -67,6 +67,7 @@ def simulate_system(system: str, workload: Workload, hw_raw: dict[str, Any], mod
                     block_tokens=int(cluster.get("block_tokens", 64)),
                     read_slots_per_node=int(cluster.get("read_slots_per_node", 2)),
                     de_kv_capacity_tokens=cluster.get("de_kv_capacity_tokens"),
+                    block_header_bytes=int(cluster.get("block_header_bytes", 0)),
                     # The runtime schedules on every arrival / completion, not on a timer.
                     sched_interval_s=0.0, ep_group_gpus=(1, 1), prefill_batch_requests=1)
     return simulate(cfg, sim_agents(workload), hardware=hw, model=model).report

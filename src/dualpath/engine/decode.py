@@ -92,6 +92,14 @@ class DecodeEngine(EngineBase):
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="de-read")
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="de-persist")
         self.blocks_persisted = 0
+        # Decode steps, their summed batch sizes, and the loop thread's CPU seconds spent
+        # stepping vs taking in data (KV layers into the paged cache): the runtime profile
+        # and `sim-vs-runtime` read them to see where a decode engine's CPU goes.
+        self.decode_steps = 0
+        self.decode_batch_sum = 0
+        self.decode_ctx_sum = 0  # Σ over steps of the batch's context tokens
+        self.decode_cpu_s = 0.0
+        self.intake_cpu_s = 0.0
 
     def kv_capacity_tokens(self) -> int:
         return self.cache.num_free_blocks * self.block_size
@@ -168,11 +176,17 @@ class DecodeEngine(EngineBase):
     # ---- the loop ----------------------------------------------------------------------------
 
     def step(self) -> bool:
+        t0 = time.thread_time()
         busy = self._drain_events()
         self._expire_kv_waits()
+        t1 = time.thread_time()
+        self.intake_cpu_s += t1 - t0
         running = [t for t in self._tasks.values() if t.state == TaskState.RUNNING]
         if running:
             batch = running[: self.config.max_decode_batch]
+            self.decode_steps += 1
+            self.decode_batch_sum += len(batch)
+            self.decode_ctx_sum += sum(t.prompt_len + len(t.generated) for t in batch)
             try:
                 self._decode(batch)
             except Exception as exc:  # fail the batch, keep the engine
@@ -181,6 +195,7 @@ class DecodeEngine(EngineBase):
                     if task.rid in self._tasks:
                         self._finish(task, FinishReason.ERROR,
                                      error=f"{type(exc).__name__}: {exc}")
+            self.decode_cpu_s += time.thread_time() - t1
             busy = True
         return busy
 
@@ -348,7 +363,11 @@ class DecodeEngine(EngineBase):
         return {"bytes_read_de_path": float(self.bytes_read),
                 "blocks_persisted": float(self.blocks_persisted),
                 "kv_free_tokens": float(self.kv_capacity_tokens()),
-                "early.parked": float(self._early.parked)}
+                "early.parked": float(self._early.parked),
+                "decode.steps": float(self.decode_steps),
+                "decode.batch_sum": float(self.decode_batch_sum),
+                "decode.ctx_sum": float(self.decode_ctx_sum),
+                "decode.cpu_s": self.decode_cpu_s, "decode.intake_cpu_s": self.intake_cpu_s}
 
     def shutdown(self) -> None:
         self._readers.shutdown(wait=False, cancel_futures=True)

@@ -108,16 +108,7 @@ class DecodeStage:
         persisted = computed_kv_tokens(req.prompt, req.gen) // block - req.cached // block
         work = sim.kvb * (req.prompt * hw.de_kv_cpu_s_per_byte
                           + max(0, persisted) * block * hw.de_persist_cpu_s_per_byte)
-        if work <= 0:
-            return []
-        events = cpu.change(now, 1)
-        events.append((now + work * cpu.slowdown, self._kv_done, None))
-        return events
-
-    def _kv_done(self, now: float, _: Any) -> Any:
-        cpu = self.cpu
-        assert cpu is not None
-        return cpu.change(now, -1)
+        return cpu.job(now, work)
 
     def retime_all(self, now: float, skip: DecodeGroup | None) -> list[Any]:
         """Every running group's step time from `now` (the host CPU's share changed)."""
@@ -130,16 +121,27 @@ class DecodeStage:
 
     def _next(self, g: DecodeGroup) -> Any:
         g.version += 1
+        cpu = self.cpu
+        step = g.t_max + self.overhead_s
+        events: Any = None
+        if cpu is not None and cpu.fe_token_s > 0:
+            # The front end's per-token load follows this group's batch / profiled step.
+            q = g.d_n / step if g.d_n and step > 0 else 0.0
+            if q != g.token_q:
+                events = cpu.change(g.d_last_s, 0, skip=g, token_q=q - g.token_q)
+                g.token_q = q
         if g.d_n == 0:
             g.d_step_s = 0.0
-            return None
-        step = g.t_max + self.overhead_s
-        cpu = self.cpu
+            return events
         if cpu is not None:
             step *= cpu.slowdown
         g.d_step_s = step
         left = g.heap[0][0] - g.d_steps
-        return ((g.d_last_s + (left if left > 0 else 0.0) * step, self._on_decode, (g, g.version)),)
+        ev = (g.d_last_s + (left if left > 0 else 0.0) * step, self._on_decode, (g, g.version))
+        if events:
+            events.append(ev)
+            return events
+        return (ev,)
 
     def _on_decode(self, now: float, arg: tuple[DecodeGroup, int]) -> Any:
         g, version = arg

@@ -18,7 +18,9 @@ from dualpath.core.errors import ConfigError
 DEFAULT_HARDWARE = "hopper-testbed"
 PROFILE_FIELDS = ("prefill_context_token_s", "prefill_new_token_s", "prefill_attention_pair_s",
                   "decode_seq_s", "decode_context_token_s", "turn_gap_s", "host_cores",
-                  "de_kv_cpu_s_per_byte", "de_persist_cpu_s_per_byte")
+                  "de_kv_cpu_s_per_byte", "de_persist_cpu_s_per_byte",
+                  "frontend_cpu_s_per_token", "frontend_cpu_s_per_turn",
+                  "engine_read_cpu_s_per_byte", "engine_send_cpu_s_per_byte")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ class HardwareSpec:
     # DMA engines and NICs move KV, not the host's cores).
     de_kv_cpu_s_per_byte: float = 0.0
     de_persist_cpu_s_per_byte: float = 0.0
+    # CPU the front end (the scheduler process and the client, on the same host) spends per
+    # streamed token and per turn, competing with the engines for the shared cores
+    # (`sim.cpu`); 0 = not modelled (GPU presets: the front end has cores of its own).
+    frontend_cpu_s_per_token: float = 0.0
+    frontend_cpu_s_per_turn: float = 0.0
+    # CPU an engine on such a host spends per byte of KV it reads from the store and per byte
+    # it sends over the CNIC (its reader and sender threads), on the shared cores; 0 = not
+    # modelled (GPU presets: DMA engines and NICs move KV).
+    engine_read_cpu_s_per_byte: float = 0.0
+    engine_send_cpu_s_per_byte: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

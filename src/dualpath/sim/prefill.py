@@ -164,6 +164,13 @@ class PrefillStage:
             return [(now + g.compute_s, self.part_done, g)]
         events = cpu.change(now, len(g.working))
         events.append((now + g.compute_s * cpu.slowdown, self._computed, g))
+        send_cpu = self.sim.hw.engine_send_cpu_s_per_byte
+        if send_cpu > 0:
+            # Each engine's sender thread streams the forward's KV (with a first chunk, the
+            # PE-read prefix too) to the decode engines while it computes.
+            for m in g.working:
+                tokens = sum(c + (req.pe_read if req.done_new == 0 else 0) for req, c in m.batch)
+                events.extend(cpu.job(now, tokens * self.kvb * send_cpu))
         return events
 
     def _computed(self, now: float, g: PrefillGroup) -> Any:

@@ -25,6 +25,15 @@ class StorageReads:
         self.sim = sim
         self.kvb = sim.kvb
         self.slots = sim.cfg.read_slots_per_node
+        # A stored block's header crosses the SNIC with its KV (`SimConfig.block_header_bytes`).
+        self.block = sim.cfg.block_tokens
+        self.header = sim.cfg.block_header_bytes
+        hw = sim.hw
+        # A shared host's CPU per byte read (and, on a decode node, sent on to the prefill
+        # engine): `HardwareSpec.engine_read_cpu_s_per_byte` / `engine_send_cpu_s_per_byte`.
+        self.cpu = sim.cpu if hw.engine_read_cpu_s_per_byte > 0 or hw.engine_send_cpu_s_per_byte > 0 else None
+        self.read_cpu = hw.engine_read_cpu_s_per_byte
+        self.send_cpu = hw.engine_send_cpu_s_per_byte
 
     def queue(self, now: float, req: SimRequest, node: Node, tokens: int) -> Any:
         node.read_wait.append((req, tokens))
@@ -51,7 +60,20 @@ class StorageReads:
             else:
                 req.pe_buf_bytes += need
             node.reads_active += 1
-            events.extend(node.snic.add(now, nbytes, (req, node, tokens), LO) or ())
+            wire = nbytes + tokens // self.block * self.header
+            events.extend(node.snic.add(now, wire, (req, node, tokens), LO) or ())
+            if self.cpu is not None:
+                work = wire * self.read_cpu + (nbytes * self.send_cpu if decode else 0.0)
+                events.extend(self.cpu.job(now, work))
+        return events
+
+    def io_cpu(self, now: float, pe_tokens: int, de_tokens: int) -> list[Any]:
+        """The engines' CPU for reads that take no time (free I/O): each side's reader."""
+        if self.cpu is None:
+            return []
+        wire = (self.kvb + self.header / self.block) * self.read_cpu  # per token read
+        events = self.cpu.job(now, pe_tokens * wire)
+        events.extend(self.cpu.job(now, de_tokens * (wire + self.kvb * self.send_cpu)))
         return events
 
     def on_read_done(self, now: float, token: tuple[SimRequest, Node, int]) -> Any:

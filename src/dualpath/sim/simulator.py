@@ -86,10 +86,11 @@ class Simulator:
         self._last_sched_s = -1e18
         self.waiting: dict[int, SimRequest] = {}
         self.waiting_info: dict[int, RequestInfo] = {}  # the same turns, as the scheduler sees them
+        # Engines sharing one host's cores (a profiled runtime): None = each has its own GPU.
+        self.cpu = (HostCPU(self, self.hw.host_cores, self.hw.frontend_cpu_s_per_token)
+                    if self.hw.host_cores > 0 else None)
         self.reads = StorageReads(self)
         self.transfer = KVTransfer(self)
-        # Engines sharing one host's cores (a profiled runtime): None = each has its own GPU.
-        self.cpu = HostCPU(self, self.hw.host_cores) if self.hw.host_cores > 0 else None
         self.decode = DecodeStage(self)
         cluster = build_cluster(config, self.hw, self.model, self.cost,
                                 self.reads.on_read_done, self._on_cnic_done)
@@ -251,6 +252,8 @@ class Simulator:
             for node, tokens in ((pe.node, plan.pe_tokens), (de.node, plan.de_tokens)):
                 if tokens > 0:
                     events.extend(self.reads.queue(now, req, node, tokens) or ())
+        else:  # no time on the SNICs, but the engines still read (and send) the bytes
+            events.extend(self.reads.io_cpu(now, plan.pe_tokens, plan.de_tokens))
         req.info = None  # only the scheduler needs it; frees memory at scale
         if req.pending_reads == 0:
             events.extend(self.reads.complete(now, req) or ())
@@ -280,10 +283,13 @@ class Simulator:
         if new_blocks > 0 and not self.free_io:
             # Persisting goes out of the SNIC's send direction, which nothing else uses: it is
             # counted, not simulated as a flow.
-            req.de.node.bytes_written += new_blocks * block * self.kvb
+            req.de.node.bytes_written += new_blocks * (block * self.kvb + self.cfg.block_header_bytes)
         if req.turn + 1 < len(self.turns[req.agent]):
             nxt = self._new_turn(req.agent, req.turn + 1, total)
             events.append((now + self.hw.turn_gap_s, self._on_arrive, nxt))
+        cpu = self.cpu
+        if cpu is not None and self.hw.frontend_cpu_s_per_turn > 0:
+            events.extend(cpu.job(now, self.hw.frontend_cpu_s_per_turn))
         events.extend(self.want_schedule(now) or ())
         return events
 

@@ -158,7 +158,7 @@ class DecodeGroup:
     keyed by the group step at which they finish."""
 
     __slots__ = ("arg_max", "d_last_s", "d_n", "d_step_s", "d_steps", "gid", "heap", "members",
-                 "t_max", "version", "weight_bytes")
+                 "t_max", "token_q", "version", "weight_bytes")
 
     def __init__(self, gid: int, members: list[Engine], weight_bytes: float) -> None:
         self.gid = gid
@@ -172,3 +172,4 @@ class DecodeGroup:
         self.arg_max: Engine | None = None
         self.heap: list[tuple[float, int, SimRequest]] = []
         self.version = 0
+        self.token_q = 0.0  # its share of `HostCPU.token_q` (batch / profiled step)
