@@ -118,7 +118,6 @@ def test_benchmark_runs_on_a_live_cluster(tmp_path: Path) -> None:
 
 def test_profile_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) -> None:
     import asyncio
-    from dataclasses import replace
     from types import SimpleNamespace
 
     from dualpath.workload.metrics import TurnRecord
@@ -126,8 +125,9 @@ def test_profile_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) 
     class _Cluster:
         """Two decode engines and a prefill engine whose reports advance on every look."""
 
-        def __init__(self) -> None:
+        def __init__(self, scale: float = 1.0) -> None:
             self.looks = 0
+            self.scale = scale
             self.books = SimpleNamespace(ledger=SimpleNamespace(engines={
                 0: SimpleNamespace(engine_id=0, role="prefill"),
                 1: SimpleNamespace(engine_id=1, role="decode"),
@@ -136,27 +136,40 @@ def test_profile_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) 
         def counters(self) -> dict[int, dict[str, float]]:
             self.looks += 1
             fresh = 1.0 if self.looks > 3 else 0.0  # the new reports arrive on the 4th look
-            return {0: {"process.cpu_s": 99.0, "process.clock_s": 9.0 + fresh,
-                        "bytes_read_pe_path": 500.0, "cnic.tx.kv.bytes": 700.0},
-                    1: {"process.cpu_s": 1.0 + fresh, "process.clock_s": 10.0 + fresh,
-                        "decode.steps": 4.0, "decode.batch_sum": 8.0, "decode.ctx_sum": 900.0,
-                        "bytes_read_de_path": 30.0, "cnic.tx.kv.bytes": 40.0},
-                    2: {"process.cpu_s": 2.0 + 2 * fresh, "process.clock_s": 10.0 + fresh,
-                        "decode.steps": 6.0, "decode.batch_sum": 6.0, "decode.ctx_sum": 100.0}}
+            k = self.scale
+            return {0: {"process.cpu_s": 99.0 * k, "process.clock_s": 9.0 * k + fresh,
+                        "bytes_read_pe_path": 500.0 * k, "cnic.tx.kv.bytes": 700.0 * k,
+                        "prefill.forwards": 3.0 * k, "prefill.cpu_s": 50.0 * k,
+                        "read.cpu_s": 4.0 * k},
+                    1: {"process.cpu_s": 1.0 * k + fresh, "process.clock_s": 10.0 * k + fresh,
+                        "decode.steps": 4.0 * k, "decode.batch_sum": 8.0 * k,
+                        "decode.ctx_sum": 900.0 * k, "decode.cpu_s": 0.5 * k,
+                        "bytes_read_de_path": 30.0 * k, "cnic.tx.kv.bytes": 40.0 * k},
+                    2: {"process.cpu_s": 2.0 * k + 2 * fresh, "process.clock_s": 10.0 * k + fresh,
+                        "decode.steps": 6.0 * k, "decode.batch_sum": 6.0 * k,
+                        "decode.ctx_sum": 100.0 * k}}
 
     r = asyncio.run(runtime_profile._reading(_Cluster()))
-    # The decode engines summed (the prefill engine apart), the front end's own CPU.
-    assert (r.cpu_s, r.clock_s, r.steps, r.batch_sum, r.ctx_sum) == (6.0, 22.0, 10.0, 14.0, 1000.0)
-    assert (r.pe_cpu_s, r.pe_clock_s, r.pe_read_bytes, r.pe_sent_bytes) == (99.0, 10.0, 500.0, 700.0)
-    assert (r.de_read_bytes, r.de_sent_bytes) == (30.0, 40.0) and r.fe_cpu_s > 0
-    before = replace(r, cpu_s=3.0, clock_s=20.0, steps=4.0, batch_sum=4.0, ctx_sum=200.0)
+    # Each role's engines summed, the front end's own CPU.
+    assert (r.cpu["de"], r.clock["de"]) == (6.0, 22.0) and (r.cpu["pe"], r.clock["pe"]) == (99.0, 10.0)
+    assert r.counters["de"] == {"steps": 10.0, "batch": 14.0, "ctx": 1000.0, "decode_cpu": 0.5,
+                                "forwards": 0.0, "forward_cpu": 0.0, "read_cpu": 0.0,
+                                "sent": 40.0, "read": 30.0}
+    assert r.counters["pe"]["forwards"] == 3.0 and r.counters["pe"]["read"] == 500.0
+    assert r.cpu["fe"] > 0
+    later = asyncio.run(runtime_profile._reading(_Cluster(scale=2.0)))
     # 200-token prompt, 10 answer tokens, 128 cached: KV of 209 tokens, 3 whole blocks of
     # which 2 were stored: one block (64 tokens) persisted.
     rec = TurnRecord(0, 0, 0.0, 0.1, 0.2, 0.5, 200, 10, 128)
-    row = runtime_profile._cpu_row([rec], before, r, idle_rate=0.25, block=64)
-    assert row == pytest.approx((200.0, 64.0, 6.0, 10.0, 800.0, 2.5))
-    idle = runtime_profile._cpu_row([rec], before, replace(r, cpu_s=3.1), idle_rate=0.25, block=64)
-    assert idle[-1] == 0.0
+    row = runtime_profile._run_row("decode", [rec], r, later, {"pe": 0.5, "de": 0.1, "fe": 0.0}, 64)
+    assert row["de_busy"] == pytest.approx(3.0 - 0.1 * 20.0)  # CPU 3 more, clocks 20 more
+    assert row["pe_busy"] == pytest.approx(99.0 - 0.5 * 9.0)
+    assert (row["de_steps"], row["de_batch"], row["de_ctx"], row["de_decode_cpu"]) == (10.0, 14.0, 1000.0, 0.5)
+    assert (row["pe_forwards"], row["pe_forward_cpu"], row["pe_read_cpu"]) == (3.0, 50.0, 4.0)
+    assert (row["into"], row["persisted"], row["turns"]) == (200.0, 64.0, [(128.0, 72.0)])
+    assert (row["fe_turns"], row["fe_tokens"]) == (1.0, 10.0)
+    idle = runtime_profile._run_row("decode", [rec], r, later, {"pe": 99.0, "de": 9.0, "fe": 0.0}, 64)
+    assert idle["de_busy"] == idle["pe_busy"] == 0.0
 
     class _Silent(_Cluster):
         def counters(self) -> dict[int, dict[str, float]]:
@@ -167,52 +180,74 @@ def test_profile_readings_wait_for_fresh_reports_and_take_off_idle(monkeypatch) 
         asyncio.run(runtime_profile._reading(_Silent()))
 
 
-def test_profile_hardware_recovers_every_cpu_rate_from_synthetic_runs(monkeypatch, tmp_path) -> None:
-    """The chain of fits: prefill service times, then the prefill engine's CPU beyond its
-    compute (reads, sends), then the decode engines' CPU with their own reads and sends
-    taken off at the prefill engine's rates, and the front end's."""
-    from dualpath.core.config import ClusterConfig
-
-    pre = (0.004, 5e-7, 6e-6, 3e-8)
-    read_cpu, send_cpu = 2e-9, 3e-9
-    de = (4e-4, 1e-4, 1.4e-3, 2e-4, 1.7e-7)  # into, persisted, step, Σ batch, Σ context
-    fe = (2.5e-3, 2e-4)
-
-    def compute(c: float, n: float) -> float:
-        return pre[0] + c * pre[1] + n * pre[2] + attention_pairs(c, n) * pre[3]
-
+def _synthetic_runs() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Runs whose CPU follows known rates exactly (columns not collinear)."""
+    truth = {"pre": (0.004, 5e-7, 6e-6, 3e-8), "read": 2e-9, "send": 3e-9,
+             "dec": (1.4e-3, 2e-4, 1.7e-7), "rest": (4e-4, 1e-4, 5e-5), "fe": (2.5e-3, 2e-4)}
     shapes = [(0.0, 1024.0), (960.0, 64.0), (0.0, 2048.0), (1984.0, 64.0), (0.0, 4096.0),
               (4032.0, 64.0)]
-    pe_rows, cpu_rows, de_io, fe_rows = [], [], [], []
-    for i in range(8):
+    runs = []
+    for i in range(10):
+        kind = "prefill" if i < 6 else "decode"
         turns = [shapes[(i + j) % 6] for j in range(3 + i % 3)]
-        read, sent = 1e6 * (i % 4), 2e6 + 5e5 * i * i
-        pe_rows.append((turns, read, sent, sum(compute(c, n) for c, n in turns)
-                        + read * read_cpu + sent * send_cpu))
-        cols = (1e4 * (i + 1), 3e3 * (i % 3), 50.0 * (i % 4) + 20 * i * i, 60.0 * (i + 1) + 90 * (i % 2),
-                2e4 * (i + 1) ** 1.5)
-        de_read, de_sent = 4e5 * (i % 2), 3e5 * (i % 3)
-        cpu_rows.append((*cols, sum(k * x for k, x in zip(de, cols, strict=True))
-                         + de_read * read_cpu + de_sent * send_cpu))
-        de_io.append((de_read, de_sent))
-        fe_rows.append((10.0 + i, 100.0 + 37 * i * i, fe[0] * (10 + i) + fe[1] * (100 + 37 * i * i)))
+        pre_cols = (float(len(turns)), sum(c for c, _ in turns), sum(n for _, n in turns),
+                    sum(attention_pairs(c, n) for c, n in turns))
+        forward_cpu = sum(k * x for k, x in zip(truth["pre"], pre_cols, strict=True))
+        pe_read, pe_sent, de_read, de_sent = 1e6 * (i % 4), 2e6 + 5e5 * i * i, 4e5 * (i % 2), 3e5 * (i % 3)
+        steps, batch, ctx = (0.0, 0.0, 0.0) if kind == "prefill" else (
+            50.0 * (i % 4) + 20 * i * i, 60.0 * (i + 1) + 90 * (i % 2), 2e4 * (i + 1) ** 1.5)
+        decode_cpu = truth["dec"][0] * steps + truth["dec"][1] * batch + truth["dec"][2] * ctx
+        into, persisted = 1e4 * (i + 1), 3e3 * (i % 3) + 100 * i * i
+        rest = truth["rest"][0] * into + truth["rest"][1] * persisted + truth["rest"][2] * batch
+        turns_n, tokens = 10.0 + i, 100.0 + 37 * i * i
+        runs.append({
+            "kind": kind, "turns": turns, "pe_forwards": float(len(turns)), "pe_forward_cpu": forward_cpu,
+            "pe_read": pe_read, "pe_read_cpu": pe_read * truth["read"], "pe_sent": pe_sent,
+            "pe_busy": forward_cpu + pe_read * truth["read"] + pe_sent * truth["send"],
+            "de_read": de_read, "de_read_cpu": de_read * truth["read"], "de_sent": de_sent,
+            "de_steps": steps, "de_batch": batch, "de_ctx": ctx, "de_decode_cpu": decode_cpu,
+            "de_busy": decode_cpu + rest + de_read * truth["read"] + de_sent * truth["send"],
+            "into": into, "persisted": persisted, "fe_turns": turns_n, "fe_tokens": tokens,
+            "fe_busy": truth["fe"][0] * turns_n + truth["fe"][1] * tokens})
+    return runs, truth
+
+
+def test_profile_fits_recover_every_cpu_rate_from_synthetic_runs() -> None:
+    """Each rate where it was measured: forwards, reads (a ratio), sends (the prefill
+    engine's remainder), decode steps, the decode engines' remainder with their own reads and
+    sends taken off at those rates, the front end."""
+    runs, truth = _synthetic_runs()
+    f = runtime_profile.fit_cpu(runs)
+    assert f["prefill"] == pytest.approx(truth["pre"], rel=1e-5)
+    assert f["read_cpu_s_per_byte"] == pytest.approx(truth["read"])
+    assert f["send_cpu_s_per_byte"] == pytest.approx(truth["send"], rel=1e-6)
+    step, seq, ctx = f["decode"]
+    assert (step, f["decode_step_seq_s"], ctx) == pytest.approx(truth["dec"], rel=1e-5)
+    # A step's per-sequence cost includes the other threads' CPU per streamed token.
+    assert seq == pytest.approx(truth["dec"][1] + truth["rest"][2], rel=1e-5)
+    assert (f["kv_into_s_per_token"], f["kv_persist_s_per_token"],
+            f["decode_other_per_token_s"]) == pytest.approx(truth["rest"], rel=1e-5)
+    assert f["frontend"] == pytest.approx(truth["fe"], rel=1e-6)
+    assert f["prefill_forwards_match"]
+    assert max(abs(e) for errs in f["errors"].values() for e in errs) < 1e-6
+
+
+def test_profile_hardware_writes_a_valid_file_from_the_fits(monkeypatch, tmp_path) -> None:
+    from dualpath.core.config import ClusterConfig
+
+    runs, truth = _synthetic_runs()
 
     async def fake(config: Any) -> dict[str, Any]:
-        return {"prefill_samples": [(c, n, compute(c, n)) for c, n in shapes],
-                "decode_tpot": [(2.0, 2048.0, 1.0, 0.002)], "turn_gap_s": 1e-4,
-                "cpu_rows": cpu_rows, "fe_rows": fe_rows, "pe_rows": pe_rows, "de_io": de_io,
-                "de_idle_cpu_rate": 0.02, "fe_idle_cpu_rate": 0.01, "pe_idle_cpu_rate": 0.01}
+        assert config.system == "oracle" and config.read_path == "pe"
+        return {"prefill_samples": [(0.0, 1024.0, 0.03)], "decode_tpot": [(2.0, 2048.0, 1.0, 0.002)],
+                "turn_gap_s": 1e-4, "runs": runs, "idle_rates": {"pe": 0.01, "de": 0.02, "fe": 0.0}}
 
     monkeypatch.setattr(runtime_profile, "_measure", fake)
     base = ClusterConfig(model="tiny", prefill_nodes=1, decode_nodes=2, store_path=str(tmp_path))
     hw = runtime_profile.profile_hardware(base, kv_bytes_per_token=768)
-    got = {k: hw[k] for k in ("prefill_batch_overhead_s", "prefill_context_token_s",
-                              "prefill_new_token_s", "prefill_attention_pair_s")}
-    assert list(got.values()) == pytest.approx(pre, rel=1e-5)
-    assert (hw["engine_read_cpu_s_per_byte"], hw["engine_send_cpu_s_per_byte"]) == pytest.approx(
-        (read_cpu, send_cpu), rel=1e-5)
-    assert (hw["de_kv_cpu_s_per_byte"] * 768, hw["de_persist_cpu_s_per_byte"] * 768,
-            hw["decode_step_overhead_s"], hw["decode_seq_s"],
-            hw["decode_context_token_s"]) == pytest.approx(de, rel=1e-5)
-    assert (hw["frontend_cpu_s_per_turn"], hw["frontend_cpu_s_per_token"]) == pytest.approx(fe, rel=1e-6)
+    assert hw["prefill_new_token_s"] == pytest.approx(truth["pre"][2], rel=1e-5)
+    assert hw["de_kv_cpu_s_per_byte"] * 768 == pytest.approx(truth["rest"][0], rel=1e-5)
+    assert hw["engine_send_cpu_s_per_byte"] == pytest.approx(truth["send"], rel=1e-6)
+    assert hw["frontend_cpu_s_per_token"] == pytest.approx(truth["fe"][1], rel=1e-6)
+    assert hw["_cluster"]["block_header_bytes"] == 4096
     hardware_from_dict(hw)  # a valid hardware file

@@ -1,41 +1,39 @@
 """Profile our runtime's engines on this machine: the simulator's hardware file for it.
 
-A real `LocalCluster` (`oracle`: NICs unlimited, so only the engines' own work is timed)
+A real `LocalCluster` (`oracle`: NICs unlimited, so only the engines' own work is timed;
+prefix hits read on the prefill side, so which side reads does not move with the timing)
 runs small calibration workloads, none of them the benchmark's:
 
-- prefill service time: K agents submit together, so the prefill engine serves them one
-  after another and their first tokens come one service time apart (the slope of the
-  sorted first-token times); fresh prompts of 1,024, 2,048 and 4,096 tokens, then the same
-  prompts again, now hits of all but the last block. A non-negative least-squares fit gives
-  time = overhead + context x `prefill_context_token_s` + new x `prefill_new_token_s`
-  + pairs x `prefill_attention_pair_s`, pairs = new x context + new (new + 1) / 2 the
-  query-key pairs of causal attention (`sim.cost.attention_pairs`): without that term a
-  cached turn (4,032 context, 64 new) was predicted 2.7x slower than measured, because the
-  fresh prompts' quadratic attention was charged to every context token;
-- the decode engines' CPU: their process CPU seconds (reported with their stats) beyond
-  their idle rate over every run, fitted non-negatively in one go as prompt tokens into
-  decode KV x `de_kv_cpu_s_per_byte` + tokens persisted x `de_persist_cpu_s_per_byte` (per
-  byte: x the model's KV bytes/token) + steps x `decode_step_overhead_s` + Σ batch x
-  `decode_seq_s` + Σ context x `decode_context_token_s`, the steps, batch sizes and
-  contexts counted by the engines themselves. The prefill runs above are 1-token turns
-  (every prompt's KV goes into a decode engine's cache, fresh prompts persist their whole
-  blocks, hits only the last); the decode runs store K agents' P-token prompts, then let
-  the same prompts (now hits, so the prefills are quick) decode G tokens, each decode
-  engine holding K/2: (K, P, G) = (2, 2048, 65), (16, 2048, 129), (16, 6144, 129),
-  (8, 4096, 129). A decode step's time is its CPU: an engine computes on one core. (The
-  fit used to take TPOT at batch K/2, but the prefill engine hands fresh prompts over one
-  by one, slower than the decode finished them: every step had batch 1, and the context
-  cost came out 8x too cheap);
-- the front end's CPU (this process: the scheduler and the benchmark client, which handle
-  every streamed token) beyond its idle rate over the same runs, fitted as turns x
-  `frontend_cpu_s_per_turn` + tokens x `frontend_cpu_s_per_token`;
-- turn gap: the time from a turn's last token to the agent's next turn starting.
+- prefill runs: K agents with fresh prompts of 1,024, 2,048 and 4,096 tokens and 1-token
+  answers, then the same prompts again, now hits of all but the last block;
+- decode runs: K agents' P-token prompts are stored first (1-token turns), then the same
+  prompts (now hits, so the prefills are quick next to the answers and the decode batches
+  fill up) decode G tokens, each decode engine holding K/2: (K, P, G) = (2, 2048, 65),
+  (16, 2048, 129), (16, 6144, 129), (8, 4096, 129).
 
-A throw-away round first (the engines' first requests pay one-off costs), and every point
-is the median of `REPEATS` runs, each with its own prompts.
+Over every run the engines count their own work and the CPU it took (`process.cpu_s`, and
+per thread: the prefill engine's forwards, the decode engines' steps with their batch sizes
+and contexts, the reader threads' reads), and this process (the scheduler and the benchmark
+client: the front end) reads its own CPU. `fit_cpu` turns them into the simulator's rates,
+each fitted (non-negative least squares) where it was measured directly, idle rates taken
+off: the prefill forward = overhead + context x `prefill_context_token_s` + new x
+`prefill_new_token_s` + pairs x `prefill_attention_pair_s` (pairs = new x context + new (new
++ 1) / 2, the query-key pairs of causal attention, `sim.cost.attention_pairs`); a decode step
+= overhead + batch x `decode_seq_s` + Σ context x `decode_context_token_s`; bytes read and
+sent (`engine_read_cpu_s_per_byte`, `engine_send_cpu_s_per_byte`); a decode engine's KV
+work (`de_kv_cpu_s_per_byte` into its paged cache, `de_persist_cpu_s_per_byte` persisted);
+the front end per turn and per streamed token. The first-token service times and the TPOTs
+are kept in the notes for comparison. (The decode fit used to take TPOT at batch K/2 with
+fresh prompts, but the prefill engine handed those over one by one, slower than the decode
+finished them: every step had batch 1, and the context cost came out 8x too cheap.)
 
-Everything else in the file is the cluster's configuration (NIC rates, buffers, KV room) and
-the cores its engines share (`host_cores`: the simulator's `sim.cpu`).
+A throw-away round first (the engines' first requests pay one-off costs); each shape runs
+`REPEATS` times, each with its own prompts. The turn gap is the time from a turn's last
+token to the agent's next turn starting.
+
+Everything else in the file is the cluster's configuration (NIC rates, buffers, KV room, a
+stored block's header) and the cores its engines share (`host_cores`: the simulator's
+`sim.cpu`).
 """
 
 from __future__ import annotations
@@ -47,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,7 +94,7 @@ def _slope(values: list[float]) -> float:
     return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
 
 
-def _fit(rows: list[tuple[float, ...]], ys: list[float]) -> list[float]:
+def _fit(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
     """Non-negative least squares y = Σ c_j x_j: a fit with a negative coefficient drops
     that column (its coefficient is 0) and is redone over the rest."""
     import numpy as np
@@ -136,39 +135,17 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
         idle0 = await _reading(cluster)
         await asyncio.sleep(IDLE_S)
         reading = await _reading(cluster)  # each run's end is the next run's start
-        idle_rate = max(0.0, (reading.cpu_s - idle0.cpu_s) / max(1e-9, reading.clock_s - idle0.clock_s))
-        fe_idle_rate = max(0.0, (reading.fe_cpu_s - idle0.fe_cpu_s)
-                           / max(1e-9, reading.fe_clock_s - idle0.fe_clock_s))
-        pe_idle_rate = max(0.0, (reading.pe_cpu_s - idle0.pe_cpu_s)
-                           / max(1e-9, reading.pe_clock_s - idle0.pe_clock_s))
+        idle = {k: max(0.0, (reading.cpu[k] - idle0.cpu[k]) / max(1e-9, reading.clock[k] - idle0.clock[k]))
+                for k in reading.cpu}  # each role's idle rate, cores per engine-second
         block = config.block_size
-        # One row per run: the decode engines' work and their CPU beyond idle (`_cpu_row`).
-        cpu_rows: list[tuple[float, ...]] = []
-        # One row per run: (turns, tokens streamed, the front end's CPU beyond idle).
-        fe_rows: list[tuple[float, float, float]] = []
-        # One row per run: ((context, new) of each turn's prefill, bytes the prefill engine
-        # read, bytes it sent, its CPU beyond idle); and the decode engines' (read, sent).
-        pe_rows: list[tuple[list[tuple[float, float]], float, float, float]] = []
-        de_io: list[tuple[float, float]] = []
+        runs: list[dict[str, Any]] = []  # one per measured run (`_run_row`)
 
-        async def measured(trajs: list[Trajectory], pe_row: bool = False) -> list[TurnRecord]:
+        async def measured(trajs: list[Trajectory], kind: str) -> list[TurnRecord]:
             nonlocal reading
             before = reading
             recs = await run(trajs)
             reading = await _reading(cluster)
-            cpu_rows.append(_cpu_row(recs, before, reading, idle_rate, block))
-            de_io.append((reading.de_read_bytes - before.de_read_bytes,
-                          reading.de_sent_bytes - before.de_sent_bytes))
-            if pe_row:
-                pe_rows.append(([(float(r.cached_tokens), float(r.prompt_tokens - r.cached_tokens))
-                                 for r in recs],
-                                reading.pe_read_bytes - before.pe_read_bytes,
-                                reading.pe_sent_bytes - before.pe_sent_bytes,
-                                max(0.0, reading.pe_cpu_s - before.pe_cpu_s
-                                    - pe_idle_rate * (reading.pe_clock_s - before.pe_clock_s))))
-            fe_rows.append((float(len(recs)), float(sum(r.generated_tokens for r in recs)),
-                            max(0.0, reading.fe_cpu_s - before.fe_cpu_s
-                                - fe_idle_rate * (reading.fe_clock_s - before.fe_clock_s))))
+            runs.append(_run_row(kind, recs, before, reading, idle, block))
             return recs
 
         prefill: list[tuple[float, float, float]] = []  # (context, new, service seconds)
@@ -177,10 +154,8 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
             ctx = 0.0
             for rep in range(REPEATS):
                 trajs = _agents([p] * K_PREFILL, 1, f"fresh{p}r{rep}-")
-                # The prefill engine's CPU is read over these runs only: the forwards' shapes
-                # are the prefill fit's own (the decode runs' 6,144-token prompts are not).
-                fresh.append(_slope([r.first_token_s for r in await measured(trajs, True)]))
-                again = await measured(trajs, True)  # the same prompts: now stored
+                fresh.append(_slope([r.first_token_s for r in await measured(trajs, "prefill")]))
+                again = await measured(trajs, "prefill")  # the same prompts: now stored
                 hits.append(_slope([r.first_token_s for r in again]))
                 ctx = statistics.mean(r.cached_tokens for r in again)
             prefill.append((0.0, float(p), statistics.median(fresh)))
@@ -191,12 +166,11 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
         for k, p, gen in DECODE_POINTS:
             tpots, batches = [], []
             for rep in range(REPEATS):
-                await measured(_agents([p] * k, 1, f"dec{k}x{p}r{rep}-"))
-                recs = await measured(_agents([p] * k, gen, f"dec{k}x{p}r{rep}-"))
+                await measured(_agents([p] * k, 1, f"dec{k}x{p}r{rep}-"), "store")
+                recs = await measured(_agents([p] * k, gen, f"dec{k}x{p}r{rep}-"), "decode")
                 tpots.append(statistics.median((r.end_s - r.first_token_s) / (r.generated_tokens - 1)
                                                for r in recs))
-                row = cpu_rows[-1]
-                batches.append(row[3] / max(1.0, row[2]))
+                batches.append(runs[-1]["de_batch"] / max(1.0, runs[-1]["de_steps"]))
             tpot.append((float(k), float(p), statistics.median(batches), statistics.median(tpots)))
         recs = await run(_agents([512] * 4, 4, "gap-", turns=2))
         by_agent: dict[int, dict[int, TurnRecord]] = {}
@@ -205,66 +179,123 @@ async def _measure(config: ClusterConfig) -> dict[str, Any]:
         gap = statistics.mean(t[1].start_s - t[0].end_s for t in by_agent.values())
     finally:
         await cluster.shutdown()
-    return {"prefill_samples": prefill, "decode_tpot": tpot, "turn_gap_s": gap,
-            "cpu_rows": cpu_rows, "fe_rows": fe_rows, "pe_rows": pe_rows, "de_io": de_io,
-            "de_idle_cpu_rate": idle_rate, "fe_idle_cpu_rate": fe_idle_rate,
-            "pe_idle_cpu_rate": pe_idle_rate}
+    return {"prefill_samples": prefill, "decode_tpot": tpot, "turn_gap_s": gap, "runs": runs,
+            "idle_rates": idle}
+
+
+# The counters `_reading` sums per role ("pe": prefill engines, "de": decode engines).
+_COUNTERS = {
+    "steps": "decode.steps", "batch": "decode.batch_sum", "ctx": "decode.ctx_sum",
+    "decode_cpu": "decode.cpu_s", "forwards": "prefill.forwards", "forward_cpu": "prefill.cpu_s",
+    "read_cpu": "read.cpu_s", "sent": "cnic.tx.kv.bytes",
+}
 
 
 @dataclass(frozen=True)
 class _Reading:
-    """The decode engines' counters summed, and this process's CPU, at one moment."""
+    """Each role's counters summed at one moment: "pe" and "de" the engines, "fe" this
+    process (the scheduler and the benchmark client: the front end)."""
 
-    cpu_s: float  # the decode engines' process CPU seconds
-    clock_s: float  # their clocks (summed: the idle rate is per engine-second)
-    steps: float
-    batch_sum: float
-    ctx_sum: float
-    fe_cpu_s: float  # this process: the scheduler and the client (the front end)
-    fe_clock_s: float
-    pe_cpu_s: float  # the prefill engines' process CPU seconds, clocks, and KV moved
-    pe_clock_s: float
-    pe_read_bytes: float  # read from the store (PE read path)
-    pe_sent_bytes: float  # KV sent over the CNIC to the decode engines
-    de_read_bytes: float  # the decode engines' store reads (DE read path) ...
-    de_sent_bytes: float  # ... and the KV they send to the prefill engines
+    cpu: dict[str, float]  # process CPU seconds
+    clock: dict[str, float]  # clocks, summed over a role's engines (idle is per engine-second)
+    counters: dict[str, dict[str, float]]  # role -> `_COUNTERS` key -> value; "read" bytes
 
 
 async def _reading(cluster: Any) -> _Reading:
-    """The decode engines' counters from reports that all came after this call began (an
-    engine reports every 0.5 s), and the front end's CPU when they had all come."""
-    engines = list(cluster.books.ledger.engines.values())
-    decode = [e.engine_id for e in engines if e.role == "decode"]
-    prefill = [e.engine_id for e in engines if e.role == "prefill"]
-    asked = {e: cluster.counters().get(e, {}).get("process.clock_s", 0.0) for e in decode + prefill}
+    """Every engine's counters from reports that all came after this call began (an engine
+    reports every 0.5 s), and the front end's CPU when they had all come."""
+    roles = {e.engine_id: ("pe" if e.role == "prefill" else "de")
+             for e in cluster.books.ledger.engines.values()}
+    asked = {e: cluster.counters().get(e, {}).get("process.clock_s", 0.0) for e in roles}
     for _ in range(int(STATS_WAIT_S / 0.1)):
         await asyncio.sleep(0.1)
         now = cluster.counters()
         if all(now.get(e, {}).get("process.clock_s", 0.0) > asked[e] for e in asked):
-            def total(key: str, ids: list[int] = decode, now: dict[int, Any] = now) -> float:
-                return sum(now[e].get(key, 0.0) for e in ids)
-
-            return _Reading(total("process.cpu_s"), total("process.clock_s"),
-                            total("decode.steps"), total("decode.batch_sum"),
-                            total("decode.ctx_sum"), time.process_time(), time.monotonic(),
-                            total("process.cpu_s", prefill), total("process.clock_s", prefill),
-                            total("bytes_read_pe_path", prefill), total("cnic.tx.kv.bytes", prefill),
-                            total("bytes_read_de_path"), total("cnic.tx.kv.bytes"))
+            cpu = {"pe": 0.0, "de": 0.0, "fe": time.process_time()}
+            clock = {"pe": 0.0, "de": 0.0, "fe": time.monotonic()}
+            counters: dict[str, dict[str, float]] = {
+                r: dict.fromkeys([*_COUNTERS, "read"], 0.0) for r in ("pe", "de")}
+            for e, role in roles.items():
+                c = now[e]
+                cpu[role] += c.get("process.cpu_s", 0.0)
+                clock[role] += c.get("process.clock_s", 0.0)
+                for key, name in _COUNTERS.items():
+                    counters[role][key] += c.get(name, 0.0)
+                counters[role]["read"] += c.get("bytes_read_pe_path", 0.0) + c.get(
+                    "bytes_read_de_path", 0.0)
+            return _Reading(cpu, clock, counters)
     raise RuntimeError(f"engines {sorted(asked)} sent no stats in {STATS_WAIT_S} s")
 
 
-def _cpu_row(recs: list[TurnRecord], before: _Reading, after: _Reading, idle_rate: float,
-             block: int) -> tuple[float, ...]:
-    """(prompt tokens into decode KV, tokens persisted, decode steps, Σ batch, Σ context,
-    the decode engines' CPU seconds beyond idling) over one run. Persisted: each turn's new
-    whole blocks of the KV it computed (`sim.state.computed_kv_tokens`), as the simulator
-    charges them."""
-    into = float(sum(r.prompt_tokens for r in recs))
-    persisted = float(sum(max(0, computed_kv_tokens(r.prompt_tokens, r.generated_tokens) // block
-                              - r.cached_tokens // block) * block for r in recs))
-    busy = max(0.0, (after.cpu_s - before.cpu_s) - idle_rate * (after.clock_s - before.clock_s))
-    return (into, persisted, after.steps - before.steps, after.batch_sum - before.batch_sum,
-            after.ctx_sum - before.ctx_sum, busy)
+def _run_row(kind: str, recs: list[TurnRecord], before: _Reading, after: _Reading,
+             idle: dict[str, float], block: int) -> dict[str, Any]:
+    """One run's work and CPU: each role's process CPU beyond idling (`pe_busy`, `de_busy`,
+    `fe_busy`), the engines' counters' deltas (`pe_forwards`, `de_steps`, ...), the turns'
+    prefill shapes (context, new), prompt tokens into decode KV and tokens persisted (each
+    turn's new whole blocks of the KV it computed, `sim.state.computed_kv_tokens`, as the
+    simulator charges them), turns and tokens streamed."""
+    row: dict[str, Any] = {"kind": kind}
+    for role in ("pe", "de", "fe"):
+        row[f"{role}_busy"] = max(0.0, after.cpu[role] - before.cpu[role]
+                                  - idle[role] * (after.clock[role] - before.clock[role]))
+    for role in ("pe", "de"):
+        for key in (*_COUNTERS, "read"):
+            row[f"{role}_{key}"] = after.counters[role][key] - before.counters[role][key]
+    row["turns"] = [(float(r.cached_tokens), float(r.prompt_tokens - r.cached_tokens)) for r in recs]
+    row["into"] = float(sum(r.prompt_tokens for r in recs))
+    row["persisted"] = float(sum(
+        max(0, computed_kv_tokens(r.prompt_tokens, r.generated_tokens) // block
+            - r.cached_tokens // block) * block for r in recs))
+    row["fe_turns"] = float(len(recs))
+    row["fe_tokens"] = float(sum(r.generated_tokens for r in recs))
+    return row
+
+
+def fit_cpu(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The CPU rates from the runs' rows, each where its work was measured directly:
+
+    - prefill compute: the prefill engine's forward CPU (its loop thread) over the forwards'
+      (count, Σ context, Σ new, Σ query-key pairs), one forward per turn (the prefill runs);
+    - reading: the engines' reader threads' CPU over the bytes they read (a ratio);
+    - sending: the prefill engine's remaining CPU (beyond idle, forwards and reads: its
+      sender and I/O threads) over the bytes it sent;
+    - a decode step: the decode engines' step CPU (their loop thread) over (steps, Σ batch,
+      Σ context);
+    - the decode engines' remaining CPU (beyond idle, steps, reads and sends at the rates
+      above: taking KV in, persisting, streaming tokens) over (prompt tokens into decode KV,
+      tokens persisted, Σ batch); the last joins the step's per-sequence cost;
+    - the front end: its CPU over (turns, tokens streamed).
+    Every fit is non-negative least squares; `errors` holds each fit's relative errors."""
+    pre_runs = [r for r in runs if r["kind"] == "prefill" and r["pe_forwards"] == len(r["turns"])]
+    pre_rows = [(float(len(r["turns"])), sum(c for c, _ in r["turns"]), sum(n for _, n in r["turns"]),
+                 sum(attention_pairs(c, n) for c, n in r["turns"]), r["pe_forward_cpu"])
+                for r in pre_runs]
+    pre = _fit([x[:4] for x in pre_rows], [x[4] for x in pre_rows])
+    read_bytes = sum(r["pe_read"] + r["de_read"] for r in runs)
+    read_cpu = sum(r["pe_read_cpu"] + r["de_read_cpu"] for r in runs) / read_bytes if read_bytes else 0.0
+    send_rows = [(r["pe_sent"], r["pe_busy"] - r["pe_forward_cpu"] - r["pe_read_cpu"]) for r in runs]
+    (send_cpu,) = _fit([x[:1] for x in send_rows], [x[1] for x in send_rows])
+    dec_rows = [(r["de_steps"], r["de_batch"], r["de_ctx"], r["de_decode_cpu"]) for r in runs
+                if r["de_steps"] > 0]
+    step, seq, ctx = _fit([x[:3] for x in dec_rows], [x[3] for x in dec_rows])
+    rest_rows = [(r["into"], r["persisted"], r["de_batch"],
+                  r["de_busy"] - r["de_decode_cpu"] - r["de_read_cpu"] - r["de_sent"] * send_cpu)
+                 for r in runs]
+    kv_into, kv_persist, per_token = _fit([x[:3] for x in rest_rows], [x[3] for x in rest_rows])
+    fe_rows = [(r["fe_turns"], r["fe_tokens"], r["fe_busy"]) for r in runs]
+    fe_turn, fe_token = _fit([x[:2] for x in fe_rows], [x[2] for x in fe_rows])
+    return {
+        "prefill": pre, "read_cpu_s_per_byte": read_cpu, "send_cpu_s_per_byte": send_cpu,
+        "decode": (step, seq + per_token, ctx), "decode_step_seq_s": seq,
+        "decode_other_per_token_s": per_token, "kv_into_s_per_token": kv_into,
+        "kv_persist_s_per_token": kv_persist, "frontend": (fe_turn, fe_token),
+        "errors": {"prefill": _fit_error(pre_rows, tuple(pre)),
+                   "send": _fit_error(send_rows, (send_cpu,)),
+                   "decode": _fit_error(dec_rows, (step, seq, ctx)),
+                   "decode_rest": _fit_error(rest_rows, (kv_into, kv_persist, per_token)),
+                   "frontend": _fit_error(fe_rows, (fe_turn, fe_token))},
+        "prefill_forwards_match": len(pre_runs) == sum(r["kind"] == "prefill" for r in runs),
+    }
 
 
 def block_header_bytes(config: ClusterConfig) -> int:
@@ -281,7 +312,7 @@ def block_header_bytes(config: ClusterConfig) -> int:
     return value_bytes(geometry, key) - geometry.full_block_bytes
 
 
-def _fit_error(rows: list[tuple[float, ...]], coef: tuple[float, ...]) -> list[float]:
+def _fit_error(rows: Sequence[Sequence[float]], coef: Sequence[float]) -> list[float]:
     """Each row's relative error of the fit (rows end with the measured value)."""
     return [sum(c * x for c, x in zip(coef, r[:-1], strict=True)) / r[-1] - 1 if r[-1] > 0
             else 0.0 for r in rows]
@@ -297,29 +328,20 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
     """Measure the engines of a cluster shaped like `base` and return the hardware file's
     JSON object (every field with a `_field` note saying where it comes from)."""
     with tempfile.TemporaryDirectory(prefix="dualpath-profile-") as tmp:
-        cfg = replace(base, system="oracle", store_path=str(Path(tmp) / "store"))
+        # Hits read on the prefill side only: which side reads would otherwise move with the
+        # timing (the scheduler's choice), and with it the prefill service times and whose
+        # CPU the reads cost. The decode engines' reads and sends are charged at the
+        # prefill engine's measured rates (the same code: `EngineBase.read_hit_blocks`, the
+        # engines' senders).
+        cfg = replace(base, system="oracle", read_path="pe", store_path=str(Path(tmp) / "store"))
         print("profiling the engines (oracle cluster, calibration workloads)", file=sys.stderr)
         m = asyncio.run(_measure(cfg))
-    pre = _fit([(1.0, c, n, attention_pairs(c, n)) for c, n, _ in m["prefill_samples"]],
-               [t for *_, t in m["prefill_samples"]])
-    # The prefill engine's CPU beyond its forwards' compute (the fit above): reading KV from
-    # the store and sending KV over the CNIC, on its reader and sender threads.
-    def compute_s(c: float, n: float) -> float:
-        return pre[0] + c * pre[1] + n * pre[2] + attention_pairs(c, n) * pre[3]
-
-    io_rows = [(read, sent, busy - sum(compute_s(c, n) for c, n in turns))
-               for turns, read, sent, busy in m["pe_rows"]]
-    read_cpu, send_cpu = _fit([r[:2] for r in io_rows], [r[2] for r in io_rows])
-    # One fit of the decode engines' CPU: moving KV and stepping (see the module docstring),
-    # their own store reads and sends (DE read path) at the prefill engine's rates.
-    de_rows = [(*r[:5], r[5] - read * read_cpu - sent * send_cpu)
-               for r, (read, sent) in zip(m["cpu_rows"], m["de_io"], strict=True)]
-    kv_into, kv_persist, dec_step, dec_seq, dec_ctx = _fit([r[:5] for r in de_rows],
-                                                           [r[5] for r in de_rows])
-    m["cpu_rows"] = de_rows
-    fe_turn, fe_token = _fit([r[:2] for r in m["fe_rows"]], [r[2] for r in m["fe_rows"]])
-    cpu_err = _fit_error(m["cpu_rows"], (kv_into, kv_persist, dec_step, dec_seq, dec_ctx))
-    fe_err = _fit_error(m["fe_rows"], (fe_turn, fe_token))
+    f = fit_cpu(m["runs"])
+    pre = f["prefill"]
+    dec_step, dec_seq, dec_ctx = f["decode"]
+    fe_turn, fe_token = f["frontend"]
+    idle = m["idle_rates"]
+    err = {k: _rounded(v) for k, v in f["errors"].items()}
     snic = base.snic_bytes_s or 1e12
     cnic = base.cnic_bytes_s or 1e12
     return {
@@ -343,37 +365,40 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "cnic_hi_weight": base.cnic_high_weight, "_cnic_hi_weight": "ClusterConfig.cnic_high_weight",
         "prefill_batch_overhead_s": pre[0], "prefill_context_token_s": pre[1],
         "prefill_new_token_s": max(pre[2], 1e-9), "prefill_attention_pair_s": pre[3],
-        "_prefill_new_token_s": f"fit of prefill service times {m['prefill_samples']} (context, new, s)",
+        "_prefill_new_token_s": "fit of the prefill engine's forward CPU (its loop thread, counted "
+                                "by the engine) over its forwards (count, Σ context, Σ new, Σ "
+                                f"pairs), relative errors {err['prefill']}; service times "
+                                "(slope of first tokens) for comparison "
+                                f"{_rounded([list(x) for x in m['prefill_samples']])} (context, new, s)",
         "decode_step_overhead_s": dec_step, "decode_seq_s": dec_seq, "decode_context_token_s": dec_ctx,
-        "_decode_seq_s": "the decode engines' CPU per step, fitted jointly with de_kv_cpu_s_per_byte "
-                         "(see there); measured TPOT at (agents, prompt, mean batch, TPOT s) "
-                         f"{_rounded(m['decode_tpot'])}",
-        "de_kv_cpu_s_per_byte": kv_into / kv_bytes_per_token,
-        "de_persist_cpu_s_per_byte": kv_persist / kv_bytes_per_token,
-        "_de_kv_cpu_s_per_byte": "one non-negative fit of the decode engines' process CPU seconds "
-                                 f"beyond idle (idle {m['de_idle_cpu_rate']:.3f} cores) over "
-                                 f"{len(m['cpu_rows'])} runs = prompt tokens into decode KV x "
-                                 "de_kv_cpu (x KV bytes/token) + tokens persisted x de_persist_cpu "
-                                 "+ steps x decode_step_overhead_s + Σ batch x decode_seq_s + "
-                                 "Σ context x decode_context_token_s (steps, batches and contexts "
-                                 "from the engines' counters); runs' relative errors "
-                                 f"{_rounded(cpu_err)}",
-        "engine_read_cpu_s_per_byte": read_cpu, "engine_send_cpu_s_per_byte": send_cpu,
-        "_engine_read_cpu_s_per_byte": "fit of the prefill engine's process CPU seconds beyond idle "
-                                       f"(idle {m['pe_idle_cpu_rate']:.3f} cores) and beyond its "
-                                       "forwards' compute (the prefill fit) over "
-                                       f"{len(io_rows)} runs = bytes read from the store x read + "
-                                       "bytes sent over the CNIC x send (its reader and sender "
-                                       "threads; the decode engines' reads and sends, DE read "
-                                       "path, are charged at the same rates: the same code); "
-                                       "(read, sent, CPU s) "
-                                       f"{_rounded([list(r) for r in io_rows])}",
+        "_decode_seq_s": "fit of the decode engines' step CPU (their loop thread, counted by the "
+                         "engines with the steps, batch sizes and contexts) over (steps, Σ batch, "
+                         f"Σ context), relative errors {err['decode']}; decode_seq_s adds "
+                         f"{f['decode_other_per_token_s']:.3g} s per token of their other threads' "
+                         "CPU (see de_kv_cpu); measured TPOT at (agents, prompt, mean batch, TPOT "
+                         f"s) {_rounded([list(x) for x in m['decode_tpot']])}",
+        "de_kv_cpu_s_per_byte": f["kv_into_s_per_token"] / kv_bytes_per_token,
+        "de_persist_cpu_s_per_byte": f["kv_persist_s_per_token"] / kv_bytes_per_token,
+        "_de_kv_cpu_s_per_byte": "fit of the decode engines' remaining process CPU (beyond idle, "
+                                 f"{idle['de']:.3f} cores each, their steps, and their reads and "
+                                 "sends at the engine rates) over (prompt tokens into decode KV, "
+                                 "tokens persisted, Σ batch): taking KV into the paged cache, "
+                                 "persisting whole blocks, streaming tokens; relative errors "
+                                 f"{err['decode_rest']}",
+        "engine_read_cpu_s_per_byte": f["read_cpu_s_per_byte"],
+        "engine_send_cpu_s_per_byte": f["send_cpu_s_per_byte"],
+        "_engine_read_cpu_s_per_byte": "the engines' reader threads' CPU seconds (counted by the "
+                                       "engines) over the bytes they read, as stored; send: fit "
+                                       "of the prefill engine's remaining process CPU (beyond "
+                                       f"idle, {idle['pe']:.3f} cores, its forwards and reads) "
+                                       "over the KV bytes it sent, relative errors "
+                                       f"{err['send']}; a decode engine's reads and sends are "
+                                       "charged at the same rates (the same code)",
         "frontend_cpu_s_per_token": fe_token, "frontend_cpu_s_per_turn": fe_turn,
         "_frontend_cpu_s_per_token": "fit of this process's CPU seconds (the scheduler and the "
-                                     "benchmark client) beyond idle (idle "
-                                     f"{m['fe_idle_cpu_rate']:.3f} cores) over the same runs = "
-                                     "turns x per_turn + tokens streamed x per_token; runs' "
-                                     f"relative errors {_rounded(fe_err)}",
+                                     f"benchmark client) beyond idle ({idle['fe']:.3f} cores) "
+                                     "over (turns, tokens streamed), relative errors "
+                                     f"{err['frontend']}",
         "turn_gap_s": max(0.0, m["turn_gap_s"]),
         "_turn_gap_s": "mean time from a turn's last token to the agent's next turn (client + front-end)",
         "host_cores": host_cores(base),

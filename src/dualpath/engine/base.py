@@ -106,6 +106,10 @@ class EngineBase:
         self._stop = threading.Event()
         self._last_stats_s = 0.0
         self.bytes_read = 0
+        # The reader threads' CPU seconds reading blocks (not their waits for buffer room or
+        # the SNIC): `runtime_profile` measures what a byte read costs the host from it.
+        self.read_cpu_s = 0.0
+        self._read_cpu_lock = threading.Lock()
         size = config.pe_buffer_bytes if self.role == "prefill" else config.de_buffer_bytes
         self.buffer = BufferPool(f"{self.role}{engine_id}", size)  # host DRAM buffer
         self._receiver = threading.Thread(target=self._receive_loop, daemon=True,
@@ -248,6 +252,7 @@ class EngineBase:
         """
         usable = list(hashes[: self.buffer.capacity_bytes // self.geometry.full_block_bytes])
         blocks: list[np.ndarray] = []
+        cpu0 = time.thread_time()
         try:
             while alive():
                 try:
@@ -266,6 +271,8 @@ class EngineBase:
                 blocks.append(block)
         except Exception:
             logger.exception("request %s: storage read failed; recomputing", attempt)
+        with self._read_cpu_lock:
+            self.read_cpu_s += time.thread_time() - cpu0
         # What crossed the storage network: each block as stored (its header + the Full Block).
         self.bytes_read += sum(value_bytes(self.geometry, h) for h in usable[:len(blocks)])
         self.send_control(ctl.ReadDone(self.engine_id, attempt, len(hashes) * self.block_size,
@@ -302,6 +309,7 @@ class EngineBase:
         # The process's CPU seconds and the engine's clock at this report: the runtime
         # profile measures what moving KV costs a decode engine's CPU from their deltas.
         counters["process.cpu_s"], counters["process.clock_s"] = time.process_time(), now
+        counters["read.cpu_s"] = self.read_cpu_s
         rejected = self.rejections.snapshot()
         for reason, n in self.transport.rejections.snapshot().items():
             rejected[reason] = rejected.get(reason, 0) + n

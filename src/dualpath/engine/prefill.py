@@ -87,6 +87,10 @@ class PrefillEngine(EngineBase):
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pe-read")
         self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pe-h2d")
         self.predictor = self._profile()
+        # Forwards (chunks) run and the loop thread's CPU seconds in them (`runtime_profile`
+        # fits the prefill compute model on it).
+        self.forwards = 0
+        self.forward_cpu_s = 0.0
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -188,6 +192,8 @@ class PrefillEngine(EngineBase):
                                   align_tokens=self.block_size)
         for item in plan.items:
             task = ready[int(item.request_id)]
+            cpu0 = time.thread_time()
+            self.forwards += 1
             try:
                 self._run_chunk(task, item.chunk_tokens, item.last_chunk)
             except _PeerSilent as exc:
@@ -197,6 +203,7 @@ class PrefillEngine(EngineBase):
             except Exception as exc:  # a bad request must not take the engine down
                 logger.exception("prefill of %s crashed", task.rid)
                 self._fail(task, f"{type(exc).__name__}: {exc}")
+            self.forward_cpu_s += time.thread_time() - cpu0
         return True
 
     def _run_chunk(self, task: PrefillTask, chunk: int, last: bool) -> None:
@@ -357,7 +364,8 @@ class PrefillEngine(EngineBase):
     def extra_counters(self) -> dict[str, float]:
         with self._cond:
             parked = self._early.parked
-        return {"bytes_read_pe_path": float(self.bytes_read), "early.parked": float(parked)}
+        return {"bytes_read_pe_path": float(self.bytes_read), "early.parked": float(parked),
+                "prefill.forwards": float(self.forwards), "prefill.cpu_s": self.forward_cpu_s}
 
     def shutdown(self) -> None:
         with self._cond:
