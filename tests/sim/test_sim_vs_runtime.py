@@ -239,6 +239,7 @@ def test_profile_hardware_writes_a_valid_file_from_the_fits(monkeypatch, tmp_pat
 
     async def fake(config: Any) -> dict[str, Any]:
         assert config.system == "oracle" and config.read_path == "pe"
+        assert config.prefill_quota_s == runtime_profile.PROFILE_QUOTA_S  # no chunked forwards
         return {"prefill_samples": [(0.0, 1024.0, 0.03)], "decode_tpot": [(2.0, 2048.0, 1.0, 0.002)],
                 "turn_gap_s": 1e-4, "runs": runs, "idle_rates": {"pe": 0.01, "de": 0.02, "fe": 0.0}}
 

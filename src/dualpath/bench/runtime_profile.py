@@ -64,6 +64,7 @@ FRESH_PROMPTS = (1024, 2048, 4096)  # fresh, then again as hits of all but the l
 # (agents, prompt tokens, answer tokens): each of the two decode engines holds half the
 # agents; the batch sizes and contexts each step really had come from the engines' counters.
 DECODE_POINTS = ((2, 2048, 65), (16, 2048, 129), (16, 6144, 129), (8, 4096, 129))
+PROFILE_QUOTA_S = 30.0  # the prefill engine's compute quota while profiling (no chunking)
 REPEATS = 3  # each point is the median of this many runs (the machine is shared)
 IDLE_S = 3.0  # the decode engines' idle CPU rate is measured over this long
 STATS_WAIT_S = 5.0  # a reading waits (at most) for every engine's next report (every 0.5 s)
@@ -332,8 +333,10 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         # timing (the scheduler's choice), and with it the prefill service times and whose
         # CPU the reads cost. The decode engines' reads and sends are charged at the
         # prefill engine's measured rates (the same code: `EngineBase.read_hit_blocks`, the
-        # engines' senders).
-        cfg = replace(base, system="oracle", read_path="pe", store_path=str(Path(tmp) / "store"))
+        # engines' senders). A quota no calibration prompt reaches: one forward per turn, so
+        # each forward's shape is its turn's.
+        cfg = replace(base, system="oracle", read_path="pe", prefill_quota_s=PROFILE_QUOTA_S,
+                      store_path=str(Path(tmp) / "store"))
         print("profiling the engines (oracle cluster, calibration workloads)", file=sys.stderr)
         m = asyncio.run(_measure(cfg))
     f = fit_cpu(m["runs"])
