@@ -37,6 +37,22 @@ def test_profile_fit_and_slope_recover_known_values() -> None:
     assert runtime_profile._slope([0.5 + 0.02 * i for i in (3, 0, 2, 1, 4)]) == pytest.approx(0.02)
 
 
+def test_relative_fit_weighs_every_calibration_point_alike() -> None:
+    # A step costs 4 ms at batch 1 but the big runs say 1 ms + 1 ms a sequence: an absolute
+    # fit follows the big runs (thousands of steps) and misses the small one by far more.
+    rows = [(100.0, 100.0), (2000.0, 12000.0), (2000.0, 10000.0)]
+    ys = [0.4, 2000 * 0.001 + 12000 * 0.001, 2000 * 0.001 + 10000 * 0.001]
+
+    def worst(coef: list[float]) -> float:
+        return max(abs(sum(c * x for c, x in zip(coef, r, strict=True)) / y - 1)
+                   for r, y in zip(rows, ys, strict=True))
+
+    absolute, relative = runtime_profile._fit(rows, ys), runtime_profile._fit(rows, ys, relative=True)
+    assert worst(relative) < worst(absolute) / 2
+    with pytest.raises(ValueError, match="> 0"):
+        runtime_profile._fit(rows, [0.0, 1.0, 1.0], relative=True)
+
+
 def test_profile_fit_recovers_the_attention_pair_term_and_stays_non_negative() -> None:
     shapes = [(0, 1024), (960, 64), (0, 2048), (1984, 64), (0, 4096), (4032, 64)]
     rows = [(1.0, c, n, attention_pairs(c, n)) for c, n in shapes]
@@ -251,4 +267,25 @@ def test_profile_hardware_writes_a_valid_file_from_the_fits(monkeypatch, tmp_pat
     assert hw["engine_send_cpu_s_per_byte"] == pytest.approx(truth["send"], rel=1e-6)
     assert hw["frontend_cpu_s_per_token"] == pytest.approx(truth["fe"][1], rel=1e-6)
     assert hw["_cluster"]["block_header_bytes"] == 4096
+    # The runs are kept: the same fits again from the file alone.
+    assert runtime_profile.fit_cpu(json.loads(json.dumps(hw["_profile_runs"])))["frontend"] == \
+        pytest.approx(truth["fe"], rel=1e-6)
     hardware_from_dict(hw)  # a valid hardware file
+
+
+def test_ablations_switch_off_one_mechanism_each() -> None:
+    _, measured = storage_bound.build_workload(_args())
+    model = model_cost_of_config(preset_config("tiny", seed=0))
+    hw = {**HW, "host_cores": 2.0, "frontend_cpu_s_per_token": 3e-4,
+          "_cluster": {**HW["_cluster"], "block_header_bytes": 4096}}
+    full = sim_vs_runtime.simulate_system("basic", measured, hw, model, (1, 2))["jct_s"]
+    without = sim_vs_runtime.ablations("basic", measured, hw, model, (1, 2))
+    assert set(without) == set(sim_vs_runtime.ABLATIONS)
+    # Storage-bound: the headers' bytes on the SNICs cost time; the CPU fields left at 0
+    # switch nothing off.
+    assert without["block_header"] < full
+    assert without["read_send_cpu"] == without["de_kv_cpu"] == full
+    no_cores = {**hw, "host_cores": 0.0}
+    assert without["host_cores"] == sim_vs_runtime.simulate_system(
+        "basic", measured, no_cores, model, (1, 2))["jct_s"]
+    assert hw["_cluster"]["block_header_bytes"] == 4096 and hw["host_cores"] == 2.0  # not mutated

@@ -95,13 +95,19 @@ def _slope(values: list[float]) -> float:
     return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
 
 
-def _fit(rows: Sequence[Sequence[float]], ys: Sequence[float]) -> list[float]:
+def _fit(rows: Sequence[Sequence[float]], ys: Sequence[float], relative: bool = False) -> list[float]:
     """Non-negative least squares y = Σ c_j x_j: a fit with a negative coefficient drops
-    that column (its coefficient is 0) and is redone over the rest."""
+    that column (its coefficient is 0) and is redone over the rest. `relative`: minimise
+    the relative errors (each row divided by its y > 0), so a small run counts as much as a
+    big one (its shape, e.g. batch 1, is as much a calibration point)."""
     import numpy as np
 
     a = np.array(rows, dtype=float)
     y = np.array(ys, dtype=float)
+    if relative:
+        if (y <= 0).any():
+            raise ValueError("a relative fit needs every measured value > 0")
+        a, y = a / y[:, None], np.ones_like(y)
     active = list(range(a.shape[1]))
     coef = np.zeros(a.shape[1])
     while active:
@@ -266,25 +272,28 @@ def fit_cpu(runs: list[dict[str, Any]]) -> dict[str, Any]:
       above: taking KV in, persisting, streaming tokens) over (prompt tokens into decode KV,
       tokens persisted, Σ batch); the last joins the step's per-sequence cost;
     - the front end: its CPU over (turns, tokens streamed).
-    Every fit is non-negative least squares; `errors` holds each fit's relative errors."""
-    pre_runs = [r for r in runs if r["kind"] == "prefill" and r["pe_forwards"] == len(r["turns"])]
+    Every fit is non-negative least squares, of relative errors where the measured values are
+    all directly measured CPU (forwards, steps, front end; the remainders can be near 0: of
+    absolute errors); `errors` holds each fit's relative errors."""
+    pre_runs = [r for r in runs if r["kind"] == "prefill" and r["pe_forwards"] == len(r["turns"])
+                and r["pe_forward_cpu"] > 0]
     pre_rows = [(float(len(r["turns"])), sum(c for c, _ in r["turns"]), sum(n for _, n in r["turns"]),
                  sum(attention_pairs(c, n) for c, n in r["turns"]), r["pe_forward_cpu"])
                 for r in pre_runs]
-    pre = _fit([x[:4] for x in pre_rows], [x[4] for x in pre_rows])
+    pre = _fit([x[:4] for x in pre_rows], [x[4] for x in pre_rows], relative=True)
     read_bytes = sum(r["pe_read"] + r["de_read"] for r in runs)
     read_cpu = sum(r["pe_read_cpu"] + r["de_read_cpu"] for r in runs) / read_bytes if read_bytes else 0.0
     send_rows = [(r["pe_sent"], r["pe_busy"] - r["pe_forward_cpu"] - r["pe_read_cpu"]) for r in runs]
     (send_cpu,) = _fit([x[:1] for x in send_rows], [x[1] for x in send_rows])
     dec_rows = [(r["de_steps"], r["de_batch"], r["de_ctx"], r["de_decode_cpu"]) for r in runs
-                if r["de_steps"] > 0]
-    step, seq, ctx = _fit([x[:3] for x in dec_rows], [x[3] for x in dec_rows])
+                if r["de_steps"] > 0 and r["de_decode_cpu"] > 0]
+    step, seq, ctx = _fit([x[:3] for x in dec_rows], [x[3] for x in dec_rows], relative=True)
     rest_rows = [(r["into"], r["persisted"], r["de_batch"],
                   r["de_busy"] - r["de_decode_cpu"] - r["de_read_cpu"] - r["de_sent"] * send_cpu)
                  for r in runs]
     kv_into, kv_persist, per_token = _fit([x[:3] for x in rest_rows], [x[3] for x in rest_rows])
-    fe_rows = [(r["fe_turns"], r["fe_tokens"], r["fe_busy"]) for r in runs]
-    fe_turn, fe_token = _fit([x[:2] for x in fe_rows], [x[2] for x in fe_rows])
+    fe_rows = [(r["fe_turns"], r["fe_tokens"], r["fe_busy"]) for r in runs if r["fe_busy"] > 0]
+    fe_turn, fe_token = _fit([x[:2] for x in fe_rows], [x[2] for x in fe_rows], relative=True)
     return {
         "prefill": pre, "read_cpu_s_per_byte": read_cpu, "send_cpu_s_per_byte": send_cpu,
         "decode": (step, seq + per_token, ctx), "decode_step_seq_s": seq,
@@ -408,6 +417,8 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "_host_cores": "cores the engines share (os.sched_getaffinity of this process) over "
                        "ClusterConfig.threads torch threads per engine; the profile's points "
                        "keep at most two engines computing at once",
+        # The measured runs themselves (`_run_row`), so the fits can be redone from the file.
+        "_profile_runs": m["runs"],
         # Not hardware fields: the simulator configuration this cluster implies (SimConfig).
         "_cluster": {
             "block_tokens": base.block_size,

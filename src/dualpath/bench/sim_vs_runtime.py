@@ -10,8 +10,9 @@ same workload, each agent's first turn finding its warm context stored.
 `--hardware FILE` uses a saved hardware file; without it the engines are profiled first
 (a minute of calibration workloads on an oracle cluster) and the file is written to
 `--save-hardware` (default: the work directory). JSON: `systems.<name>.{runtime_jct_s,
-sim_jct_s, sim_over_runtime}`, `max_abs_error` (max |sim_over_runtime - 1|), `hardware`,
-`scenario`.
+sim_jct_s, sim_over_runtime, sim_jct_s_without}`, `max_abs_error` (max |sim_over_runtime -
+1|), `hardware`, `scenario`. `sim_jct_s_without.<mechanism>`: the simulated JCT with one
+modelled mechanism of the shared host switched off (`ABLATIONS`), to show what each explains.
 """
 
 from __future__ import annotations
@@ -71,6 +72,32 @@ def simulate_system(system: str, workload: Workload, hw_raw: dict[str, Any], mod
                     # The runtime schedules on every arrival / completion, not on a timer.
                     sched_interval_s=0.0, ep_group_gpus=(1, 1), prefill_batch_requests=1)
     return simulate(cfg, sim_agents(workload), hardware=hw, model=model).report
+
+
+# Modelled mechanisms of a shared host, each switched off alone (`ablations`): the hardware
+# fields (or `_cluster` entries) set to 0.
+ABLATIONS: dict[str, tuple[str, ...]] = {
+    "block_header": ("_cluster.block_header_bytes",),
+    "frontend_cpu": ("frontend_cpu_s_per_token", "frontend_cpu_s_per_turn"),
+    "read_send_cpu": ("engine_read_cpu_s_per_byte", "engine_send_cpu_s_per_byte"),
+    "de_kv_cpu": ("de_kv_cpu_s_per_byte", "de_persist_cpu_s_per_byte"),
+    "host_cores": ("host_cores",),
+}
+
+
+def ablations(system: str, workload: Workload, hw_raw: dict[str, Any], model: Any,
+              pd: tuple[int, int]) -> dict[str, float]:
+    """The simulated JCT with each of `ABLATIONS` switched off alone (the rest as profiled)."""
+    out = {}
+    for name, fields in ABLATIONS.items():
+        hw = {**hw_raw, "_cluster": dict(hw_raw.get("_cluster", {}))}
+        for f in fields:
+            if f.startswith("_cluster."):
+                hw["_cluster"][f.removeprefix("_cluster.")] = 0
+            else:
+                hw[f] = 0.0
+        out[name] = simulate_system(system, workload, hw, model, pd)["jct_s"]
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,6 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "sim_cached_tokens_fraction": sim_report["cached_tokens_fraction"],
             "sim_bytes_read_pe_path": sim_report["bytes_read_pe_path"],
             "sim_bytes_read_de_path": sim_report["bytes_read_de_path"],
+            "sim_jct_s_without": ablations(system, measured_wl, hw_raw, model, (1, 2)),
         }
     shutil.rmtree(work / "warm", ignore_errors=True)
     out_json: dict[str, Any] = {
