@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from profiled_hw import PROFILED_HW
 
-from dualpath.bench import runtime_profile, sim_vs_runtime, storage_bound
+from dualpath.bench import runtime_fit, runtime_profile, sim_vs_runtime, storage_bound
 from dualpath.core.errors import UserInputError
 from dualpath.model.presets import preset_config
 from dualpath.sim.cost import CostModel, attention_pairs
@@ -33,8 +33,8 @@ def _args(agents: int = 4, turns: int = 2) -> argparse.Namespace:
 def test_profile_fit_and_slope_recover_known_values() -> None:
     rows = [(1.0, c, n) for c, n in ((0, 1024), (960, 64), (0, 4096), (4032, 64))]
     ys = [0.004 + 2e-6 * c + 3e-5 * n for _, c, n in rows]
-    assert runtime_profile._fit(rows, ys) == pytest.approx([0.004, 2e-6, 3e-5], rel=1e-6)
-    assert runtime_profile._slope([0.5 + 0.02 * i for i in (3, 0, 2, 1, 4)]) == pytest.approx(0.02)
+    assert runtime_fit._fit(rows, ys) == pytest.approx([0.004, 2e-6, 3e-5], rel=1e-6)
+    assert runtime_fit._slope([0.5 + 0.02 * i for i in (3, 0, 2, 1, 4)]) == pytest.approx(0.02)
 
 
 def test_relative_fit_weighs_every_calibration_point_alike() -> None:
@@ -47,10 +47,10 @@ def test_relative_fit_weighs_every_calibration_point_alike() -> None:
         return max(abs(sum(c * x for c, x in zip(coef, r, strict=True)) / y - 1)
                    for r, y in zip(rows, ys, strict=True))
 
-    absolute, relative = runtime_profile._fit(rows, ys), runtime_profile._fit(rows, ys, relative=True)
+    absolute, relative = runtime_fit._fit(rows, ys), runtime_fit._fit(rows, ys, relative=True)
     assert worst(relative) < worst(absolute) / 2
     with pytest.raises(ValueError, match="> 0"):
-        runtime_profile._fit(rows, [0.0, 1.0, 1.0], relative=True)
+        runtime_fit._fit(rows, [0.0, 1.0, 1.0], relative=True)
 
 
 def test_profile_fit_recovers_the_attention_pair_term_and_stays_non_negative() -> None:
@@ -58,10 +58,10 @@ def test_profile_fit_recovers_the_attention_pair_term_and_stays_non_negative() -
     rows = [(1.0, c, n, attention_pairs(c, n)) for c, n in shapes]
     truth = [0.003, 4e-6, 2e-5, 3.5e-8]
     ys = [sum(k * x for k, x in zip(truth, row, strict=True)) for row in rows]
-    assert runtime_profile._fit(rows, ys) == pytest.approx(truth, rel=1e-6)
+    assert runtime_fit._fit(rows, ys) == pytest.approx(truth, rel=1e-6)
     # a column that would need a negative coefficient is dropped, the rest refitted
     ys_neg = [0.01 + 3e-5 * n - 1e-7 * c for _, c, n, _ in rows]
-    fit = runtime_profile._fit([r[:3] for r in rows], ys_neg)
+    fit = runtime_fit._fit([r[:3] for r in rows], ys_neg)
     assert min(fit) >= 0 and fit[1] == 0.0
     assert attention_pairs(0, 3) == 6 and attention_pairs(10, 2) == 23  # 11 + 12 keys
 
@@ -233,7 +233,7 @@ def test_profile_fits_recover_every_cpu_rate_from_synthetic_runs() -> None:
     engine's remainder), decode steps, the decode engines' remainder with their own reads and
     sends taken off at those rates, the front end."""
     runs, truth = _synthetic_runs()
-    f = runtime_profile.fit_cpu(runs)
+    f = runtime_fit.fit_cpu(runs)
     assert f["prefill"] == pytest.approx(truth["pre"], rel=1e-5)
     assert f["read_cpu_s_per_byte"] == pytest.approx(truth["read"])
     assert f["send_cpu_s_per_byte"] == pytest.approx(truth["send"], rel=1e-6)
@@ -268,7 +268,7 @@ def test_profile_hardware_writes_a_valid_file_from_the_fits(monkeypatch, tmp_pat
     assert hw["frontend_cpu_s_per_token"] == pytest.approx(truth["fe"][1], rel=1e-6)
     assert hw["_cluster"]["block_header_bytes"] == 4096
     # The runs are kept: the same fits again from the file alone.
-    assert runtime_profile.fit_cpu(json.loads(json.dumps(hw["_profile_runs"])))["frontend"] == \
+    assert runtime_fit.fit_cpu(json.loads(json.dumps(hw["_profile_runs"])))["frontend"] == \
         pytest.approx(truth["fe"], rel=1e-6)
     hardware_from_dict(hw)  # a valid hardware file
 

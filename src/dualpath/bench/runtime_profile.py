@@ -14,7 +14,7 @@ runs small calibration workloads, none of them the benchmark's:
 Over every run the engines count their own work and the CPU it took (`process.cpu_s`, and
 per thread: the prefill engine's forwards, the decode engines' steps with their batch sizes
 and contexts, the reader threads' reads), and this process (the scheduler and the benchmark
-client: the front end) reads its own CPU. `fit_cpu` turns them into the simulator's rates,
+client: the front end) reads its own CPU. `runtime_fit.fit_cpu` turns them into the simulator's rates,
 each fitted (non-negative least squares) where it was measured directly, idle rates taken
 off: the prefill forward = overhead + context x `prefill_context_token_s` + new x
 `prefill_new_token_s` + pairs x `prefill_attention_pair_s` (pairs = new x context + new (new
@@ -25,7 +25,7 @@ work (`de_kv_cpu_s_per_byte` into its paged cache, `de_persist_cpu_s_per_byte` p
 the front end per turn and per streamed token. The first-token service times and the TPOTs
 are kept in the notes for comparison. (The decode fit used to take TPOT at batch K/2 with
 fresh prompts, but the prefill engine handed those over one by one, slower than the decode
-finished them: every step had batch 1, and the context cost came out 8x too cheap.)
+finished them: every step had batch 1, and the context cost came out 2-4x too cheap.)
 
 A throw-away round first (the engines' first requests pay one-off costs); each shape runs
 `REPEATS` times, each with its own prompts. The turn gap is the time from a turn's last
@@ -45,13 +45,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from dualpath.bench.runtime_fit import _rounded, _slope, fit_cpu
 from dualpath.core.config import ClusterConfig
-from dualpath.sim.cost import attention_pairs
 from dualpath.sim.state import computed_kv_tokens
 from dualpath.workload.metrics import TurnRecord
 from dualpath.workload.trajectory import Trajectory, Turn
@@ -83,40 +82,6 @@ def _agents(prompts: list[int], gen: int, tag: str, turns: int = 1) -> list[Traj
     return [Trajectory(f"{tag}{i}", tuple(Turn(p if t == 0 else 16, gen if t == 0 else 1)
                                           for t in range(turns)))
             for i, p in enumerate(prompts)]
-
-
-def _slope(values: list[float]) -> float:
-    """Least-squares slope of sorted values against their rank."""
-    ys = sorted(values)
-    n = len(ys)
-    mx = (n - 1) / 2
-    my = sum(ys) / n
-    sxx = sum((i - mx) ** 2 for i in range(n))
-    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sxx
-
-
-def _fit(rows: Sequence[Sequence[float]], ys: Sequence[float], relative: bool = False) -> list[float]:
-    """Non-negative least squares y = Σ c_j x_j: a fit with a negative coefficient drops
-    that column (its coefficient is 0) and is redone over the rest. `relative`: minimise
-    the relative errors (each row divided by its y > 0), so a small run counts as much as a
-    big one (its shape, e.g. batch 1, is as much a calibration point)."""
-    import numpy as np
-
-    a = np.array(rows, dtype=float)
-    y = np.array(ys, dtype=float)
-    if relative:
-        if (y <= 0).any():
-            raise ValueError("a relative fit needs every measured value > 0")
-        a, y = a / y[:, None], np.ones_like(y)
-    active = list(range(a.shape[1]))
-    coef = np.zeros(a.shape[1])
-    while active:
-        sol, *_ = np.linalg.lstsq(a[:, active], y, rcond=None)
-        if (sol >= 0).all():
-            coef[active] = sol
-            break
-        active.pop(int(np.argmin(sol)))
-    return [float(c) for c in coef]
 
 
 async def _measure(config: ClusterConfig) -> dict[str, Any]:
@@ -258,56 +223,6 @@ def _run_row(kind: str, recs: list[TurnRecord], before: _Reading, after: _Readin
     return row
 
 
-def fit_cpu(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The CPU rates from the runs' rows, each where its work was measured directly:
-
-    - prefill compute: the prefill engine's forward CPU (its loop thread) over the forwards'
-      (count, Σ context, Σ new, Σ query-key pairs), one forward per turn (the prefill runs);
-    - reading: the engines' reader threads' CPU over the bytes they read (a ratio);
-    - sending: the prefill engine's remaining CPU (beyond idle, forwards and reads: its
-      sender and I/O threads) over the bytes it sent;
-    - a decode step: the decode engines' step CPU (their loop thread) over (steps, Σ batch,
-      Σ context);
-    - the decode engines' remaining CPU (beyond idle, steps, reads and sends at the rates
-      above: taking KV in, persisting, streaming tokens) over (prompt tokens into decode KV,
-      tokens persisted, Σ batch); the last joins the step's per-sequence cost;
-    - the front end: its CPU over (turns, tokens streamed).
-    Every fit is non-negative least squares, of relative errors where the measured values are
-    all directly measured CPU (forwards, steps, front end; the remainders can be near 0: of
-    absolute errors); `errors` holds each fit's relative errors."""
-    pre_runs = [r for r in runs if r["kind"] == "prefill" and r["pe_forwards"] == len(r["turns"])
-                and r["pe_forward_cpu"] > 0]
-    pre_rows = [(float(len(r["turns"])), sum(c for c, _ in r["turns"]), sum(n for _, n in r["turns"]),
-                 sum(attention_pairs(c, n) for c, n in r["turns"]), r["pe_forward_cpu"])
-                for r in pre_runs]
-    pre = _fit([x[:4] for x in pre_rows], [x[4] for x in pre_rows], relative=True)
-    read_bytes = sum(r["pe_read"] + r["de_read"] for r in runs)
-    read_cpu = sum(r["pe_read_cpu"] + r["de_read_cpu"] for r in runs) / read_bytes if read_bytes else 0.0
-    send_rows = [(r["pe_sent"], r["pe_busy"] - r["pe_forward_cpu"] - r["pe_read_cpu"]) for r in runs]
-    (send_cpu,) = _fit([x[:1] for x in send_rows], [x[1] for x in send_rows])
-    dec_rows = [(r["de_steps"], r["de_batch"], r["de_ctx"], r["de_decode_cpu"]) for r in runs
-                if r["de_steps"] > 0 and r["de_decode_cpu"] > 0]
-    step, seq, ctx = _fit([x[:3] for x in dec_rows], [x[3] for x in dec_rows], relative=True)
-    rest_rows = [(r["into"], r["persisted"], r["de_batch"],
-                  r["de_busy"] - r["de_decode_cpu"] - r["de_read_cpu"] - r["de_sent"] * send_cpu)
-                 for r in runs]
-    kv_into, kv_persist, per_token = _fit([x[:3] for x in rest_rows], [x[3] for x in rest_rows])
-    fe_rows = [(r["fe_turns"], r["fe_tokens"], r["fe_busy"]) for r in runs if r["fe_busy"] > 0]
-    fe_turn, fe_token = _fit([x[:2] for x in fe_rows], [x[2] for x in fe_rows], relative=True)
-    return {
-        "prefill": pre, "read_cpu_s_per_byte": read_cpu, "send_cpu_s_per_byte": send_cpu,
-        "decode": (step, seq + per_token, ctx), "decode_step_seq_s": seq,
-        "decode_other_per_token_s": per_token, "kv_into_s_per_token": kv_into,
-        "kv_persist_s_per_token": kv_persist, "frontend": (fe_turn, fe_token),
-        "errors": {"prefill": _fit_error(pre_rows, tuple(pre)),
-                   "send": _fit_error(send_rows, (send_cpu,)),
-                   "decode": _fit_error(dec_rows, (step, seq, ctx)),
-                   "decode_rest": _fit_error(rest_rows, (kv_into, kv_persist, per_token)),
-                   "frontend": _fit_error(fe_rows, (fe_turn, fe_token))},
-        "prefill_forwards_match": len(pre_runs) == sum(r["kind"] == "prefill" for r in runs),
-    }
-
-
 def block_header_bytes(config: ClusterConfig) -> int:
     """Bytes a block of `config`'s store carries beyond its KV: what `ShapedStore` moves over
     the SNIC with every read and persist (header + Full Block, `kv.block_value.value_bytes`)."""
@@ -320,18 +235,6 @@ def block_header_bytes(config: ClusterConfig) -> int:
     geometry = BlockGeometry.from_model_config(model, config.block_size)
     key = block_hashes([0] * config.block_size, config.block_size, model.identity)[0]
     return value_bytes(geometry, key) - geometry.full_block_bytes
-
-
-def _fit_error(rows: Sequence[Sequence[float]], coef: Sequence[float]) -> list[float]:
-    """Each row's relative error of the fit (rows end with the measured value)."""
-    return [sum(c * x for c, x in zip(coef, r[:-1], strict=True)) / r[-1] - 1 if r[-1] > 0
-            else 0.0 for r in rows]
-
-
-def _rounded(values: Any) -> Any:
-    if isinstance(values, (list, tuple)):
-        return [_rounded(v) for v in values]
-    return float(f"{values:.3g}") if isinstance(values, float) else values
 
 
 def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, Any]:
@@ -415,8 +318,9 @@ def profile_hardware(base: ClusterConfig, kv_bytes_per_token: int) -> dict[str, 
         "_turn_gap_s": "mean time from a turn's last token to the agent's next turn (client + front-end)",
         "host_cores": host_cores(base),
         "_host_cores": "cores the engines share (os.sched_getaffinity of this process) over "
-                       "ClusterConfig.threads torch threads per engine; the profile's points "
-                       "keep at most two engines computing at once",
+                       "ClusterConfig.threads torch threads per engine; the rates above are "
+                       "fitted on CPU seconds, so the calibration runs' own contention does not "
+                       "enter them",
         # The measured runs themselves (`_run_row`), so the fits can be redone from the file.
         "_profile_runs": m["runs"],
         # Not hardware fields: the simulator configuration this cluster implies (SimConfig).
