@@ -29,10 +29,7 @@ class Phase1Router:
     """Routes requests to decode groups by smallest Σtok_e (groups = node positions)."""
 
     def __init__(self, vc: VirtualCluster, after_node_id: int | None = None) -> None:
-        decode = set(vc.de_engines)
-        self.groups: list[int] = [
-            ni for ni, members in enumerate(vc.node_members) if members and members[0] in decode
-        ]
+        self.groups: Sequence[int] = vc.layout.decode_groups
         rank = vc.node_ranks(self.groups, after_node_id)
         self._heap: list[tuple[int, int, int]] = [
             (sum(vc.tok[e] for e in vc.node_members[ni]), rank[ni], ni) for ni in self.groups

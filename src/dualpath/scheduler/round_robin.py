@@ -76,7 +76,7 @@ class RoundRobinPlacement:
         return ScheduleResult(tuple(placements), reason, examined)
 
 
-def _after(engine_ids: list[int], members: list[int], last_id: int | None) -> int:
+def _after(engine_ids: Sequence[int], members: Sequence[int], last_id: int | None) -> int:
     """Position in `members` of the engine after the one with id `last_id` (0 if unknown)."""
     if last_id is None:
         return 0

@@ -11,10 +11,13 @@ Ids are ints; a caller with string names keeps its own name <-> int map.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import compress
+from operator import is_not
 from typing import Literal
 
 from dualpath.core.errors import SchedulingError
+from dualpath.scheduler.layout import ClusterLayout
 
 Role = Literal["prefill", "decode"]
 ReadSide = Literal["pe", "de", "split"]
@@ -96,21 +99,21 @@ class ClusterView:
     """A consistent snapshot of the cluster. Engine order is the tie-break order everywhere.
 
     Validated on construction (unique ids, every engine on a known node of the same role,
-    no negative counters); an inconsistent view raises `SchedulingError`.
+    no negative counters); an inconsistent view raises `SchedulingError`. `layout` is the
+    structure derived from it (positions, node members, tie-break orders); `updated` builds
+    the next snapshot of the same structure re-validating only the entries that changed.
     """
 
     engines: tuple[EngineState, ...]
     nodes: tuple[NodeState, ...]
+    layout: ClusterLayout = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         node_index: dict[int, int] = {}
         for i, node in enumerate(self.nodes):
-            if node.role not in ROLES:
-                raise SchedulingError(f"node {node.node_id}: unknown role {node.role!r}")
+            _check_node(node)
             if node.node_id in node_index:
                 raise SchedulingError(f"duplicate node id {node.node_id}")
-            if node.read_queue_tokens < 0:
-                raise SchedulingError(f"node {node.node_id}: negative read queue")
             node_index[node.node_id] = i
         seen: set[int] = set()
         for e in self.engines:
@@ -120,17 +123,60 @@ class ClusterView:
             ni = node_index.get(e.node_id)
             if ni is None:
                 raise SchedulingError(f"engine {e.engine_id}: unknown node {e.node_id}")
-            if self.nodes[ni].role != e.role:
-                raise SchedulingError(
-                    f"engine {e.engine_id} is {e.role} but node {e.node_id} is "
-                    f"{self.nodes[ni].role}; a group is all prefill or all decode"
-                )
-            if e.seq < 0 or e.tok < 0 or e.free_kv_tokens < 0:
-                raise SchedulingError(f"engine {e.engine_id}: negative seq/tok/free_kv_tokens")
+            _check_engine(e, self.nodes[ni].role)
+        object.__setattr__(self, "layout", ClusterLayout(self.engines, self.nodes))
 
     @classmethod
     def build(cls, engines: Sequence[EngineState], nodes: Sequence[NodeState]) -> ClusterView:
         return cls(tuple(engines), tuple(nodes))
+
+    @classmethod
+    def updated(cls, base: ClusterView, engines: Sequence[EngineState],
+                nodes: Sequence[NodeState]) -> ClusterView:
+        """The next snapshot of `base`'s cluster: same engines and nodes at the same positions
+        (ids, nodes and roles unchanged), new counters. An entry that is the very object of
+        `base` was validated with it; every other one is checked as the constructor would
+        (and must keep its position's id, node and role), so the result is exactly as valid
+        as `ClusterView(engines, nodes)` — at the cost of the changed entries only."""
+        engines = tuple(engines)
+        nodes = tuple(nodes)
+        layout = base.layout
+        if len(engines) != len(base.engines) or len(nodes) != len(base.nodes):
+            raise SchedulingError("updated view: engines or nodes were added or removed; "
+                                  "build a new ClusterView")
+        for i in compress(range(len(nodes)), map(is_not, nodes, base.nodes)):
+            node = nodes[i]
+            if node.node_id != layout.node_ids[i] or node.role != layout.node_roles[i]:
+                raise SchedulingError(f"updated view: node at position {i} changed identity")
+            _check_node(node)
+        for i in compress(range(len(engines)), map(is_not, engines, base.engines)):
+            e = engines[i]
+            ni = layout.engine_node[i]
+            if e.engine_id != layout.engine_ids[i] or e.node_id != layout.node_ids[ni]:
+                raise SchedulingError(f"updated view: engine at position {i} changed identity")
+            _check_engine(e, layout.node_roles[ni])
+        view = object.__new__(cls)
+        object.__setattr__(view, "engines", engines)
+        object.__setattr__(view, "nodes", nodes)
+        object.__setattr__(view, "layout", layout)
+        return view
+
+
+def _check_node(node: NodeState) -> None:
+    if node.role not in ROLES:
+        raise SchedulingError(f"node {node.node_id}: unknown role {node.role!r}")
+    if node.read_queue_tokens < 0:
+        raise SchedulingError(f"node {node.node_id}: negative read queue")
+
+
+def _check_engine(e: EngineState, node_role: str) -> None:
+    if node_role != e.role:
+        raise SchedulingError(
+            f"engine {e.engine_id} is {e.role} but node {e.node_id} is "
+            f"{node_role}; a group is all prefill or all decode"
+        )
+    if e.seq < 0 or e.tok < 0 or e.free_kv_tokens < 0:
+        raise SchedulingError(f"engine {e.engine_id}: negative seq/tok/free_kv_tokens")
 
 
 @dataclass(frozen=True, slots=True)

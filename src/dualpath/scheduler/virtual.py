@@ -9,20 +9,29 @@ the copy is thrown away at the end of the call, so the caller's view stays the t
 
 from __future__ import annotations
 
-from itertools import zip_longest
+from collections.abc import Sequence
+from operator import attrgetter
 
 from dualpath.scheduler.charges import Charge
 from dualpath.scheduler.types import ClusterView, ReadPlan, RequestInfo
 
+_SEQ, _TOK, _FREE, _READ_Q = (attrgetter(a) for a in ("seq", "tok", "free_kv_tokens",
+                                                      "read_queue_tokens"))
+
 
 class VirtualCluster:
-    """Mutable per-call counters. Engine index = position in `view.engines`."""
+    """Mutable per-call counters. Engine index = position in `view.engines`.
+
+    The structure (ids, positions, node members, role lists) is the view's `layout`, shared
+    and never mutated; only the four counter lists are copied per call.
+    """
 
     __slots__ = (
         "de_engines",
         "engine_ids",
         "engine_node",
         "free",
+        "layout",
         "node_ids",
         "node_members",
         "pe_engines",
@@ -32,21 +41,18 @@ class VirtualCluster:
     )
 
     def __init__(self, view: ClusterView) -> None:
-        nodes = view.nodes
+        layout = self.layout = view.layout
         engines = view.engines
-        node_pos = {n.node_id: i for i, n in enumerate(nodes)}
-        self.node_ids: list[int] = [n.node_id for n in nodes]
-        self.read_q: list[int] = [n.read_queue_tokens for n in nodes]
-        self.engine_ids: list[int] = [e.engine_id for e in engines]
-        self.engine_node: list[int] = [node_pos[e.node_id] for e in engines]
-        self.seq: list[int] = [e.seq for e in engines]
-        self.tok: list[int] = [e.tok for e in engines]
-        self.free: list[int] = [e.free_kv_tokens for e in engines]
-        self.node_members: list[list[int]] = [[] for _ in nodes]
-        for i, ni in enumerate(self.engine_node):
-            self.node_members[ni].append(i)
-        self.pe_engines: list[int] = [i for i, e in enumerate(engines) if e.role == "prefill"]
-        self.de_engines: list[int] = [i for i, e in enumerate(engines) if e.role == "decode"]
+        self.node_ids = layout.node_ids
+        self.engine_ids = layout.engine_ids
+        self.engine_node = layout.engine_node
+        self.node_members = layout.node_members
+        self.pe_engines = layout.pe_engines
+        self.de_engines = layout.de_engines
+        self.read_q: list[int] = list(map(_READ_Q, view.nodes))
+        self.seq: list[int] = list(map(_SEQ, engines))
+        self.tok: list[int] = list(map(_TOK, engines))
+        self.free: list[int] = list(map(_FREE, engines))
 
     def commit(self, req: RequestInfo, pe: int, de: int, read: ReadPlan, pe_read_node: int,
                de_read_node: int) -> None:
@@ -61,7 +67,7 @@ class VirtualCluster:
     def charge_node(self, node: int, tokens: int) -> None:
         self.read_q[node] += tokens
 
-    def fair_ranks(self, engines: list[int], after_engine_id: int | None) -> list[int]:
+    def fair_ranks(self, engines: Sequence[int], after_engine_id: int | None) -> list[int]:
         """Tie-break rank of each engine index (only those in `engines` are meaningful).
 
         The order interleaves nodes (the first engine of every node, then the second, ...)
@@ -69,26 +75,10 @@ class VirtualCluster:
         last request before this call), so equal candidates take turns across calls and
         across nodes instead of the lowest id always winning.
         """
-        wanted = set(engines)
-        lists = [[e for e in members if e in wanted] for members in self.node_members]
-        order = [e for tier in zip_longest(*(m for m in lists if m)) for e in tier if e is not None]
-        return _rotated_ranks(order, self.engine_ids, after_engine_id, len(self.engine_ids))
+        after = None if after_engine_id is None else self.layout.engine_pos.get(after_engine_id)
+        return self.layout.fair_order(engines).ranks(after)
 
-    def node_ranks(self, nodes: list[int], after_node_id: int | None) -> list[int]:
+    def node_ranks(self, nodes: Sequence[int], after_node_id: int | None) -> list[int]:
         """Tie-break rank of each node position in `nodes`, starting after `after_node_id`."""
-        return _rotated_ranks(nodes, self.node_ids, after_node_id, len(self.node_ids))
-
-
-def _rotated_ranks(order: list[int], ids: list[int], after_id: int | None, size: int) -> list[int]:
-    """ranks[i] for i in `order` (indices): position in `order` rotated to start just after
-    the index whose id (`ids[index]`) is `after_id` (no rotation when it is not there)."""
-    start = 0
-    if after_id is not None:
-        for pos, index in enumerate(order):
-            if ids[index] == after_id:
-                start = pos + 1
-                break
-    ranks = [0] * size
-    for pos, index in enumerate(order[start:] + order[:start]):
-        ranks[index] = pos
-    return ranks
+        after = None if after_node_id is None else self.layout.node_pos.get(after_node_id)
+        return self.layout.node_order(nodes).ranks(after)

@@ -101,6 +101,7 @@ class Simulator:
         self._node_states = [self._node_state(n.nid) for n in self.nodes]
         self._dirty_engines: set[int] = set()
         self._dirty_nodes: set[int] = set()
+        self._last_view: ClusterView | None = None
         self.prefill_groups = cluster.prefill_groups
         self.decode_groups = cluster.decode_groups
         self._build_scheduler()
@@ -209,7 +210,12 @@ class Simulator:
         for nid in self._dirty_nodes:
             nstates[nid] = self._node_state(nid)
         self._dirty_nodes.clear()
-        return ClusterView(tuple(states), tuple(nstates))
+        last = self._last_view
+        # Same engines and nodes every call: only the entries rebuilt above are re-validated.
+        view = (ClusterView(tuple(states), tuple(nstates)) if last is None
+                else ClusterView.updated(last, states, nstates))
+        self._last_view = view
+        return view
 
     def _on_schedule(self, now: float, _: Any) -> Any:
         self._sched_pending = False
