@@ -193,3 +193,17 @@ def test_de_path_streams_only_the_miss_back() -> None:
     de = [e for e in sim.engines if e.role == "decode"]
     expect = sum(r.miss + r.prompt for r in done) * sim.kvb
     assert sum(e.rx.bytes_total for e in de) == pytest.approx(expect, rel=1e-9)
+
+
+def test_waiting_queue_reads_the_dict_in_arrival_order_without_copying() -> None:
+    from dualpath.sim.state import WaitingQueue
+
+    infos = {rid: f"info{rid}" for rid in (5, 2, 9, 7)}
+    q = WaitingQueue(infos)
+    assert len(q) == 4 and list(q) == ["info5", "info2", "info9", "info7"]
+    assert q[:2] == ["info5", "info2"] and q[:0] == [] and q[:99] == list(q)
+    assert q[1] == "info2" and q[-1] == "info7" and q[1:3] == ["info2", "info9"]
+    infos[1] = "info1"  # a view, not a copy: the next call sees the queue as it is then
+    assert q[-1] == "info1" and len(q) == 5
+    with pytest.raises(IndexError):
+        q[5]

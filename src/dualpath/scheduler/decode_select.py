@@ -31,8 +31,10 @@ class Phase1Router:
     def __init__(self, vc: VirtualCluster, after_node_id: int | None = None) -> None:
         self.groups: Sequence[int] = vc.layout.decode_groups
         rank = vc.node_ranks(self.groups, after_node_id)
+        tok_of = vc.tok.__getitem__
+        members = vc.node_members
         self._heap: list[tuple[int, int, int]] = [
-            (sum(vc.tok[e] for e in vc.node_members[ni]), rank[ni], ni) for ni in self.groups
+            (sum(map(tok_of, members[ni])), rank[ni], ni) for ni in self.groups
         ]
         heapq.heapify(self._heap)
 
@@ -48,7 +50,10 @@ def group_targets(
     z_margin: float,
 ) -> dict[int, float]:
     """Z of every decode group from the routed queue (`routes[i]` = group of request i)."""
-    free_left = {ni: sum(vc.free[e] for e in vc.node_members[ni]) for ni in groups}
+    free_of = vc.free.__getitem__
+    tok_of = vc.tok.__getitem__
+    node_members = vc.node_members
+    free_left = {ni: sum(map(free_of, node_members[ni])) for ni in groups}
     fitted = dict.fromkeys(groups, 0)
     closed: set[int] = set()
     for ni, kv in zip(routes, kv_tokens, strict=True):
@@ -61,8 +66,8 @@ def group_targets(
             closed.add(ni)  # R is a FIFO prefix: the first misfit ends it
     targets: dict[int, float] = {}
     for ni in groups:
-        members = vc.node_members[ni]
-        load = fitted[ni] + sum(vc.tok[e] for e in members)
+        members = node_members[ni]
+        load = fitted[ni] + sum(map(tok_of, members))
         targets[ni] = z_margin * load / len(members)
     return targets
 

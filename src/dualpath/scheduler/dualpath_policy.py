@@ -119,13 +119,10 @@ def _placeable_head(waiting: Sequence[RequestInfo], vc: VirtualCluster, beta: in
     Prefill side: every open engine (tok <= β) takes work until it passes β, overshooting by
     at most one request each. Decode side: the placed requests must fit the free memory.
     """
-    pe_room = 0
-    n_open = 0
-    for e in vc.pe_engines:
-        if vc.tok[e] <= beta:
-            pe_room += beta - vc.tok[e] + 1
-            n_open += 1
-    de_room = sum(vc.free[e] for e in vc.de_engines)
+    open_tok = [t for t in map(vc.tok.__getitem__, vc.pe_engines) if t <= beta]
+    n_open = len(open_tok)
+    pe_room = n_open * (beta + 1) - sum(open_tok)  # Σ over open engines of β - tok + 1
+    de_room = sum(map(vc.free.__getitem__, vc.de_engines))
     pe_used = 0
     de_used = 0
     pe_head = de_head = len(waiting)

@@ -26,7 +26,7 @@ class FairOrder:
     `after` (`None` or a position not in the order: no rotation).
     """
 
-    __slots__ = ("order", "place")
+    __slots__ = ("_ranks", "order", "place")
 
     def __init__(self, order: Sequence[int], size: int) -> None:
         self.order: tuple[int, ...] = tuple(order)
@@ -34,16 +34,21 @@ class FairOrder:
         for i, p in enumerate(self.order):
             place[p] = i
         self.place: tuple[int, ...] = tuple(place)
+        self._ranks: dict[int, list[int]] = {}
 
     def ranks(self, after: int | None) -> list[int]:
-        """rank[p] for every position p of the order (other entries are meaningless)."""
+        """rank[p] for every position p of the order (other entries are meaningless).
+
+        Memoised per rotation (at most one list per member): callers must not mutate it.
+        """
         m = len(self.order)
         start = 0
         if after is not None and 0 <= after < len(self.place) and self.place[after] >= 0:
-            start = self.place[after] + 1
-        if start in (0, m):
-            return [p if p >= 0 else 0 for p in self.place]
-        return [(p - start) % m if p >= 0 else 0 for p in self.place]
+            start = (self.place[after] + 1) % m
+        ranks = self._ranks.get(start)
+        if ranks is None:
+            ranks = self._ranks[start] = [(p - start) % m if p >= 0 else 0 for p in self.place]
+        return ranks
 
 
 class ClusterLayout:

@@ -32,11 +32,19 @@ class PrefillSelector:
         self._cls: dict[int, int] = {}
         self._heaps: dict[int, list[tuple[int, int, int]]] = {C2: [], C3: []}
         rank = self._rank
+        tok = vc.tok
+        # Each node's class for its engines under β (`_class_of`), computed once per node.
+        node_cls = [C2 if q <= alpha_tokens else C3 for q in vc.read_q]
+        engine_node = vc.engine_node
+        cls = self._cls
+        heaps = {C2: self._heaps[C2], C3: self._heaps[C3]}
         for e in vc.pe_engines:
-            c = self._class_of(e)
-            self._cls[e] = c
-            if c != C1:
-                self._heaps[c].append((vc.tok[e], rank[e], e))
+            t = tok[e]
+            if t > beta_tokens:
+                cls[e] = C1
+            else:
+                c = cls[e] = node_cls[engine_node[e]]
+                heaps[c].append((t, rank[e], e))
         for h in self._heaps.values():
             heapq.heapify(h)
 

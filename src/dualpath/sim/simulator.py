@@ -35,7 +35,7 @@ from dualpath.sim.model_cost import ModelCost, model_cost
 from dualpath.sim.prefill import K_BATCH_IN, PrefillStage
 from dualpath.sim.prefix import PrefixStore
 from dualpath.sim.reads import StorageReads
-from dualpath.sim.state import SimRequest, computed_kv_tokens
+from dualpath.sim.state import SimRequest, WaitingQueue, computed_kv_tokens
 from dualpath.sim.transfer import KVTransfer
 from dualpath.workload.metrics import TurnRecord
 
@@ -224,7 +224,7 @@ class Simulator:
             return None
         self.sched_calls += 1
         waiting = self.waiting
-        infos = list(self.waiting_info.values())
+        infos = WaitingQueue(self.waiting_info)
         view = self.cluster_view()
         if self.cfg.record_scheduler_inputs:
             self.sched_inputs.append((tuple(infos), view))

@@ -8,7 +8,9 @@ simulator (TurnRecords, the scheduler's views, the report) is frozen.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from collections.abc import Iterator, Sequence
+from itertools import islice
+from typing import Any, overload
 
 from dualpath.sim.link import Link
 
@@ -173,3 +175,39 @@ class DecodeGroup:
         self.heap: list[tuple[float, int, SimRequest]] = []
         self.version = 0
         self.token_q = 0.0  # its share of `HostCPU.token_q` (batch / profiled step)
+
+
+class WaitingQueue(Sequence[Any]):
+    """The waiting queue's `RequestInfo`s in arrival order, read straight from the
+    simulator's insertion-ordered dict (request id -> info) without copying it.
+
+    The scheduler looks at the head (it stops at the first full prefill tier), but the queue
+    at 48K agents holds tens of thousands of requests; copying it on every call was O(queue).
+    Valid only while the dict is not changed (one `schedule` call).
+    """
+
+    __slots__ = ("_infos",)
+
+    def __init__(self, infos: dict[int, Any]) -> None:
+        self._infos = infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._infos.values())
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            if index.start in (None, 0) and index.step in (None, 1) and index.stop is not None \
+                    and index.stop >= 0:
+                return list(islice(self._infos.values(), index.stop))
+            return list(self._infos.values())[index]
+        if 0 <= index < len(self._infos):
+            return next(islice(self._infos.values(), index, None))
+        return list(self._infos.values())[index]
