@@ -6,7 +6,7 @@ import random
 from dataclasses import replace
 
 import pytest
-from tests.scheduler.sched_helpers import make_view
+from sched_helpers import make_view
 
 from dualpath.core.errors import SchedulingError
 from dualpath.scheduler import ClusterView, GlobalScheduler, RequestInfo
