@@ -33,11 +33,11 @@ class PrefillSelector:
         self._heaps: dict[int, list[tuple[int, int, int]]] = {C2: [], C3: []}
         rank = self._rank
         tok = vc.tok
-        # Each node's class for its engines under β (`_class_of`), computed once per node.
+        # The classes of the module docstring: C1 above β, else C2/C3 by the node's read queue.
         node_cls = [C2 if q <= alpha_tokens else C3 for q in vc.read_q]
         engine_node = vc.engine_node
         cls = self._cls
-        heaps = {C2: self._heaps[C2], C3: self._heaps[C3]}
+        heaps = self._heaps
         for e in vc.pe_engines:
             t = tok[e]
             if t > beta_tokens:
@@ -47,12 +47,6 @@ class PrefillSelector:
                 heaps[c].append((t, rank[e], e))
         for h in self._heaps.values():
             heapq.heapify(h)
-
-    def _class_of(self, e: int) -> int:
-        vc = self._vc
-        if vc.tok[e] > self._beta:
-            return C1
-        return C2 if vc.read_q[vc.engine_node[e]] <= self._alpha else C3
 
     def engine_class(self, e: int) -> int:
         """1, 2 or 3 (C1/C2/C3) as of the last refresh."""
