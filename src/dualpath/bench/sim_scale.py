@@ -38,9 +38,14 @@ def _peak_rss_bytes() -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from dualpath.sim import native
     from dualpath.sim.api import simulate
     from dualpath.sim.config import SimConfig, parse_pd
     from dualpath.workload.generator import generate
+
+    build = native.status()
+    print(f"simulator: {'compiled (mypyc)' if build.active else 'pure Python'} — {build.reason}",
+          file=sys.stderr)
 
     agents = args.agents or (48 * 1024 if args.full else 2048)
     pd = parse_pd(args.pd or ("48P96D" if args.full else "2P4D"))
@@ -71,6 +76,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "events_per_cpu_s": r["sim_events"] / cpu if cpu > 0 else float("nan"),
         "scheduler_calls": r["scheduler"]["calls"],
         "simulated_jct_s": r["jct_s"],
+        # Which code ran: the mypyc build (`DUALPATH_NATIVE=1`) or pure Python, and why.
+        "native": build.as_dict(),
         "goal_wall_s": 900.0 if args.full else 60.0,
         "machine": machine_info(),
     }

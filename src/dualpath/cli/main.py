@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dualpath.cli.trace",
     "dualpath.cli.generate",
     "dualpath.cli.vllm",
+    "dualpath.cli.native",
 )
 
 

@@ -15,7 +15,8 @@
     ├── TransferError           bytes could not be moved between engines
     ├── ProtocolError           an internal frame failed validation (wire.FrameRejected)
     ├── EngineError             an engine process failed or went away
-    └── SchedulingError         the scheduler was given an inconsistent state
+    ├── SchedulingError         the scheduler was given an inconsistent state
+    └── NativeBuildError        the optional compiled simulator could not be built
 
 Backend errors (OSError, zmq.ZMQError, ...) are translated at the boundary of the module that
 talks to that backend, so callers only ever catch these.
@@ -90,3 +91,7 @@ class EngineError(DualPathError):
 
 class SchedulingError(DualPathError):
     """The scheduler was given an inconsistent cluster state or request."""
+
+
+class NativeBuildError(DualPathError):
+    """`dualpath native build` failed (no C compiler, or mypyc rejected a module)."""

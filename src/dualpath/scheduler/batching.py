@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dualpath.core.errors import SchedulingError
+from dualpath.core.frozen import reduce_frozen
 from dualpath.scheduler.predictor import AttentionTimePredictor, Chunk
 from dualpath.scheduler.types import RequestId
 
@@ -53,6 +54,9 @@ class PrefillWork:
     def remaining_tokens(self) -> int:
         return self.new_tokens - self.already_prefilled_tokens
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
+
 
 @dataclass(frozen=True, slots=True)
 class BatchItem:
@@ -62,6 +66,9 @@ class BatchItem:
     context_tokens: int
     chunk_tokens: int
     last_chunk: bool
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,9 @@ class BatchPlan:
     @property
     def num_tokens(self) -> int:
         return sum(i.chunk_tokens for i in self.items)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 def form_prefill_batch(

@@ -19,6 +19,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from dualpath.core.frozen import reduce_frozen
 from dualpath.scheduler.types import ReadPlan, RequestInfo
 
 
@@ -97,6 +98,9 @@ class Charge:
         _charge(books, _SINGLE[part], sign, self.pe_engine, self.de_engine, self.pe_node,
                 self.de_node, self.prefill_tokens, self.decode_kv_tokens, self.pe_read_tokens,
                 self.de_read_tokens)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 _SINGLE = {p: frozenset({p}) for p in ChargePart}

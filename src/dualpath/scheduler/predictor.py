@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dualpath.core.errors import ConfigError
+from dualpath.core.frozen import reduce_frozen
 
 Chunk = tuple[int, int]
 """(context_tokens, new_tokens) of one request in a batch."""
@@ -78,6 +79,9 @@ class FlopsAttentionPredictor:
         xs = [probe.flops(chunks) for chunks, _ in samples]
         ys = [float(t) for _, t in samples]
         return cls(num_layers, num_heads, head_dim, *_least_squares(xs, ys))
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 def _least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:

@@ -11,12 +11,13 @@ Ids are ints; a caller with string names keeps its own name <-> int map.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from itertools import compress
 from operator import is_not
 from typing import Literal
 
 from dualpath.core.errors import SchedulingError
+from dualpath.core.frozen import reduce_frozen
 from dualpath.scheduler.layout import ClusterLayout
 
 Role = Literal["prefill", "decode"]
@@ -68,6 +69,9 @@ class RequestInfo:
         """`len_r` of DESIGN.md 3: KV room (and `tok_e`) the request takes on a decode engine."""
         return self.prompt_tokens + self.decode_reserve_tokens
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
+
 
 @dataclass(frozen=True, slots=True)
 class EngineState:
@@ -84,6 +88,9 @@ class EngineState:
     tok: int = 0
     free_kv_tokens: int = 0
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
+
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
@@ -92,6 +99,9 @@ class NodeState:
     node_id: int
     role: Role
     read_queue_tokens: int = 0
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,13 @@ class ClusterView:
     engines: tuple[EngineState, ...]
     nodes: tuple[NodeState, ...]
     layout: ClusterLayout = field(init=False, repr=False, compare=False)
+    # Only for `updated`, which has validated what changed: the layout of `base`, reused.
+    _checked_layout: InitVar[ClusterLayout | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, _checked_layout: ClusterLayout | None) -> None:
+        if _checked_layout is not None:  # `updated` validated what changed
+            object.__setattr__(self, "layout", _checked_layout)
+            return
         node_index: dict[int, int] = {}
         for i, node in enumerate(self.nodes):
             _check_node(node)
@@ -155,11 +170,10 @@ class ClusterView:
             if e.engine_id != layout.engine_ids[i] or e.node_id != layout.node_ids[ni]:
                 raise SchedulingError(f"updated view: engine at position {i} changed identity")
             _check_engine(e, layout.node_roles[ni])
-        view = object.__new__(cls)
-        object.__setattr__(view, "engines", engines)
-        object.__setattr__(view, "nodes", nodes)
-        object.__setattr__(view, "layout", layout)
-        return view
+        return cls(engines, nodes, layout)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 def _check_node(node: NodeState) -> None:
@@ -195,6 +209,9 @@ class ReadPlan:
     pe_tokens: int
     de_tokens: int
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
+
 
 @dataclass(frozen=True, slots=True)
 class Placement:
@@ -206,6 +223,9 @@ class Placement:
     de_engine: int
     de_node: int
     read: ReadPlan
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 # Why a schedule call stopped placing requests.
@@ -230,4 +250,7 @@ class ScheduleResult:
     placements: tuple[Placement, ...]
     stop_reason: StopReason
     examined: int
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from dualpath.core.frozen import reduce_frozen
 from dualpath.sim.hardware import HardwareSpec
 from dualpath.sim.model_cost import ModelCost
 
@@ -146,3 +147,6 @@ class CostModel:
         if batch <= 0:
             return 0.0
         return self.decode_member_s(batch, mean_context_tokens, weight_bytes) + self.hw.decode_step_overhead_s
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled

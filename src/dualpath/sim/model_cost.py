@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from dualpath.core.errors import UserInputError
+from dualpath.core.frozen import reduce_frozen
 from dualpath.core.model_config import ModelConfig
 
 
@@ -185,6 +186,9 @@ class ModelCost:
             idx = self.index_head_dim * self.kv_dtype_bytes
             return self.num_layers * (min(context_tokens, self.index_topk) * main + context_tokens * idx)
         return float(context_tokens * self.kv_bytes_per_token)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 # deepseek-ai/DeepSeek-V3.2-Exp config.json (same dims as V3 plus the indexer).

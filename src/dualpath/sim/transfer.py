@@ -59,7 +59,7 @@ class KVTransfer:
             return
         req.room = ROOM_WAITING
         self.room_waits += 1
-        req.pd_wait_bytes = nbytes  # goes as one stream once room is granted
+        req.pd_wait_bytes = float(nbytes)  # goes as one stream once room is granted
         node.room_wait.append(req)
 
     def _grant(self, node: Node, req: SimRequest) -> bool:

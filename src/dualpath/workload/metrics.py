@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dualpath.core.errors import UserInputError
+from dualpath.core.frozen import reduce_frozen
 
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 
@@ -59,6 +60,9 @@ class SLO:
                 f"SLO thresholds must be positive, got ttft_s={self.ttft_s}, tpot_s={self.tpot_s}"
             )
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
+
 
 DEFAULT_SLO = SLO()
 
@@ -94,6 +98,9 @@ class TurnRecord:
     def meets(self, slo: SLO) -> bool:
         tpot = self.tpot_s
         return self.ttft_s <= slo.ttft_s and (tpot is None or tpot <= slo.tpot_s)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
 def distribution(values: Sequence[float], prefix: str) -> dict[str, float]:
