@@ -49,7 +49,7 @@ serve: install
 	$(VENV)/bin/dualpath serve
 
 # The simulator's hot modules compiled with mypyc (docs/decisions/compiled-simulator.md);
-# runs use it with DUALPATH_NATIVE=1 (same results, ~1.4x faster).
+# runs use it with DUALPATH_NATIVE=1 (same results in ~0.6x the time).
 native: install
 	$(VENV)/bin/dualpath native build
 

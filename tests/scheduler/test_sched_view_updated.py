@@ -66,3 +66,13 @@ def test_decisions_from_updated_views_match_fresh_views() -> None:
         waiting = [RequestInfo(call * 100 + i, rng.randrange(64, 512), 0) for i in range(8)]
         assert a.schedule(waiting, upd) == b.schedule(waiting, fresh)
         prev = upd
+
+
+def test_only_updated_can_skip_the_constructors_checks() -> None:
+    view = make_view([[10]], [[(0, 100)]])
+    bad = (replace(view.engines[0], seq=-1), view.engines[1])
+    # A layout passed by hand is refused rather than trusted (the checks would be skipped).
+    with pytest.raises(SchedulingError, match=r"ClusterView\.updated"):
+        ClusterView(bad, view.nodes, view.layout)  # type: ignore[arg-type]
+    with pytest.raises(SchedulingError, match="negative"):
+        ClusterView.updated(view, bad, view.nodes)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dualpath.core.errors import NativeBuildError
 from dualpath.sim import native
 
 SUFFIX = str(sysconfig.get_config_var("EXT_SUFFIX"))
@@ -86,6 +87,7 @@ def test_activation_refuses_to_mix_with_modules_already_imported(
     import dualpath.sim.simulator  # noqa: F401  (imported as pure Python in this process)
 
     before = list(sys.meta_path)
+    monkeypatch.setattr(native, "_active", None)  # whatever this process did before
     monkeypatch.delenv(native.ENV, raising=False)
     status = native.activate(_fake_build(tmp_path / "ok"))
     assert not status.active and "imported before activation" in status.reason
@@ -94,6 +96,30 @@ def test_activation_refuses_to_mix_with_modules_already_imported(
     status = native.activate(tmp_path / "ok")
     assert not status.active and status.reason == f"{native.ENV}=0"
     assert sys.meta_path == before
+
+
+def test_a_build_that_fails_to_load_leaves_everything_pure(tmp_path: Path) -> None:
+    # The fake build matches the sources but its extensions are empty files.
+    env = {**os.environ, native.ENV: "1", native.DIR_ENV: str(_fake_build(tmp_path / "b"))}
+    code = ("import sys, dualpath.sim.simulator as s; from dualpath.sim import native; "
+            "print(native.status().reason); print(s.__file__); "
+            "print(any(type(f).__name__ == '_NativeFinder' for f in sys.meta_path))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reason, path, finder = proc.stdout.strip().splitlines()
+    assert "failed to load" in reason and path.endswith(".py") and finder == "False"
+
+
+def test_build_refuses_to_replace_what_is_not_a_build(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NativeBuildError, match="is a file"):
+        native.build(tmp_path / "file")
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("mine")
+    with pytest.raises(NativeBuildError, match="holds no native build"):
+        native.build(tmp_path / "work")
+    assert (tmp_path / "work" / "notes.txt").read_text() == "mine"
 
 
 # A small simulation of every system with every decision logged: what the compiled modules
@@ -119,11 +145,17 @@ for system in SYSTEM_NAMES:
     out["reports"][system] = rep
 # Values that cross processes (sweeps, a user's pool) pickle and copy in both builds.
 import copy, pickle
+from dualpath.scheduler import GlobalScheduler
+from dualpath.scheduler.charges import Charge
 from dualpath.scheduler.types import ClusterView, EngineState, NodeState, RequestInfo
 from dualpath.workload.metrics import SLO
-view = ClusterView.build([EngineState(0, 0, "prefill", 1, 5), EngineState(1, 1, "decode", 0, 0, 99)],
+view = ClusterView.build([EngineState(0, 0, "prefill", 1, 5), EngineState(1, 1, "decode", 0, 0, 999)],
                          [NodeState(0, "prefill", 3), NodeState(1, "decode")])
-values = [view, RequestInfo(7, 100, 50, 1.5, 8), SLO(2.0, 0.1), *r.records[:3]]
+req = RequestInfo(7, 100, 50, 1.5, 8)
+result = GlobalScheduler().schedule([req], view)
+p = result.placements[0]
+values = [view, req, result, Charge.of(req, p.pe_engine, p.de_engine, p.pe_node, p.de_node, p.read),
+          SLO(2.0, 0.1), *r.records[:3]]
 back = pickle.loads(pickle.dumps(values))
 out["roundtrip"] = [back == values, copy.deepcopy(values) == values, repr(back) == repr(values),
                     back[0].layout.engine_ids == view.layout.engine_ids, len(values)]
@@ -153,7 +185,7 @@ def test_the_compiled_simulator_gives_the_same_results(tmp_path: Path) -> None:
     assert compiled["native"]["active"] is True  # type: ignore[index]
     assert pure["native"]["active"] is False  # type: ignore[index]
     assert compiled["reports"] == pure["reports"]
-    assert pure["roundtrip"] == compiled["roundtrip"] == [True, True, True, True, 6]
+    assert pure["roundtrip"] == compiled["roundtrip"] == [True, True, True, True, 8]
     # The CLI sees the build; an edited source makes it stale (here: a copy of the tree).
     cli = subprocess.run([sys.executable, "-m", "dualpath", "native", "status",
                           "--dir", str(tmp_path / "build")], capture_output=True, text=True,
@@ -164,4 +196,5 @@ def test_the_compiled_simulator_gives_the_same_results(tmp_path: Path) -> None:
                     ignore=shutil.ignore_patterns("__pycache__", "_native"))
     (tree / "dualpath" / "sim" / "link.py").write_text(
         (tree / "dualpath" / "sim" / "link.py").read_text() + "\n# edited\n")
-    assert native.fingerprint(tree / "dualpath") != native.fingerprint()
+    stale, paths = native.check(tmp_path / "build", root=tree / "dualpath")
+    assert not stale.active and "stale" in stale.reason and paths == {}

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     build = native.status()
     hint = "" if build.active else (" (`dualpath native build`, then DUALPATH_NATIVE=1: the "
-                                    "same results in ~0.55x the time)")
+                                    "same results in ~0.6x the time)")
     print(f"simulator: {'compiled (mypyc)' if build.active else 'pure Python'} — "
           f"{build.reason}{hint}", file=sys.stderr)
 

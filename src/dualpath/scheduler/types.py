@@ -104,6 +104,15 @@ class NodeState:
         return reduce_frozen(self)  # pickle/copy, also when compiled
 
 
+class _Validated:
+    """`ClusterView.updated`'s proof that it validated the entries that changed."""
+
+    __slots__ = ("layout",)
+
+    def __init__(self, layout: ClusterLayout) -> None:
+        self.layout = layout
+
+
 @dataclass(frozen=True)
 class ClusterView:
     """A consistent snapshot of the cluster. Engine order is the tie-break order everywhere.
@@ -117,12 +126,16 @@ class ClusterView:
     engines: tuple[EngineState, ...]
     nodes: tuple[NodeState, ...]
     layout: ClusterLayout = field(init=False, repr=False, compare=False)
-    # Only for `updated`, which has validated what changed: the layout of `base`, reused.
-    _checked_layout: InitVar[ClusterLayout | None] = None
+    # Internal to `updated`, which has validated what changed: `base`'s layout, reused. Only
+    # a `_Validated` (private) skips the checks; anything else passed here is refused.
+    _validated: InitVar[_Validated | None] = None
 
-    def __post_init__(self, _checked_layout: ClusterLayout | None) -> None:
-        if _checked_layout is not None:  # `updated` validated what changed
-            object.__setattr__(self, "layout", _checked_layout)
+    def __post_init__(self, _validated: _Validated | None) -> None:
+        if _validated is not None:
+            if not isinstance(_validated, _Validated):
+                raise SchedulingError("ClusterView takes engines and nodes; to reuse a "
+                                      "validated layout use ClusterView.updated")
+            object.__setattr__(self, "layout", _validated.layout)
             return
         node_index: dict[int, int] = {}
         for i, node in enumerate(self.nodes):
@@ -170,7 +183,7 @@ class ClusterView:
             if e.engine_id != layout.engine_ids[i] or e.node_id != layout.node_ids[ni]:
                 raise SchedulingError(f"updated view: engine at position {i} changed identity")
             _check_engine(e, layout.node_roles[ni])
-        return cls(engines, nodes, layout)
+        return cls(engines, nodes, _Validated(layout))
 
     def __reduce__(self) -> tuple[object, ...]:
         return reduce_frozen(self)  # pickle/copy, also when compiled

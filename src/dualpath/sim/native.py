@@ -119,17 +119,25 @@ def build(directory: Path | None = None, *,
     modules that would shadow its sources. Raises `NativeBuildError` with the compiler's
     last lines when mypyc or the C compiler fails; an old build is replaced only on success.
     """
-    directory = Path(directory) if directory else default_dir()
+    directory = (Path(directory) if directory else default_dir()).resolve()
     say = progress or (lambda _line: None)
-    if _compiler() is None:
+    _check_target(directory)
+    compiler = _compiler()
+    if compiler is None:
         raise NativeBuildError("no C compiler found (set CC, or install gcc); the pure "
                                "Python simulator works without one")
+    if importlib.util.find_spec("mypyc") is None:
+        raise NativeBuildError("mypyc is not installed (it comes with mypy: "
+                               "`pip install -e '.[dev]'`); the pure Python simulator works "
+                               "without it")
+    cc_name = Path(compiler).name
     root = package_root()
-    stamp = fingerprint(root)
     with tempfile.TemporaryDirectory(prefix="dualpath-native-") as tmp:
         work = Path(tmp)
         shutil.copytree(root, work / "dualpath",
-                        ignore=shutil.ignore_patterns("__pycache__", "_native", "*.so"))
+                        ignore=shutil.ignore_patterns("__pycache__", "_native", "*.so",
+                                                      ".staging-*"))
+        stamp = fingerprint(work / "dualpath")  # of what is compiled, not of the live tree
         files = [_source_path(Path("dualpath"), m).as_posix() for m in MODULES]
         say(f"mypyc: compiling {len(files)} modules (about a minute on 2 cores)")
         proc = subprocess.Popen(
@@ -142,7 +150,8 @@ def build(directory: Path | None = None, *,
         compiled = 0
         for line in proc.stdout:
             tail.append(line.rstrip())
-            if line.startswith(("gcc ", "cc ", "clang ")) and " -c " in line:
+            first = line.split(maxsplit=1)[0] if line.strip() else ""
+            if " -c " in line and Path(first).name in (cc_name, "gcc", "cc", "clang"):
                 compiled += 1
                 say(f"  compiled {compiled}/{len(files) + 1} C files")
         if proc.wait() != 0:
@@ -152,27 +161,45 @@ def build(directory: Path | None = None, *,
         if len(shared) != 1:
             raise NativeBuildError(f"expected one mypyc runtime library, found {len(shared)}")
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_parent_dir(directory)))
-        modules: dict[str, str] = {}
-        for module in MODULES:
-            so = _source_path(work / "dualpath", module).with_suffix(suffix)
-            if not so.is_file():
-                raise NativeBuildError(f"mypyc produced no extension for {module}")
-            rel = module.replace(".", "/") + suffix
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(so, staging / rel)
-            modules[module] = rel
-        shutil.copy2(shared[0], staging / shared[0].name)
-        manifest = {
-            "version": MANIFEST_VERSION, "fingerprint": stamp, "ext_suffix": suffix,
-            "python": sys.version, "mypy": _mypy_version(), "modules": modules,
-            "runtime": {shared[0].name[: -len(suffix)]: shared[0].name},
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        try:
+            _stage(work, staging, shared[0], suffix, stamp)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     if directory.exists():
         shutil.rmtree(directory)
     staging.rename(directory)
     say(f"native simulator built in {directory}")
     return directory / MANIFEST
+
+
+def _check_target(directory: Path) -> None:
+    """Refuse to build over anything that is not an earlier build (or empty)."""
+    if directory.is_file():
+        raise NativeBuildError(f"{directory} is a file, not a build directory")
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / MANIFEST).is_file():
+        raise NativeBuildError(f"{directory} is not empty and holds no native build "
+                               f"({MANIFEST}); refusing to replace it — pick another --dir")
+
+
+def _stage(work: Path, staging: Path, runtime: Path, suffix: str, stamp: str) -> None:
+    """Copy the compiled modules and mypyc's runtime library into `staging`, with a manifest."""
+    modules: dict[str, str] = {}
+    for module in MODULES:
+        so = _source_path(work / "dualpath", module).with_suffix(suffix)
+        if not so.is_file():
+            raise NativeBuildError(f"mypyc produced no extension for {module}")
+        rel = module.replace(".", "/") + suffix
+        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(so, staging / rel)
+        modules[module] = rel
+    shutil.copy2(runtime, staging / runtime.name)
+    manifest = {
+        "version": MANIFEST_VERSION, "fingerprint": stamp, "ext_suffix": suffix,
+        "python": sys.version, "mypy": _mypy_version(), "modules": modules,
+        "runtime": {runtime.name[: -len(suffix)]: runtime.name},
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def _parent_dir(directory: Path) -> Path:
@@ -215,9 +242,11 @@ class _NativeFinder(importlib.abc.MetaPathFinder):
 _active: NativeStatus | None = None
 
 
-def check(directory: Path | None = None) -> tuple[NativeStatus, dict[str, Path]]:
-    """Whether the build in `directory` may be used now, and its files (nothing changes)."""
-    directory = Path(directory) if directory else default_dir()
+def check(directory: Path | None = None, *,
+          root: Path | None = None) -> tuple[NativeStatus, dict[str, Path]]:
+    """Whether the build in `directory` may be used now with the sources under `root`
+    (default: this package), and its files (nothing changes)."""
+    directory = (Path(directory) if directory else default_dir()).resolve()
     where = str(directory)
     path = directory / MANIFEST
     if not path.is_file():
@@ -239,7 +268,7 @@ def check(directory: Path | None = None) -> tuple[NativeStatus, dict[str, Path]]
     missing = [str(p) for p in [*modules.values(), *runtime.values()] if not p.is_file()]
     if missing:
         return NativeStatus(False, f"build is missing {missing[0]}; rebuild", where), {}
-    if stamp != fingerprint():
+    if stamp != fingerprint(root):
         return NativeStatus(False, "stale: the sources changed since the build "
                                    "(run `dualpath native build`)", where), {}
     return NativeStatus(True, "compiled with mypyc", where, len(modules)), {**modules, **runtime}
@@ -249,8 +278,9 @@ def activate(directory: Path | None = None) -> NativeStatus:
     """Use the compiled modules for every later import, if the build is usable (idempotent).
 
     Refuses (returns an inactive status, nothing changed) when `DUALPATH_NATIVE=0`, when the
-    build is missing, stale or for another Python, or when one of `MODULES` is already
-    imported as pure Python (a process must not mix the two).
+    build is missing, stale, for another Python or fails to load, or when one of `MODULES`
+    is already imported as pure Python (a process must not mix the two). On success every
+    compiled module is loaded at once, so rebuilding later cannot mix two builds.
     """
     global _active
     if _active is not None and _active.active:
@@ -266,7 +296,21 @@ def activate(directory: Path | None = None) -> NativeStatus:
     if not status.active:
         _active = status
         return status
-    sys.meta_path.insert(0, _NativeFinder(paths))
+    finder = _NativeFinder(paths)
+    sys.meta_path.insert(0, finder)
+    before = set(sys.modules)
+    try:
+        # All at once, now: a build replaced while this process runs can then not mix in.
+        for module in MODULES:
+            importlib.import_module(module)
+    except Exception as exc:  # a broken build: undo everything, stay pure Python
+        sys.meta_path.remove(finder)
+        for name in set(sys.modules) - before:
+            if name.startswith("dualpath."):
+                del sys.modules[name]
+        _active = NativeStatus(False, f"the build failed to load ({type(exc).__name__}: "
+                                      f"{exc}); rebuild", status.directory)
+        return _active
     os.environ[ENV] = "1"
     os.environ[DIR_ENV] = status.directory
     _active = status
