@@ -266,4 +266,3 @@ class ScheduleResult:
 
     def __reduce__(self) -> tuple[object, ...]:
         return reduce_frozen(self)  # pickle/copy, also when compiled
-

@@ -91,10 +91,10 @@ def fingerprint(root: Path | None = None) -> str:
     digest = hashlib.sha256()
     for package in FINGERPRINT_PACKAGES:
         for path in sorted((root / package).rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            if "_native" in path.relative_to(root).parts:
+            rel = path.relative_to(root)
+            if "_native" in rel.parts:
                 continue
-            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+            digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -107,8 +107,8 @@ def _ext_suffix() -> str:
 
 
 def _compiler() -> str | None:
-    cc = os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc")
-    return shutil.which(cc.split()[0]) if cc.split() else None
+    parts = (os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc")).split()
+    return shutil.which(parts[0]) if parts else None
 
 
 def build(directory: Path | None = None, *,
@@ -217,7 +217,7 @@ def _mypy_version() -> str:
 
 def clean(directory: Path | None = None) -> bool:
     """Remove a build; True when there was one."""
-    directory = Path(directory) if directory else default_dir()
+    directory = (Path(directory) if directory else default_dir()).resolve()
     if not (directory / MANIFEST).is_file():
         return False
     shutil.rmtree(directory)
